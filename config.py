@@ -1,0 +1,84 @@
+"""Luca's configuration, read from the environment once at start-up."""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    """Read a boolean environment variable ("1", "true", "yes", "on" are true)."""
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    """Read an integer environment variable."""
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else default
+
+
+def env_float(name: str, default: float) -> float:
+    """Read a float environment variable."""
+    value = os.environ.get(name, "").strip()
+    return float(value) if value else default
+
+
+def normalise_database_url(url: str | None) -> str | None:
+    """Map Heroku's postgres:// and plain postgresql:// URLs to the psycopg 3 driver."""
+    if not url:
+        return None
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def sqlite_url() -> str:
+    """Return the embedded default database: a SQLite file in instance/."""
+    instance = BASE_DIR / "instance"
+    instance.mkdir(exist_ok=True)
+    return f"sqlite:///{instance / 'luca.db'}"
+
+
+class Config:
+    """Settings from the environment; see the README's table for each one."""
+
+    SECRET_KEY = os.environ.get("SECRET_KEY") or secrets.token_hex(32)
+
+    SQLALCHEMY_DATABASE_URI = normalise_database_url(os.environ.get("DATABASE_URL")) or sqlite_url()
+    DATABASE_CONNECT_TIMEOUT = env_float("DATABASE_CONNECT_TIMEOUT", 3.0)
+    DATABASE_STATEMENT_TIMEOUT_MS = env_int("DATABASE_STATEMENT_TIMEOUT_MS", 5000)
+    DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 10)
+
+    REDIS_URL = os.environ.get("REDIS_URL") or None
+    REDIS_MAX_RETRIES = env_int("REDIS_MAX_RETRIES", 2)
+    REDIS_RETRY_DELAY = env_float("REDIS_RETRY_DELAY", 0.05)
+    REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.5)
+
+    DISABLE_QUEUES = env_bool("DISABLE_QUEUES")
+    DISABLE_CACHE = env_bool("DISABLE_CACHE")
+
+    MAX_CONTENT_LENGTH = env_int("MAX_CONTENT_LENGTH", 10 * 1024 * 1024)
+    MAX_MESSAGE_CHARS = env_int("MAX_MESSAGE_CHARS", 20_000)
+    MAX_TITLE_CHARS = 200
+    MAX_METADATA_BYTES = env_int("MAX_METADATA_BYTES", 16 * 1024)
+
+    AI_PROVIDERS = os.environ.get("AI_PROVIDERS", "")
+    AI_SYSTEM_PROMPT = os.environ.get("AI_SYSTEM_PROMPT") or None
+    AI_CONTEXT_TOKENS = env_int("AI_CONTEXT_TOKENS", 3000)
+    AI_CONTEXT_MESSAGES = env_int("AI_CONTEXT_MESSAGES", 40)
+    AI_MAX_OUTPUT_TOKENS = env_int("AI_MAX_OUTPUT_TOKENS", 1024)
+
+
+class TestConfig(Config):
+    """Settings for the test suite: its own database, never the developer's."""
+
+    TESTING = True
+    SECRET_KEY = "test-secret"
+    SQLALCHEMY_DATABASE_URI = "sqlite://"
+    REDIS_URL = None

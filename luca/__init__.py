@@ -1,0 +1,94 @@
+"""Luca: the backend of an AI accounting assistant. create_app() builds it."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from config import Config
+from luca.extensions import db, migrate
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config_class: type[Config] = Config, overrides: dict[str, Any] | None = None) -> Flask:
+    """Build the Flask application from a config class (plus optional overrides for tests)."""
+    app = Flask(__name__, instance_relative_config=False)
+    app.config.from_object(config_class)
+    app.config.update(overrides or {})
+    configure_logging(app)
+    register_database(app)
+    register_blueprints(app)
+    register_error_handling(app)
+    register_commands(app)
+    return app
+
+
+def configure_logging(app: Flask) -> None:
+    """Send Luca's log lines to stderr at INFO unless the host configured logging."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def engine_options(app: Flask) -> dict[str, Any]:
+    """Connection settings per database: timeouts on PostgreSQL, a busy timeout on SQLite."""
+    uri = app.config["SQLALCHEMY_DATABASE_URI"]
+    if uri.startswith("postgresql"):
+        return {
+            "pool_pre_ping": True,
+            "pool_size": app.config["DATABASE_POOL_SIZE"],
+            "max_overflow": app.config["DATABASE_POOL_SIZE"],
+            "pool_timeout": app.config["DATABASE_CONNECT_TIMEOUT"],
+            "connect_args": {
+                "connect_timeout": max(1, round(app.config["DATABASE_CONNECT_TIMEOUT"])),
+                "options": f"-c statement_timeout={app.config['DATABASE_STATEMENT_TIMEOUT_MS']}",
+            },
+        }
+    return {"connect_args": {"timeout": 15}}
+
+
+def register_database(app: Flask) -> None:
+    """Bind Flask-SQLAlchemy and Flask-Migrate to the app."""
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(app))
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(app.config.get("MIGRATIONS_DIR", "migrations")),
+                     compare_type=True, render_as_batch=True)
+
+
+@event.listens_for(Engine, "connect")
+def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """Turn on foreign keys (for cascades) and WAL (readers never wait for the writer) on SQLite."""
+    if type(dbapi_connection).__module__.startswith("sqlite3"):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+
+def register_blueprints(app: Flask) -> None:
+    """Mount the conversations API under /api and the admin API under /api/admin."""
+    from luca.admin import bp as admin_bp
+    from luca.api import register_docs
+    from luca.conversations import bp as conversations_bp
+
+    app.register_blueprint(conversations_bp, url_prefix="/api")
+    app.register_blueprint(admin_bp, url_prefix="/api/admin")
+    register_docs(app)
+
+
+def register_error_handling(app: Flask) -> None:
+    """Every error becomes the JSON error shape."""
+    from luca.errors import register_error_handlers
+
+    register_error_handlers(app)
+
+
+def register_commands(app: Flask) -> None:
+    """Add the users and tokens commands to the flask CLI."""
+    from luca.cli import register_cli
+
+    register_cli(app)

@@ -1,0 +1,1 @@
+"""AI answers: providers behind one interface, the context they are sent, and the chain that picks one."""

@@ -1,0 +1,194 @@
+"""Reading and writing conversations and messages; every query is scoped to one user."""
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import Select, and_, delete, func, select, true, type_coerce
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import aliased
+
+from luca import search
+from luca.ai.base import Completion
+from luca.errors import APIError, not_found
+from luca.extensions import db
+from luca.models import Conversation, Message, utcnow
+from luca.pagination import keyset_page
+
+CONVERSATION_KEYS = (Conversation.pinned, Conversation.updated_at, Conversation.id)
+CONVERSATION_KEY_TYPES = (bool, datetime, uuid.UUID)
+MESSAGE_KEYS = (Message.created_at, Message.id)
+MESSAGE_KEY_TYPES = (datetime, int)
+
+
+def check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Refuse metadata larger than the configured cap."""
+    size = len(json.dumps(metadata, separators=(",", ":")))
+    if size > current_app.config["MAX_METADATA_BYTES"]:
+        raise APIError(422, "metadata_too_large",
+                       f"metadata is {size} bytes; the limit is {current_app.config['MAX_METADATA_BYTES']}")
+    return metadata
+
+
+def get_conversation(user_id: int, conversation_id: uuid.UUID) -> Conversation:
+    """The user's conversation; 404 when unknown or someone else's."""
+    conversation = db.session.execute(
+        select(Conversation).where(Conversation.id == conversation_id, Conversation.user_id == user_id)
+    ).scalar_one_or_none()
+    if conversation is None:
+        raise not_found("conversation")
+    return conversation
+
+
+def metadata_filter(raw: str) -> Any:
+    """A WHERE clause for 'metadata contains this JSON object' on either database."""
+    try:
+        wanted = json.loads(raw)
+    except json.JSONDecodeError:
+        raise APIError(400, "invalid_metadata_filter", "metadata must be a JSON object") from None
+    if not isinstance(wanted, dict) or not wanted:
+        raise APIError(400, "invalid_metadata_filter", "metadata must be a non-empty JSON object")
+    if db.engine.dialect.name == "postgresql":
+        return type_coerce(Conversation.meta, JSONB).contains(wanted)
+    # SQLite has no containment operator: compare each leaf by its JSON path.
+    clauses = []
+    for path, value in json_leaves(wanted):
+        extracted = func.json_extract(Conversation.meta, path)
+        if isinstance(value, (dict, list)):
+            clauses.append(func.json(extracted) == json.dumps(value, separators=(",", ":")))
+        elif isinstance(value, bool):
+            clauses.append(func.json_type(Conversation.meta, path) == ("true" if value else "false"))
+        elif value is None:
+            clauses.append(func.json_type(Conversation.meta, path) == "null")
+        else:
+            clauses.append(extracted == value)
+    return and_(*clauses)
+
+
+def json_leaves(value: dict[str, Any], prefix: str = "$") -> list[tuple[str, Any]]:
+    """The (JSON path, value) pairs of an object's leaves; lists are compared whole."""
+    leaves: list[tuple[str, Any]] = []
+    for key, item in value.items():
+        path = f'{prefix}."{key.replace(chr(34), "")}"'
+        if isinstance(item, dict) and item:
+            leaves.extend(json_leaves(item, path))
+        else:
+            leaves.append((path, item))
+    return leaves
+
+
+def conversation_page(
+    user_id: int, *, limit: int, cursor: str | None, metadata: str | None = None, q: str | None = None
+) -> tuple[list[Conversation], str | None]:
+    """One page of the user's conversations: pinned first, then newest activity."""
+    stmt: Select[Any] = select(Conversation).where(Conversation.user_id == user_id)
+    if metadata:
+        stmt = stmt.where(metadata_filter(metadata))
+    if q:
+        matching = search.matching_conversations(user_id, q)
+        if matching is None:
+            return [], None
+        stmt = stmt.where(Conversation.id.in_(matching))
+    stmt, finish = keyset_page(stmt, CONVERSATION_KEYS, CONVERSATION_KEY_TYPES,
+                               limit=limit, cursor=cursor, descending=True)
+    return finish(db.session.execute(stmt).scalars().all())
+
+
+def message_page(
+    user_id: int, conversation_id: uuid.UUID, *, limit: int, cursor: str | None, descending: bool
+) -> tuple[list[Message], str | None]:
+    """One page of a conversation's messages, checked to be the user's in the same query."""
+    stmt = select(Message).where(Message.conversation_id == conversation_id, Message.user_id == user_id)
+    stmt, finish = keyset_page(stmt, MESSAGE_KEYS, MESSAGE_KEY_TYPES,
+                               limit=limit, cursor=cursor, descending=descending)
+    items, next_cursor = finish(db.session.execute(stmt).scalars().all())
+    if not items and not cursor:
+        get_conversation(user_id, conversation_id)  # empty, unknown or someone else's?
+    return items, next_cursor
+
+
+def create_conversation(user_id: int, title: str | None, metadata: dict[str, Any] | None) -> Conversation:
+    """Start a conversation for the user."""
+    now = utcnow()
+    conversation = Conversation(
+        user_id=user_id, title=title, title_set_by_user=title is not None,
+        meta=check_metadata(metadata or {}), created_at=now, updated_at=now,
+    )
+    db.session.add(conversation)
+    db.session.commit()
+    return conversation
+
+
+def update_conversation(conversation: Conversation, changes: dict[str, Any]) -> Conversation:
+    """Apply a PATCH: a new title (which the title job will never overwrite), pinning, metadata."""
+    if "title" in changes:
+        title = changes["title"]
+        conversation.title = title
+        conversation.title_set_by_user = title is not None
+    if changes.get("pinned") is not None:
+        conversation.pinned = changes["pinned"]
+    if changes.get("metadata") is not None:
+        conversation.meta = check_metadata(changes["metadata"])
+    db.session.commit()
+    return conversation
+
+
+def delete_conversation(user_id: int, conversation_id: uuid.UUID) -> None:
+    """Delete the user's conversation and its messages; 404 when it is not theirs."""
+    result = db.session.execute(
+        delete(Conversation).where(Conversation.id == conversation_id, Conversation.user_id == user_id)
+    )
+    if result.rowcount == 0:
+        db.session.rollback()
+        raise not_found("conversation")
+    db.session.commit()
+
+
+def load_for_answer(user_id: int, conversation_id: uuid.UUID) -> tuple[Conversation, list[Message]]:
+    """The conversation and its most recent messages (oldest first), in one query."""
+    recent = (
+        select(Message)
+        .where(Message.conversation_id == conversation_id)
+        .order_by(Message.created_at.desc(), Message.id.desc())
+        .limit(current_app.config["AI_CONTEXT_MESSAGES"])
+        .subquery()
+    )
+    recent_message = aliased(Message, recent)
+    rows = db.session.execute(
+        select(Conversation, recent_message)
+        .outerjoin(recent, true())
+        .where(Conversation.id == conversation_id, Conversation.user_id == user_id)
+    ).all()
+    if not rows:
+        raise not_found("conversation")
+    messages = [message for _, message in rows if message is not None]
+    messages.sort(key=lambda m: (m.created_at, m.id))
+    return rows[0][0], messages
+
+
+def add_question(conversation: Conversation, content: str) -> Message:
+    """Store the user's question and mark the conversation active; committed before any AI call."""
+    now = utcnow()
+    message = Message(conversation_id=conversation.id, user_id=conversation.user_id, role="user",
+                      content=content, created_at=now)
+    db.session.add(message)
+    conversation.updated_at = now
+    db.session.commit()
+    return message
+
+
+def add_answer(conversation: Conversation, completion: Completion, *, status: str = "complete",
+               cached: bool = False) -> Message:
+    """Store an assistant answer with the provider and model that actually wrote it."""
+    message = Message(
+        conversation_id=conversation.id, user_id=conversation.user_id, role="assistant",
+        content=completion.text, status=status, provider=completion.provider, model=completion.model,
+        tokens_in=completion.tokens_in, tokens_out=completion.tokens_out,
+        latency_ms=completion.latency_ms, cached=cached, created_at=utcnow(),
+    )
+    db.session.add(message)
+    db.session.commit()
+    return message

@@ -1,0 +1,89 @@
+"""One JSON error shape for every failure: {"error": {"code", "message"}}."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, jsonify
+from flask.typing import ResponseReturnValue
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    """An error meant for the client: a status, a stable code and a readable message."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+
+
+def not_found(what: str = "resource") -> APIError:
+    """The error for an unknown id, or an id that belongs to someone else."""
+    return APIError(404, "not_found", f"{what} not found")
+
+
+def error_response(status: int, code: str, message: str, details: Any = None,
+                   headers: dict[str, str] | None = None) -> ResponseReturnValue:
+    """Build the JSON error response."""
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        body["details"] = details
+    response = jsonify(error=body)
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """Tell a database that cannot be reached (or timed out) from a bug in a query."""
+    return isinstance(exc, OperationalError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Turn every exception into the JSON error shape with the right status."""
+
+    @app.errorhandler(APIError)
+    def handle_api_error(exc: APIError) -> ResponseReturnValue:
+        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+    @app.errorhandler(HTTPException)
+    def handle_http_error(exc: HTTPException) -> ResponseReturnValue:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        headers = {}
+        if exc.code == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+            headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        return error_response(exc.code or 500, code, exc.description or exc.name, headers=headers)
+
+    @app.errorhandler(SQLAlchemyError)
+    def handle_database_error(exc: SQLAlchemyError) -> ResponseReturnValue:
+        from luca.extensions import db
+
+        db.session.rollback()
+        if is_database_unavailable(exc):
+            log.warning("database unavailable: %s", type(exc.orig if isinstance(exc, DBAPIError) else exc).__name__)
+            return error_response(503, "database_unavailable", "the database is not answering; try again shortly",
+                                  headers={"Retry-After": "5"})
+        log.exception("database error")
+        return error_response(500, "internal_error", "an unexpected error occurred")
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(exc: Exception) -> ResponseReturnValue:
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "an unexpected error occurred")

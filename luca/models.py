@@ -1,0 +1,108 @@
+"""The database tables, as typed SQLAlchemy 2 models."""
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, Uuid
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from luca.extensions import db
+
+# Objects that exist only in the migrations (search columns and indexes that are
+# dialect-specific); the migration check ignores them when comparing models.
+MIGRATION_ONLY = {
+    "conversations_metadata_idx",
+    "conversations_search_idx",
+    "messages_search_idx",
+    "title_tsv",
+    "tsv",
+    "messages_fts",
+    "conversations_fts",
+}
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    """Return the current UTC time as a naive datetime (how every timestamp is stored)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class User(db.Model):
+    """Someone who talks to Luca; authenticated by API tokens."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    name: Mapped[str] = mapped_column(String(120), default="")
+    is_admin: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    tokens: Mapped[list[ApiToken]] = relationship(back_populates="user", cascade="all, delete-orphan", passive_deletes=True)
+
+
+class ApiToken(db.Model):
+    """A bearer token; only its SHA-256 hash is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(80), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+    user: Mapped[User] = relationship(back_populates="tokens")
+
+
+class Conversation(db.Model):
+    """A thread of messages between one user and the assistant."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (
+        Index("conversations_user_created_idx", "user_id", "created_at"),
+        # The list order: pinned first, then newest activity, id as tie-breaker.
+        Index("conversations_user_activity_idx", "user_id", "pinned", "updated_at", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    title: Mapped[str | None] = mapped_column(String(200))
+    title_set_by_user: Mapped[bool] = mapped_column(default=False)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
+    pinned: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Message(db.Model):
+    """One turn of a conversation: the user's question or the assistant's answer."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        Index("messages_conversation_created_idx", "conversation_id", "created_at"),
+        Index("messages_role_created_idx", "role", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    # Kept on the message so search can narrow by user and by words in one index.
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(16))
+    content: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="complete")
+    provider: Mapped[str | None] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(128))
+    tokens_in: Mapped[int | None]
+    tokens_out: Mapped[int | None]
+    latency_ms: Mapped[int | None]
+    cached: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,152 @@
+"""The API's request and response models (pydantic v2); the OpenAPI document is built from them."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+
+UTCDateTime = Annotated[
+    datetime,
+    PlainSerializer(lambda value: value.isoformat(timespec="microseconds") + "Z", return_type=str),
+]
+
+
+class Body(BaseModel):
+    """A request body: strict types, unknown fields rejected."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class Out(BaseModel):
+    """A response model, filled from ORM objects or dicts."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+class UserOut(Out):
+    """The signed-in user."""
+
+    id: int
+    email: str
+    name: str
+    is_admin: bool
+    created_at: UTCDateTime
+
+
+class ConversationCreate(Body):
+    """Start a conversation; the title is generated after the first answer when not given."""
+
+    title: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class ConversationUpdate(Body):
+    """Rename, pin or unpin, or replace the metadata of a conversation."""
+
+    title: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    pinned: bool | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class ConversationOut(Out):
+    """A conversation as the API shows it."""
+
+    id: uuid.UUID
+    title: str | None
+    title_set_by_user: bool
+    metadata: dict[str, Any] = Field(validation_alias="meta")
+    pinned: bool
+    created_at: UTCDateTime
+    updated_at: UTCDateTime
+
+
+class ConversationPage(BaseModel):
+    """A page of conversations; pass next_cursor back as cursor for the next one."""
+
+    items: list[ConversationOut]
+    next_cursor: str | None
+
+
+class ConversationListQuery(BaseModel):
+    """Query string of the conversation list."""
+
+    limit: int = Field(20, ge=1, le=100)
+    cursor: str | None = Field(None, max_length=500)
+    q: str | None = Field(None, min_length=1, max_length=200, description="only conversations matching these words")
+    metadata: str | None = Field(None, max_length=2000,
+                                 description="a JSON object; only conversations whose metadata contains it")
+
+
+class MessageListQuery(BaseModel):
+    """Query string of the message list."""
+
+    limit: int = Field(50, ge=1, le=100)
+    cursor: str | None = Field(None, max_length=500)
+    order: Literal["asc", "desc"] = Field("desc", description="desc: newest first (page backwards)")
+
+
+class MessageCreate(Body):
+    """A user's question."""
+
+    content: Annotated[str, Field(min_length=1)]
+    stream: bool = False
+    cache: bool = True
+
+
+class MessageOut(Out):
+    """One message; answers carry the provider and model that actually wrote them."""
+
+    id: int
+    conversation_id: uuid.UUID
+    role: str
+    content: str
+    status: str
+    provider: str | None
+    model: str | None
+    tokens_in: int | None
+    tokens_out: int | None
+    latency_ms: int | None
+    cached: bool
+    created_at: UTCDateTime
+
+
+class MessagePage(BaseModel):
+    """A page of messages; pass next_cursor back as cursor for the next one."""
+
+    items: list[MessageOut]
+    next_cursor: str | None
+
+
+class Exchange(BaseModel):
+    """The stored question and the answer it got."""
+
+    message: MessageOut
+    answer: MessageOut
+
+
+class SearchQuery(BaseModel):
+    """Query string of the search endpoint."""
+
+    q: str = Field(min_length=1, max_length=200)
+    limit: int = Field(20, ge=1, le=50)
+
+
+class SearchHit(BaseModel):
+    """A matching title or message; snippet is HTML-escaped text with <mark> around the matches."""
+
+    conversation_id: uuid.UUID
+    conversation_title: str | None
+    message_id: int | None
+    role: str | None
+    snippet: str
+    rank: float
+    created_at: UTCDateTime
+
+
+class SearchResults(BaseModel):
+    """Search hits, best first."""
+
+    query: str
+    items: list[SearchHit]

@@ -1,0 +1,160 @@
+"""Full-text search in the same database: PostgreSQL tsvector + GIN, SQLite FTS5.
+
+Search is always scoped to one user. Snippets are HTML-escaped, with <mark> around
+the matched words, so a client can insert them as HTML safely.
+"""
+from __future__ import annotations
+
+import html
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, select, text, union
+from sqlalchemy.sql.elements import TextClause
+
+from luca.extensions import db
+
+# Match markers that cannot occur in text a user typed (control characters are
+# stripped from snippets before they are escaped).
+START, STOP = "\x02", "\x03"
+WORD = re.compile(r"\w+", re.UNICODE)
+MAX_WORDS = 12
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: a title or a message that matched."""
+
+    conversation_id: uuid.UUID
+    conversation_title: str | None
+    message_id: int | None
+    role: str | None
+    snippet: str
+    rank: float
+    created_at: datetime
+
+
+def words(query: str) -> list[str]:
+    """The words of a query, operators and quotes dropped; what both engines search for."""
+    return WORD.findall(query.lower())[:MAX_WORDS]
+
+
+def fts5_query(query: str) -> str | None:
+    """A safe FTS5 MATCH expression: every word quoted, all required."""
+    found = words(query)
+    return " ".join(f'"{w}"' for w in found) if found else None
+
+
+def pg_query(query: str) -> str | None:
+    """The words joined for plainto_tsquery, which cannot raise a syntax error."""
+    found = words(query)
+    return " ".join(found) if found else None
+
+
+def render_snippet(raw: str | None) -> str:
+    """Escape a snippet for HTML and turn the engine's markers into <mark> tags."""
+    raw = re.sub(r"[\x00-\x01\x04-\x08\x0b\x0c\x0e-\x1f]", "", raw or "")
+    return html.escape(raw).replace(START, "<mark>").replace(STOP, "</mark>")
+
+
+PG_SEARCH = text(f"""
+WITH q AS (SELECT plainto_tsquery('english', :q) AS tsq),
+hits AS (
+    (SELECT m.conversation_id, m.id AS message_id, m.role, m.created_at,
+            ts_rank(m.tsv, q.tsq) AS rank
+       FROM messages m, q
+      WHERE m.user_id = :user_id AND m.tsv @@ q.tsq
+      ORDER BY rank DESC, m.id DESC LIMIT :limit)
+    UNION ALL
+    (SELECT c.id, NULL, NULL, c.created_at, ts_rank(c.title_tsv, q.tsq) * 2
+       FROM conversations c, q
+      WHERE c.user_id = :user_id AND c.title_tsv @@ q.tsq
+      ORDER BY 5 DESC LIMIT :limit)
+    ORDER BY rank DESC LIMIT :limit
+)
+SELECT h.conversation_id, c.title AS conversation_title, h.message_id, h.role, h.rank, h.created_at,
+       ts_headline('english', COALESCE(m.content, c.title), q.tsq,
+                   'StartSel={START}, StopSel={STOP}, MaxWords=30, MinWords=12, MaxFragments=2') AS snippet
+  FROM hits h
+  JOIN conversations c ON c.id = h.conversation_id
+  LEFT JOIN messages m ON m.id = h.message_id
+  CROSS JOIN q
+ ORDER BY h.rank DESC
+""")
+
+SQLITE_SEARCH = text(f"""
+SELECT * FROM (
+    SELECT m.conversation_id, c.title AS conversation_title, m.id AS message_id, m.role,
+           -bm25(messages_fts) AS rank, m.created_at,
+           snippet(messages_fts, 0, '{START}', '{STOP}', '…', 24) AS snippet
+      FROM messages_fts
+      JOIN messages m ON m.id = messages_fts.rowid
+      JOIN conversations c ON c.id = m.conversation_id
+     WHERE messages_fts MATCH :q AND m.user_id = :user_id
+    UNION ALL
+    SELECT c.id, c.title, NULL, NULL, -bm25(conversations_fts) * 2, c.created_at,
+           highlight(conversations_fts, 0, '{START}', '{STOP}')
+      FROM conversations_fts
+      JOIN conversations c ON c.id = conversations_fts.conversation_id
+     WHERE conversations_fts MATCH :q AND c.user_id = :user_id
+) ORDER BY rank DESC LIMIT :limit
+""")
+
+
+def is_postgres() -> bool:
+    """Whether the app's database is PostgreSQL (else SQLite)."""
+    return db.engine.dialect.name == "postgresql"
+
+
+def search(user_id: int, query: str, limit: int) -> list[Hit]:
+    """Rank the user's titles and messages that contain every word of query."""
+    expression = pg_query(query) if is_postgres() else fts5_query(query)
+    if expression is None:
+        return []
+    statement = PG_SEARCH if is_postgres() else SQLITE_SEARCH
+    rows = db.session.execute(statement, {"q": expression, "user_id": user_id, "limit": limit}).mappings()
+    return [hit_from_row(row) for row in rows]
+
+
+def hit_from_row(row: Any) -> Hit:
+    """Turn a result row of either engine into a Hit."""
+    conversation_id = row["conversation_id"]
+    created_at = row["created_at"]
+    return Hit(
+        conversation_id=conversation_id if isinstance(conversation_id, uuid.UUID) else uuid.UUID(conversation_id),
+        conversation_title=row["conversation_title"],
+        message_id=row["message_id"],
+        role=row["role"],
+        snippet=render_snippet(row["snippet"]),
+        rank=float(row["rank"]),
+        created_at=created_at if isinstance(created_at, datetime) else datetime.fromisoformat(created_at),
+    )
+
+
+def matching_conversations(user_id: int, query: str) -> Select[Any] | TextClause | None:
+    """A subquery of the ids of the user's conversations whose title or messages match query."""
+    if is_postgres():
+        expression = pg_query(query)
+        if expression is None:
+            return None
+        return text("""
+            SELECT m.conversation_id FROM messages m
+             WHERE m.user_id = :mq_user AND m.tsv @@ plainto_tsquery('english', :mq_q)
+            UNION
+            SELECT c.id FROM conversations c
+             WHERE c.user_id = :mq_user AND c.title_tsv @@ plainto_tsquery('english', :mq_q)
+        """).bindparams(mq_user=user_id, mq_q=expression)
+    expression = fts5_query(query)
+    if expression is None:
+        return None
+    return text("""
+        SELECT m.conversation_id FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid
+         WHERE messages_fts MATCH :mq_q AND m.user_id = :mq_user
+        UNION
+        SELECT conversations_fts.conversation_id FROM conversations_fts
+          JOIN conversations c ON c.id = conversations_fts.conversation_id
+         WHERE conversations_fts MATCH :mq_q AND c.user_id = :mq_user
+    """).bindparams(mq_user=user_id, mq_q=expression)

@@ -1,0 +1,229 @@
+"""Fixtures: an app on SQLite and on PostgreSQL, a client, a CLI runner, users with tokens.
+
+PostgreSQL tests use a database of their own, created for the run and dropped after it.
+They skip when PostgreSQL is not answering, unless LUCA_REQUIRE_SERVICES=1 (set by CI),
+which turns a missing service into a failure.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient, FlaskCliRunner
+
+from config import TestConfig
+from luca import create_app
+from luca.extensions import db
+
+ROOT = Path(__file__).resolve().parent.parent
+POSTGRES_URL = os.environ.get("LUCA_TEST_POSTGRES_URL", "postgresql+psycopg://127.0.0.1:5432/test")
+REQUIRE_SERVICES = os.environ.get("LUCA_REQUIRE_SERVICES", "").lower() in {"1", "true", "yes"}
+TABLES = ["messages", "conversations", "api_tokens", "users"]
+
+
+def service_missing(reason: str) -> None:
+    """Skip a test whose service is down, or fail it when CI says services are mandatory."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason} (LUCA_REQUIRE_SERVICES=1 makes this a failure)", pytrace=False)
+    pytest.skip(reason)
+
+
+@contextmanager
+def temporary_postgres_database(prefix: str = "luca_test") -> Iterator[str]:
+    """Create an empty PostgreSQL database for this run and drop it afterwards."""
+    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        service_missing(f"PostgreSQL is not answering at {sa.make_url(POSTGRES_URL).render_as_string()}: "
+                        f"{type(exc.orig).__name__}")
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield sa.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def migrate(url: str) -> None:
+    """Run every migration against url, the way `flask db upgrade` does."""
+    from flask_migrate import upgrade
+
+    app = create_app(TestConfig, {"SQLALCHEMY_DATABASE_URI": url})
+    with app.app_context():
+        upgrade(directory=str(ROOT / "migrations"))
+        db.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A migrated SQLite file shared by the run's SQLite tests."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'luca.db'}"
+    migrate(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgresql_url() -> Iterator[str]:
+    """A migrated PostgreSQL database of this run's own."""
+    with temporary_postgres_database() as url:
+        migrate(url)
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Every database test runs once on SQLite and once on PostgreSQL."""
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture
+def app_factory(database_url: str) -> Iterator[Callable[..., Flask]]:
+    """Build apps on the test database (several when a test needs two instances); clean up after."""
+    apps: list[Flask] = []
+
+    def build(**overrides: Any) -> Flask:
+        app = create_app(TestConfig, {"SQLALCHEMY_DATABASE_URI": database_url,
+                                      "MIGRATIONS_DIR": str(ROOT / "migrations"), **overrides})
+        apps.append(app)
+        return app
+
+    yield build
+    for app in apps:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+    clean_database(database_url)
+
+
+def clean_database(url: str) -> None:
+    """Delete every row the test wrote."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+        else:
+            for table in TABLES:
+                conn.execute(sa.text(f"DELETE FROM {table}"))
+    engine.dispose()
+
+
+@pytest.fixture
+def app(app_factory: Callable[..., Flask]) -> Flask:
+    """The app under test."""
+    return app_factory()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A test client of the app."""
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> FlaskCliRunner:
+    """A runner for the app's CLI commands."""
+    return app.test_cli_runner()
+
+
+@dataclass
+class Api:
+    """A test client that signs every request with one user's token."""
+
+    client: FlaskClient
+    token: str
+    user_id: int
+
+    def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """The Authorization header plus any extra ones."""
+        return {"Authorization": f"Bearer {self.token}", **(extra or {})}
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        """GET with the token."""
+        return self.client.get(path, headers=self.headers(kwargs.pop("headers", None)), **kwargs)
+
+    def post(self, path: str, json: Any = None, **kwargs: Any) -> Any:
+        """POST JSON with the token."""
+        return self.client.post(path, json=json, headers=self.headers(kwargs.pop("headers", None)), **kwargs)
+
+    def patch(self, path: str, json: Any = None, **kwargs: Any) -> Any:
+        """PATCH JSON with the token."""
+        return self.client.patch(path, json=json, headers=self.headers(kwargs.pop("headers", None)), **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> Any:
+        """DELETE with the token."""
+        return self.client.delete(path, headers=self.headers(kwargs.pop("headers", None)), **kwargs)
+
+    def new_conversation(self, **body: Any) -> dict[str, Any]:
+        """Create a conversation and return its JSON."""
+        response = self.post("/api/conversations", json=body)
+        assert response.status_code == 201, response.get_json()
+        return response.get_json()
+
+    def ask(self, conversation_id: str, content: str, **body: Any) -> Any:
+        """Send a message to a conversation."""
+        return self.post(f"/api/conversations/{conversation_id}/messages", json={"content": content, **body})
+
+
+def create_user(app: Flask, email: str, admin: bool = False) -> tuple[int, str]:
+    """Create a user through the CLI, as an operator would; return its id and token."""
+    args = ["users", "create", email] + (["--admin"] if admin else [])
+    result = app.test_cli_runner().invoke(args=args)
+    assert result.exit_code == 0, result.output
+    token = result.output.strip().splitlines()[-1]
+    with app.app_context():
+        user_id = db.session.execute(sa.text("SELECT id FROM users WHERE email = :e"), {"e": email}).scalar_one()
+    return user_id, token
+
+
+@pytest.fixture
+def make_api(app: Flask, client: FlaskClient) -> Callable[..., Api]:
+    """Create users on demand, each with its own signed client."""
+
+    def make(email: str | None = None, admin: bool = False) -> Api:
+        user_id, token = create_user(app, email or f"user-{uuid.uuid4().hex[:8]}@example.com", admin)
+        return Api(client, token, user_id)
+
+    return make
+
+
+@pytest.fixture
+def api(make_api: Callable[..., Api]) -> Api:
+    """A signed client for one ordinary user."""
+    return make_api("alice@example.com")
+
+
+@pytest.fixture
+def other_api(make_api: Callable[..., Api]) -> Api:
+    """A signed client for a second user."""
+    return make_api("bob@example.com")
+
+
+@contextmanager
+def count_statements(app: Flask) -> Iterator[list[str]]:
+    """Collect the SQL statements the app's engine runs inside the block."""
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    with app.app_context():
+        engine = db.engine
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
