@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, select, text, union
+from sqlalchemy import Select, text
 from sqlalchemy.sql.elements import TextClause
 
 from luca.extensions import db
@@ -60,28 +60,28 @@ def render_snippet(raw: str | None) -> str:
     return html.escape(raw).replace(START, "<mark>").replace(STOP, "</mark>")
 
 
+# The tsquery is written inline (not in a CTE) so the planner sees a constant it can
+# match against the (user_id, tsv) GIN indexes.
 PG_SEARCH = text(f"""
-WITH q AS (SELECT plainto_tsquery('english', :q) AS tsq),
-hits AS (
+WITH hits AS (
     (SELECT m.conversation_id, m.id AS message_id, m.role, m.created_at,
-            ts_rank(m.tsv, q.tsq) AS rank
-       FROM messages m, q
-      WHERE m.user_id = :user_id AND m.tsv @@ q.tsq
+            ts_rank(m.tsv, plainto_tsquery('english', :q)) AS rank
+       FROM messages m
+      WHERE m.user_id = CAST(:user_id AS integer) AND m.tsv @@ plainto_tsquery('english', :q)
       ORDER BY rank DESC, m.id DESC LIMIT :limit)
     UNION ALL
-    (SELECT c.id, NULL, NULL, c.created_at, ts_rank(c.title_tsv, q.tsq) * 2
-       FROM conversations c, q
-      WHERE c.user_id = :user_id AND c.title_tsv @@ q.tsq
-      ORDER BY 5 DESC LIMIT :limit)
+    (SELECT c.id, NULL, NULL, c.created_at, ts_rank(c.title_tsv, plainto_tsquery('english', :q)) * 2 AS rank
+       FROM conversations c
+      WHERE c.user_id = CAST(:user_id AS integer) AND c.title_tsv @@ plainto_tsquery('english', :q)
+      ORDER BY rank DESC LIMIT :limit)
     ORDER BY rank DESC LIMIT :limit
 )
 SELECT h.conversation_id, c.title AS conversation_title, h.message_id, h.role, h.rank, h.created_at,
-       ts_headline('english', COALESCE(m.content, c.title), q.tsq,
+       ts_headline('english', COALESCE(m.content, c.title), plainto_tsquery('english', :q),
                    'StartSel={START}, StopSel={STOP}, MaxWords=30, MinWords=12, MaxFragments=2') AS snippet
   FROM hits h
   JOIN conversations c ON c.id = h.conversation_id
   LEFT JOIN messages m ON m.id = h.message_id
-  CROSS JOIN q
  ORDER BY h.rank DESC
 """)
 
@@ -142,10 +142,10 @@ def matching_conversations(user_id: int, query: str) -> Select[Any] | TextClause
             return None
         return text("""
             SELECT m.conversation_id FROM messages m
-             WHERE m.user_id = :mq_user AND m.tsv @@ plainto_tsquery('english', :mq_q)
+             WHERE m.user_id = CAST(:mq_user AS integer) AND m.tsv @@ plainto_tsquery('english', :mq_q)
             UNION
             SELECT c.id FROM conversations c
-             WHERE c.user_id = :mq_user AND c.title_tsv @@ plainto_tsquery('english', :mq_q)
+             WHERE c.user_id = CAST(:mq_user AS integer) AND c.title_tsv @@ plainto_tsquery('english', :mq_q)
         """).bindparams(mq_user=user_id, mq_q=expression)
     expression = fts5_query(query)
     if expression is None:

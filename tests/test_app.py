@@ -1,0 +1,87 @@
+"""The app factory, configuration, error shape and the OpenAPI document."""
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+import config
+from config import normalise_database_url
+from tests.conftest import ROOT
+
+
+@pytest.mark.parametrize("given,expected", [
+    ("postgres://u:p@host:5432/db", "postgresql+psycopg://u:p@host:5432/db"),
+    ("postgresql://host/db", "postgresql+psycopg://host/db"),
+    ("postgresql+psycopg://host/db", "postgresql+psycopg://host/db"),
+    ("sqlite:////tmp/x.db", "sqlite:////tmp/x.db"),
+    ("", None),
+    (None, None),
+])
+def test_database_url_is_normalised_to_psycopg3(given, expected) -> None:
+    assert normalise_database_url(given) == expected
+
+
+def test_without_database_url_the_default_is_a_sqlite_file_in_instance(monkeypatch) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    reloaded = importlib.reload(config)
+    try:
+        assert reloaded.Config.SQLALCHEMY_DATABASE_URI == f"sqlite:///{ROOT / 'instance' / 'luca.db'}"
+    finally:
+        importlib.reload(config)
+
+
+def test_switches_are_read_from_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("DISABLE_CACHE", "true")
+    monkeypatch.setenv("DISABLE_QUEUES", "0")
+    monkeypatch.setenv("REDIS_MAX_RETRIES", "7")
+    reloaded = importlib.reload(config)
+    try:
+        assert (reloaded.Config.DISABLE_CACHE, reloaded.Config.DISABLE_QUEUES, reloaded.Config.REDIS_MAX_RETRIES) == \
+            (True, False, 7)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(config)
+
+
+def test_wsgi_module_exposes_the_app() -> None:
+    code = "import wsgi, flask; assert isinstance(wsgi.app, flask.Flask); print(sorted(wsgi.app.blueprints))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "DATABASE_URL": "sqlite://"}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "'admin'" in result.stdout and "'conversations'" in result.stdout
+
+
+def test_unexpected_errors_are_json_500(app, client) -> None:
+    @app.get("/boom")
+    def boom() -> str:
+        raise RuntimeError("secret internals")
+
+    response = client.get("/boom")
+    assert response.status_code == 500
+    assert response.get_json() == {"error": {"code": "internal_error", "message": "an unexpected error occurred"}}
+
+
+def test_openapi_document_describes_every_endpoint(client) -> None:
+    spec = client.get("/api/openapi.json").get_json()
+    assert spec["openapi"].startswith("3.")
+    paths = spec["paths"]
+    for path, method in [("/api/me", "get"), ("/api/conversations", "get"), ("/api/conversations", "post"),
+                         ("/api/conversations/{conversation_id}", "patch"),
+                         ("/api/conversations/{conversation_id}", "delete"),
+                         ("/api/conversations/{conversation_id}/messages", "get"),
+                         ("/api/conversations/{conversation_id}/messages", "post"),
+                         ("/api/search", "get"), ("/api/admin/users", "get")]:
+        assert method in paths[path], (path, method)
+    listing = paths["/api/conversations"]["get"]
+    assert {p["name"] for p in listing["parameters"]} >= {"limit", "cursor", "metadata", "q"}
+    body_ref = paths["/api/conversations/{conversation_id}/messages"]["post"]["requestBody"]
+    assert body_ref["content"]["application/json"]["schema"]["$ref"].split("/")[-1] in spec["components"]["schemas"]
+
+
+def test_docs_page_lists_the_endpoints(client) -> None:
+    page = client.get("/api/docs")
+    assert page.status_code == 200
+    assert "/api/conversations/{conversation_id}/messages" in page.get_data(as_text=True)
