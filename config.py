@@ -45,6 +45,40 @@ def sqlite_url() -> str:
     return f"sqlite:///{instance / 'luca.db'}"
 
 
+# Providers spoken to through their OpenAI-compatible endpoints: base URL and model defaults.
+KNOWN_PROVIDERS = {
+    "openai": ("https://api.openai.com/v1", "gpt-4o-mini"),
+    "gemini": ("https://generativelanguage.googleapis.com/v1beta/openai/", "gemini-2.0-flash"),
+    "anthropic": ("https://api.anthropic.com/v1/", "claude-3-5-haiku-latest"),
+}
+
+
+def provider_order(value: str) -> list[str]:
+    """AI_PROVIDERS as a list; unset means every known provider with a key, then offline."""
+    names = [n.strip().lower() for n in value.split(",") if n.strip()]
+    if names:
+        return names
+    keyed = [name for name in KNOWN_PROVIDERS if os.environ.get(f"{name.upper()}_API_KEY")]
+    return [*keyed, "offline"]
+
+
+def provider_settings(names: list[str]) -> dict[str, dict[str, str]]:
+    """Base URL, key and model of each OpenAI-compatible provider, from <NAME>_BASE_URL, _API_KEY, _MODEL."""
+    settings = {}
+    for name in names:
+        if name == "offline":
+            continue
+        base_url, model = KNOWN_PROVIDERS.get(name, ("", ""))
+        prefix = name.upper().replace("-", "_")
+        settings[name] = {
+            "base_url": os.environ.get(f"{prefix}_BASE_URL", base_url),
+            # Local servers such as Ollama or vLLM accept any key.
+            "api_key": os.environ.get(f"{prefix}_API_KEY", "" if name in KNOWN_PROVIDERS else "none"),
+            "model": os.environ.get(f"{prefix}_MODEL", model),
+        }
+    return settings
+
+
 class Config:
     """Settings from the environment; see the README's table for each one."""
 
@@ -68,11 +102,27 @@ class Config:
     MAX_TITLE_CHARS = 200
     MAX_METADATA_BYTES = env_int("MAX_METADATA_BYTES", 16 * 1024)
 
-    AI_PROVIDERS = os.environ.get("AI_PROVIDERS", "")
+    REDIS_TLS_VERIFY = env_bool("REDIS_TLS_VERIFY")
+    # Every key Luca writes (cache, breakers, locks) starts with this; RQ keeps its own rq: keys.
+    REDIS_KEY_PREFIX = os.environ.get("REDIS_KEY_PREFIX", "luca:")
+
+    AI_PROVIDERS = provider_order(os.environ.get("AI_PROVIDERS", ""))
+    AI_PROVIDER_SETTINGS = provider_settings(AI_PROVIDERS)
     AI_SYSTEM_PROMPT = os.environ.get("AI_SYSTEM_PROMPT") or None
+    AI_TIMEOUT = env_float("AI_TIMEOUT", 60.0)
+    AI_CONNECT_TIMEOUT = env_float("AI_CONNECT_TIMEOUT", 5.0)
     AI_CONTEXT_TOKENS = env_int("AI_CONTEXT_TOKENS", 3000)
     AI_CONTEXT_MESSAGES = env_int("AI_CONTEXT_MESSAGES", 40)
     AI_MAX_OUTPUT_TOKENS = env_int("AI_MAX_OUTPUT_TOKENS", 1024)
+
+    AI_BREAKER_FAIL_MAX = env_int("AI_BREAKER_FAIL_MAX", 5)
+    AI_BREAKER_RESET_TIMEOUT = env_float("AI_BREAKER_RESET_TIMEOUT", 60.0)
+    DB_BREAKER_FAIL_MAX = env_int("DB_BREAKER_FAIL_MAX", 3)
+    DB_BREAKER_RESET_TIMEOUT = env_float("DB_BREAKER_RESET_TIMEOUT", 10.0)
+    EXTERNAL_BREAKER_FAIL_MAX = env_int("EXTERNAL_BREAKER_FAIL_MAX", 3)
+    EXTERNAL_BREAKER_RESET_TIMEOUT = env_float("EXTERNAL_BREAKER_RESET_TIMEOUT", 30.0)
+    REDIS_BREAKER_FAIL_MAX = env_int("REDIS_BREAKER_FAIL_MAX", 2)
+    REDIS_BREAKER_RESET_TIMEOUT = env_float("REDIS_BREAKER_RESET_TIMEOUT", 5.0)
 
 
 class TestConfig(Config):

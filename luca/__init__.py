@@ -9,6 +9,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from config import Config
+from luca.breakers import get_breakers, guard_database, register_breakers
 from luca.extensions import db, migrate
 
 log = logging.getLogger(__name__)
@@ -20,6 +21,7 @@ def create_app(config_class: type[Config] = Config, overrides: dict[str, Any] | 
     app.config.from_object(config_class)
     app.config.update(overrides or {})
     configure_logging(app)
+    register_breakers(app)
     register_database(app)
     register_blueprints(app)
     register_error_handling(app)
@@ -56,6 +58,8 @@ def register_database(app: Flask) -> None:
     db.init_app(app)
     migrate.init_app(app, db, directory=str(app.config.get("MIGRATIONS_DIR", "migrations")),
                      compare_type=True, render_as_batch=True)
+    with app.app_context():
+        guard_database(db.engine, get_breakers(app).database)
 
 
 @event.listens_for(Engine, "connect")

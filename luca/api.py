@@ -25,6 +25,7 @@ class EndpointSpec:
     status: int = 200
     errors: tuple[int, ...] = ()
     content_type: str = "application/json"
+    optional_body: bool = False
     extra_responses: dict[int, str] = field(default_factory=dict)
 
 
@@ -80,7 +81,8 @@ def endpoint(**spec_args: Any) -> Callable[[Callable[..., Any]], Callable[..., A
             if spec.query is not None:
                 kwargs["query"] = parse_query(spec.query)
             if spec.body is not None:
-                kwargs["body"] = parse_body(spec.body)
+                empty = spec.optional_body and not request.content_length and not request.is_json
+                kwargs["body"] = spec.body() if empty else parse_body(spec.body)
             return to_response(view(*args, **kwargs), spec.status)
 
         wrapper.api_spec = spec  # type: ignore[attr-defined]
@@ -132,7 +134,7 @@ def openapi_document(app: Flask) -> dict[str, Any]:
             "responses": {},
         }
         if spec.body is not None:
-            operation["requestBody"] = {"required": True, "content": {
+            operation["requestBody"] = {"required": not spec.optional_body, "content": {
                 "application/json": {"schema": refs[(spec.body, "validation")]}}}
         ok: dict[str, Any] = {"description": "Success"}
         if spec.response is not None:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
+from pybreaker import CircuitBreakerError
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
@@ -70,6 +72,16 @@ def register_error_handlers(app: Flask) -> None:
         if exc.code == 405 and exc.valid_methods:  # type: ignore[attr-defined]
             headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
         return error_response(exc.code or 500, code, exc.description or exc.name, headers=headers)
+
+    @app.errorhandler(CircuitBreakerError)
+    def handle_open_breaker(exc: CircuitBreakerError) -> ResponseReturnValue:
+        from luca.breakers import get_breakers
+        from luca.extensions import db
+
+        db.session.rollback()
+        wait = max(1, math.ceil(get_breakers().database.seconds_until_half_open()))
+        return error_response(503, "database_unavailable", "the database is not answering; try again shortly",
+                              headers={"Retry-After": str(wait)})
 
     @app.errorhandler(SQLAlchemyError)
     def handle_database_error(exc: SQLAlchemyError) -> ResponseReturnValue:

@@ -95,6 +95,13 @@ class MessageCreate(Body):
     cache: bool = True
 
 
+class RetryRequest(Body):
+    """Options for asking again; the body may be left out."""
+
+    stream: bool = False
+    cache: bool = True
+
+
 class MessageOut(Out):
     """One message; answers carry the provider and model that actually wrote them."""
 

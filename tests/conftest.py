@@ -24,6 +24,7 @@ from luca import create_app
 from luca.extensions import db
 
 ROOT = Path(__file__).resolve().parent.parent
+REDIS_URL = os.environ.get("LUCA_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 POSTGRES_URL = os.environ.get("LUCA_TEST_POSTGRES_URL", "postgresql+psycopg://127.0.0.1:5432/test")
 REQUIRE_SERVICES = os.environ.get("LUCA_REQUIRE_SERVICES", "").lower() in {"1", "true", "yes"}
 TABLES = ["messages", "conversations", "api_tokens", "users"]
@@ -103,10 +104,22 @@ def app_factory(database_url: str) -> Iterator[Callable[..., Flask]]:
 
     yield build
     for app in apps:
-        with app.app_context():
-            db.session.remove()
-            db.engine.dispose()
+        close_app(app)
     clean_database(database_url)
+
+
+def close_app(app: Flask) -> None:
+    """Release what an app holds open: database connections, its Redis client, provider HTTP clients."""
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+    redis_client = app.extensions.get("luca.redis")
+    if redis_client is not None:
+        redis_client.close()
+    for provider in app.extensions.get("luca.providers", []):
+        client = getattr(provider, "client", None)
+        if client is not None:
+            client.close()
 
 
 def clean_database(url: str) -> None:
@@ -119,6 +132,38 @@ def clean_database(url: str) -> None:
             for table in TABLES:
                 conn.execute(sa.text(f"DELETE FROM {table}"))
     engine.dispose()
+
+
+@dataclass
+class RedisTarget:
+    """The test's Redis: a URL, a key prefix of its own, and a client to inspect it."""
+
+    url: str
+    prefix: str
+    client: Any
+
+    def overrides(self) -> dict[str, Any]:
+        """App settings that point Luca at this Redis and prefix."""
+        return {"REDIS_URL": self.url, "REDIS_KEY_PREFIX": self.prefix}
+
+
+@pytest.fixture
+def redis_target() -> Iterator[RedisTarget]:
+    """Real Redis (its own DB number); every key under this test's prefix is deleted afterwards."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        service_missing(f"Redis is not answering at {REDIS_URL}: {type(exc).__name__}")
+    target = RedisTarget(REDIS_URL, f"luca-test-{uuid.uuid4().hex[:10]}:", client)
+    yield target
+    keys = list(client.scan_iter(match=f"{target.prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
 
 
 @pytest.fixture
@@ -210,6 +255,37 @@ def api(make_api: Callable[..., Api]) -> Api:
 def other_api(make_api: Callable[..., Api]) -> Api:
     """A signed client for a second user."""
     return make_api("bob@example.com")
+
+
+@pytest.fixture(scope="session")
+def provider_servers() -> Iterator[tuple[Any, Any]]:
+    """Two local OpenAI-compatible servers, "primary" and "backup", for the whole run."""
+    from luca.ai.testserver import TestServer
+
+    with TestServer(name="primary") as primary, TestServer(name="backup") as backup:
+        yield primary, backup
+
+
+@pytest.fixture
+def servers(provider_servers: tuple[Any, Any]) -> Iterator[tuple[Any, Any]]:
+    """The two provider servers, reset to healthy defaults before and after the test."""
+    for server in provider_servers:
+        server.reset()
+    yield provider_servers
+    for server in provider_servers:
+        server.reset()
+
+
+def provider_overrides(*servers: Any, **extra: Any) -> dict[str, Any]:
+    """App settings that make the given test servers the provider chain, in order."""
+    return {
+        "AI_PROVIDERS": [s.name for s in servers],
+        "AI_PROVIDER_SETTINGS": {s.name: {"base_url": s.url, "api_key": "test-key", "model": f"{s.name}-model"}
+                                 for s in servers},
+        "AI_TIMEOUT": 5.0,
+        "AI_CONNECT_TIMEOUT": 1.0,
+        **extra,
+    }
 
 
 @contextmanager

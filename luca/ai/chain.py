@@ -1,15 +1,162 @@
-"""Which provider answers: the configured providers, in order."""
+"""Which provider answers: the first in AI_PROVIDERS order whose breaker lets it, falling back on failure."""
 from __future__ import annotations
 
-from luca.ai.base import ChatMessage, Completion, Provider
+import logging
+import math
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+from flask import Flask, current_app
+from pybreaker import CircuitBreakerError
+
+from luca.ai.base import ChatMessage, Completion, Provider, StreamEnd
 from luca.ai.offline import OfflineProvider
+from luca.ai.providers import OpenAICompatibleProvider, is_provider_failure
+from luca.breakers import Breaker, get_breakers
+
+log = logging.getLogger(__name__)
+
+# Retry-After when every provider failed but no breaker is open yet (seconds).
+DEFAULT_RETRY_AFTER = 10
 
 
-def providers() -> list[Provider]:
-    """The providers in the order they are tried."""
-    return [OfflineProvider()]
+class ProvidersUnavailable(Exception):
+    """Every provider failed or is behind an open breaker."""
+
+    def __init__(self, retry_after: int, errors: list[str]) -> None:
+        super().__init__("no AI provider is available: " + "; ".join(errors))
+        self.retry_after = retry_after
+        self.errors = errors
+
+
+def build_providers(app: Flask) -> list[Provider]:
+    """The configured providers in order; one without a base URL or key is left out with a warning."""
+    built: list[Provider] = []
+    for name in app.config["AI_PROVIDERS"]:
+        if name == "offline":
+            built.append(OfflineProvider())
+            continue
+        settings = app.config["AI_PROVIDER_SETTINGS"].get(name, {})
+        if not settings.get("base_url") or not settings.get("api_key") or not settings.get("model"):
+            log.warning("[AI] provider %s is listed in AI_PROVIDERS but has no base URL, key or model; skipped", name)
+            continue
+        built.append(OpenAICompatibleProvider(
+            name, base_url=settings["base_url"], api_key=settings["api_key"], model=settings["model"],
+            timeout=app.config["AI_TIMEOUT"], connect_timeout=app.config["AI_CONNECT_TIMEOUT"],
+            max_tokens=app.config["AI_MAX_OUTPUT_TOKENS"]))
+    return built or [OfflineProvider()]
+
+
+def providers(app: Flask | None = None) -> list[Provider]:
+    """The app's providers (built once; their HTTP clients keep connections alive)."""
+    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    if "luca.providers" not in app.extensions:
+        app.extensions["luca.providers"] = build_providers(app)
+    return app.extensions["luca.providers"]
+
+
+def breaker_for(provider: Provider) -> Breaker | None:
+    """The provider's breaker; the offline provider cannot fail and has none."""
+    if isinstance(provider, OfflineProvider):
+        return None
+    return get_breakers().ai(provider.name, is_provider_failure)
+
+
+def guarded(provider: Provider) -> AbstractContextManager[Any]:
+    """A guard around one call to provider."""
+    breaker = breaker_for(provider)
+    return breaker.guard() if breaker else nullcontext()
+
+
+def retry_after() -> int:
+    """Seconds until the first open AI breaker half-opens (a default when none is open)."""
+    waits = [b.seconds_until_half_open() for p in providers() if (b := breaker_for(p))]
+    waits = [w for w in waits if w > 0]
+    return max(1, math.ceil(min(waits))) if waits else DEFAULT_RETRY_AFTER
+
+
+def describe(provider: Provider, exc: BaseException) -> str:
+    """A short, log-safe account of why a provider did not answer."""
+    if isinstance(exc, CircuitBreakerError):
+        return f"{provider.name}: breaker open"
+    return f"{provider.name}: {type(exc).__name__}"
 
 
 def answer(messages: list[ChatMessage]) -> Completion:
-    """Answer the context with the first provider."""
-    return providers()[0].complete(messages)
+    """Answer with the first provider that can; ProvidersUnavailable when none can."""
+    errors: list[str] = []
+    for provider in providers():
+        try:
+            with guarded(provider):
+                return provider.complete(messages)
+        except Exception as exc:  # noqa: BLE001 - any provider error means: try the next one
+            errors.append(describe(provider, exc))
+            if not isinstance(exc, CircuitBreakerError):
+                log.warning("[AI] %s failed (%s); trying the next provider", provider.name, type(exc).__name__)
+    raise ProvidersUnavailable(retry_after(), errors)
+
+
+class AnswerStream:
+    """A provider's streamed answer, opened with its first delta; outcome recorded on its breaker."""
+
+    def __init__(self, provider: Provider, breaker: Breaker | None, trial: bool,
+                 first: str | StreamEnd, rest: Iterator[str | StreamEnd]) -> None:
+        self.provider = provider
+        self.breaker = breaker
+        self.trial = trial
+        self.first = first
+        self.rest = rest
+        self.end: StreamEnd | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        """Yield text deltas; afterwards self.end holds the usage counts."""
+        try:
+            item = self.first
+            while True:
+                if isinstance(item, StreamEnd):
+                    self.end = item
+                    break
+                yield item
+                item = next(self.rest)
+        except GeneratorExit:
+            self.rest.close()  # type: ignore[attr-defined]
+            if self.breaker:
+                self.breaker.record_nothing(self.trial)
+            raise
+        except BaseException as exc:
+            if self.breaker:
+                if is_provider_failure(exc):
+                    self.breaker.record_failure(exc, self.trial)
+                else:
+                    self.breaker.record_success(self.trial)
+            raise
+        if self.breaker:
+            self.breaker.record_success(self.trial)
+
+
+def open_stream(messages: list[ChatMessage]) -> AnswerStream:
+    """Start streaming from the first provider that produces a first delta (fallback happens only here)."""
+    errors: list[str] = []
+    for provider in providers():
+        breaker = breaker_for(provider)
+        try:
+            trial = breaker.allow() if breaker else False
+        except CircuitBreakerError as exc:
+            errors.append(describe(provider, exc))
+            continue
+        rest = provider.stream(messages)
+        try:
+            first = next(rest)
+        except Exception as exc:  # noqa: BLE001 - before the first delta, any error means: next provider
+            errors.append(describe(provider, exc))
+            log.warning("[AI] %s failed before streaming (%s); trying the next provider",
+                        provider.name, type(exc).__name__)
+            if breaker:
+                if is_provider_failure(exc):
+                    breaker.record_failure(exc, trial)
+                else:
+                    breaker.record_success(trial)
+            continue
+        return AnswerStream(provider, breaker, trial, first, rest)
+    raise ProvidersUnavailable(retry_after(), errors)

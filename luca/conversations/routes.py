@@ -1,18 +1,25 @@
 """REST endpoints for the signed-in user's profile, conversations, messages and search."""
 from __future__ import annotations
 
+import json
+import logging
+import time
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
-from flask import current_app
+from flask import Response, current_app, stream_with_context
 
 from luca import search
 from luca.ai import chain
+from luca.ai.base import ChatMessage, Completion, estimate_tokens
+from luca.ai.chain import ProvidersUnavailable
 from luca.ai.context import build_context
 from luca.api import endpoint
 from luca.auth import current_user
 from luca.conversations import bp, service
 from luca.errors import APIError
-from luca.models import Message
+from luca.models import Conversation, Message
 from luca.schemas import (
     ConversationCreate,
     ConversationListQuery,
@@ -24,11 +31,14 @@ from luca.schemas import (
     MessageListQuery,
     MessageOut,
     MessagePage,
+    RetryRequest,
     SearchHit,
     SearchQuery,
     SearchResults,
     UserOut,
 )
+
+log = logging.getLogger(__name__)
 
 
 @bp.get("/me")
@@ -101,22 +111,110 @@ def question_text(body: MessageCreate) -> str:
     return content
 
 
-def context_for(history: list[Message], question: str) -> list:
+def context_for(history: list[Message], question: str) -> list[ChatMessage]:
     """The messages sent to the provider: earlier complete turns, then the question."""
     turns = [(m.role, m.content) for m in history if m.status == "complete"]
     return build_context([*turns, ("user", question)])
 
 
+def unavailable(exc: ProvidersUnavailable, question: Message) -> APIError:
+    """The 503 for 'no provider can answer': the question is kept and can be retried."""
+    return APIError(
+        503, "providers_unavailable",
+        "no AI provider can answer right now; your message is saved, retry it later",
+        details={"message_id": question.id,
+                 "retry": f"/api/conversations/{question.conversation_id}/messages/{question.id}/retry"},
+        headers={"Retry-After": str(exc.retry_after)})
+
+
+def respond(conversation: Conversation, question: Message, context: list[ChatMessage], stream: bool) -> Any:
+    """Answer a stored question, whole (201 JSON) or streamed (Server-Sent Events)."""
+    if stream:
+        return stream_response(conversation, question, context)
+    try:
+        completion = chain.answer(context)
+    except ProvidersUnavailable as exc:
+        raise unavailable(exc, question) from None
+    answer = service.add_answer(conversation, completion)
+    return Exchange(message=MessageOut.model_validate(question), answer=MessageOut.model_validate(answer))
+
+
+def sse(event: str, data: Any) -> str:
+    """One Server-Sent Event."""
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def message_json(message: Message) -> Any:
+    """A message as JSON-ready data."""
+    return MessageOut.model_validate(message).model_dump(mode="json")
+
+
+def stream_response(conversation: Conversation, question: Message, context: list[ChatMessage]) -> Response:
+    """Stream the answer: start, delta..., then end, or error with the partial answer saved as incomplete."""
+    try:
+        stream = chain.open_stream(context)
+    except ProvidersUnavailable as exc:
+        raise unavailable(exc, question) from None
+    started = time.perf_counter()
+
+    def save(parts: list[str], status: str) -> Message:
+        end = stream.end
+        text = "".join(parts)
+        return service.add_answer(conversation, Completion(
+            text=text, provider=stream.provider.name, model=stream.provider.model,
+            tokens_in=end.tokens_in if end else sum(estimate_tokens(m["content"]) for m in context),
+            tokens_out=end.tokens_out if end else estimate_tokens(text),
+            latency_ms=int((time.perf_counter() - started) * 1000)), status=status)
+
+    @stream_with_context
+    def events() -> Iterator[str]:
+        parts: list[str] = []
+        saved = False
+        deltas = iter(stream)
+        try:
+            yield sse("start", {"conversation_id": str(conversation.id), "message": message_json(question),
+                                "provider": stream.provider.name, "model": stream.provider.model})
+            for delta in deltas:
+                parts.append(delta)
+                yield sse("delta", {"text": delta})
+        except Exception as exc:  # noqa: BLE001 - the provider broke off after the first delta
+            log.warning("[AI] %s stream broke off (%s)", stream.provider.name, type(exc).__name__)
+            saved = True
+            partial = save(parts, "incomplete")
+            yield sse("error", {"code": "stream_interrupted",
+                                "message": "the answer was cut off; the part received is saved as incomplete",
+                                "answer": message_json(partial)})
+            return
+        finally:
+            deltas.close()
+            if not saved and stream.end is None:  # the client went away mid-answer
+                saved = True
+                save(parts, "incomplete")
+        saved = True
+        yield sse("end", {"message": message_json(save(parts, "complete"))})
+
+    return Response(events(), status=200, mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
 @bp.post("/conversations/<uuid:conversation_id>/messages")
-@endpoint(body=MessageCreate, response=Exchange, status=201, errors=(400, 413, 415, 422, 503))
-def send_message(conversation_id: uuid.UUID, body: MessageCreate) -> Exchange:
-    """Ask a question: the question is stored, the AI answers, and both are returned."""
+@endpoint(body=MessageCreate, response=Exchange, status=201, errors=(400, 413, 415, 422, 503),
+          extra_responses={200: "With stream: true, Server-Sent Events: start, delta..., end or error"})
+def send_message(conversation_id: uuid.UUID, body: MessageCreate) -> Any:
+    """Ask a question: it is stored, the AI answers (whole, or streamed with stream: true)."""
     content = question_text(body)
     conversation, history = service.load_for_answer(current_user().id, conversation_id)
     question = service.add_question(conversation, content)
-    completion = chain.answer(context_for(history, content))
-    answer = service.add_answer(conversation, completion)
-    return Exchange(message=MessageOut.model_validate(question), answer=MessageOut.model_validate(answer))
+    return respond(conversation, question, context_for(history, content), body.stream)
+
+
+@bp.post("/conversations/<uuid:conversation_id>/messages/<int:message_id>/retry")
+@endpoint(body=RetryRequest, optional_body=True, response=Exchange, status=201, errors=(400, 415, 422, 503),
+          extra_responses={200: "With stream: true, Server-Sent Events as for sending a message"})
+def retry_message(conversation_id: uuid.UUID, message_id: int, body: RetryRequest) -> Any:
+    """Ask again for an answer to a stored question (after a 503, or to get a fresh answer)."""
+    conversation, question, history = service.load_for_retry(current_user().id, conversation_id, message_id)
+    return respond(conversation, question, context_for(history, question.content), body.stream)
 
 
 @bp.get("/search")

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import Select, and_, delete, func, select, true, type_coerce
+from sqlalchemy import Select, and_, delete, func, select, true, tuple_, type_coerce
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import aliased
 
@@ -167,6 +167,26 @@ def load_for_answer(user_id: int, conversation_id: uuid.UUID) -> tuple[Conversat
     messages = [message for _, message in rows if message is not None]
     messages.sort(key=lambda m: (m.created_at, m.id))
     return rows[0][0], messages
+
+
+def load_for_retry(user_id: int, conversation_id: uuid.UUID,
+                   message_id: int) -> tuple[Conversation, Message, list[Message]]:
+    """The conversation, one of its questions, and the messages before that question (oldest first)."""
+    conversation = get_conversation(user_id, conversation_id)
+    question = db.session.execute(
+        select(Message).where(Message.id == message_id, Message.conversation_id == conversation_id,
+                              Message.role == "user")
+    ).scalar_one_or_none()
+    if question is None:
+        raise not_found("question")
+    earlier = db.session.execute(
+        select(Message)
+        .where(Message.conversation_id == conversation_id,
+               tuple_(Message.created_at, Message.id) < tuple_(question.created_at, question.id))
+        .order_by(Message.created_at.desc(), Message.id.desc())
+        .limit(current_app.config["AI_CONTEXT_MESSAGES"])
+    ).scalars().all()
+    return conversation, question, sorted(earlier, key=lambda m: (m.created_at, m.id))
 
 
 def add_question(conversation: Conversation, content: str) -> Message:

@@ -1,0 +1,85 @@
+"""AI providers spoken to with the official openai SDK: OpenAI, Gemini and Anthropic through
+their OpenAI-compatible endpoints, and any other compatible server (Ollama, vLLM)."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+import openai
+
+from luca.ai.base import ChatMessage, Completion, StreamEnd, estimate_tokens
+
+log = logging.getLogger(__name__)
+
+# Statuses that say the provider (or our key with it) is unusable right now.
+PROVIDER_FAULT_STATUSES = {401, 403, 408, 429}
+
+
+class IncompleteStream(Exception):
+    """The provider's stream stopped without saying the answer was finished."""
+
+
+def is_provider_failure(exc: BaseException) -> bool:
+    """Whether an error counts against the provider's breaker.
+
+    Timeouts, connection errors, a broken stream, 401/403 (the key is unusable), 429 and
+    5xx do; a 400/404/422 caused by our own request does not.
+    """
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in PROVIDER_FAULT_STATUSES or exc.status_code >= 500
+    return isinstance(exc, Exception)
+
+
+class OpenAICompatibleProvider:
+    """A chat-completions endpoint reached through the openai SDK, with timeouts and no SDK retries."""
+
+    def __init__(self, name: str, *, base_url: str, api_key: str, model: str,
+                 timeout: float, connect_timeout: float, max_tokens: int) -> None:
+        self.name = name
+        self.model = model
+        self.max_tokens = max_tokens
+        # Retries are the breaker's and the fallback chain's job, not the SDK's.
+        self.client = openai.OpenAI(
+            base_url=base_url, api_key=api_key or "missing", max_retries=0,
+            timeout=openai.Timeout(timeout, connect=connect_timeout),
+        )
+
+    def complete(self, messages: list[ChatMessage]) -> Completion:
+        """Ask for the whole answer at once."""
+        started = time.perf_counter()
+        response = self.client.chat.completions.create(
+            model=self.model, messages=messages, max_tokens=self.max_tokens)  # type: ignore[arg-type]
+        text = (response.choices[0].message.content or "") if response.choices else ""
+        usage = response.usage
+        return Completion(
+            text=text,
+            provider=self.name,
+            model=response.model or self.model,
+            tokens_in=usage.prompt_tokens if usage else sum(estimate_tokens(m["content"]) for m in messages),
+            tokens_out=usage.completion_tokens if usage else estimate_tokens(text),
+            latency_ms=int((time.perf_counter() - started) * 1000),
+        )
+
+    def stream(self, messages: list[ChatMessage]) -> Iterator[str | StreamEnd]:
+        """Yield the answer's text deltas as they arrive, then the usage counts."""
+        stream = self.client.chat.completions.create(
+            model=self.model, messages=messages, max_tokens=self.max_tokens, stream=True,  # type: ignore[arg-type]
+            stream_options={"include_usage": True})
+        tokens_in = tokens_out = 0
+        produced: list[str] = []
+        finished = False
+        with stream:
+            for chunk in stream:
+                if chunk.usage:
+                    tokens_in, tokens_out = chunk.usage.prompt_tokens, chunk.usage.completion_tokens
+                for choice in chunk.choices:
+                    finished = finished or bool(choice.finish_reason)
+                    if choice.delta and choice.delta.content:
+                        produced.append(choice.delta.content)
+                        yield choice.delta.content
+        if not finished:
+            raise IncompleteStream(f"{self.name} ended the stream before the answer was finished")
+        text = "".join(produced)
+        yield StreamEnd(tokens_in=tokens_in or sum(estimate_tokens(m["content"]) for m in messages),
+                        tokens_out=tokens_out or estimate_tokens(text))

@@ -1,0 +1,366 @@
+"""Circuit breakers (pybreaker) that never serialise the calls they guard.
+
+pybreaker's own call() holds the breaker's lock for the whole guarded call, so every
+call through one breaker would wait for the previous one. Breaker.guard() takes the
+lock only to read the state and to record the outcome; in half-open exactly one trial
+call goes through and the others fail fast.
+
+Every breaker is declared here: `AI-<provider>` (state shared through Redis when there
+is one), `database`, `external-api` and `redis` (in-process).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import pybreaker
+from flask import Flask, current_app
+from pybreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, CircuitBreakerError
+from redis.exceptions import RedisError
+
+from luca.redis_conn import GuardedRedis, get_redis
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# How long a half-open trial may hold its slot before another call may try (seconds).
+TRIAL_SLOT_SECONDS = 120
+
+
+class LogListener(pybreaker.CircuitBreakerListener):
+    """Logs every state change in the form operators grep for."""
+
+    def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
+        """Log `[CircuitBreaker] <name> OPEN|HALF-OPEN|CLOSED`."""
+        name = new_state.name
+        if name == STATE_OPEN:
+            log.warning("[CircuitBreaker] %s OPEN - failing fast for %ss after %s consecutive failures",
+                        cb.name, int(cb.reset_timeout), cb.fail_max)
+        elif name == STATE_HALF_OPEN:
+            log.info("[CircuitBreaker] %s HALF-OPEN - letting one trial call through", cb.name)
+        elif old_state is not None and old_state.name != STATE_CLOSED:
+            log.info("[CircuitBreaker] %s CLOSED - service recovered", cb.name)
+
+
+class FallbackStorage(pybreaker.CircuitBreakerStorage):
+    """pybreaker's Redis storage while Redis answers; in-process memory while it does not."""
+
+    def __init__(self, name: str, redis: GuardedRedis, namespace: str) -> None:
+        super().__init__(name)
+        self._redis = redis
+        self._namespace = namespace
+        self._shared: pybreaker.CircuitRedisStorage | None = None
+        self._memory = pybreaker.CircuitMemoryStorage(STATE_CLOSED)
+
+    def _storage(self) -> pybreaker.CircuitBreakerStorage:
+        """The Redis storage, created on first use (Redis may be down at start-up)."""
+        if self._shared is None:
+            self._shared = QuietRedisStorage(STATE_CLOSED, self._redis, namespace=self._namespace)
+        return self._shared
+
+    def _do(self, operation: Callable[[pybreaker.CircuitBreakerStorage], T]) -> T:
+        """Run operation on Redis; after a Redis error (which pybreaker swallows) run it in memory."""
+        breaker = self._redis._breaker
+        if breaker.redis_available():
+            trouble_before = breaker.failures + breaker.rejections
+            try:
+                result = operation(self._storage())
+            except RedisError:
+                pass
+            else:
+                if breaker.failures + breaker.rejections == trouble_before:
+                    return result
+        return operation(self._memory)
+
+    @property
+    def state(self) -> str:
+        return self._do(lambda s: s.state)
+
+    @state.setter
+    def state(self, state: str) -> None:
+        self._do(lambda s: setattr(s, "state", state))
+
+    def increment_counter(self) -> None:
+        self._do(lambda s: s.increment_counter())
+
+    def reset_counter(self) -> None:
+        self._do(lambda s: s.reset_counter())
+
+    def increment_success_counter(self) -> None:
+        self._do(lambda s: s.increment_success_counter())
+
+    def reset_success_counter(self) -> None:
+        self._do(lambda s: s.reset_success_counter())
+
+    @property
+    def counter(self) -> int:
+        return self._do(lambda s: s.counter)
+
+    @property
+    def success_counter(self) -> int:
+        return self._do(lambda s: s.success_counter)
+
+    @property
+    def opened_at(self) -> datetime | None:
+        return self._do(lambda s: s.opened_at)
+
+    @opened_at.setter
+    def opened_at(self, value: datetime) -> None:
+        self._do(lambda s: setattr(s, "opened_at", value))
+
+    def claim_trial(self, name: str) -> bool:
+        """Take the one half-open trial slot across every process sharing Redis."""
+        try:
+            return bool(self._redis.set(f"{self._namespace}:trial", name, nx=True, ex=TRIAL_SLOT_SECONDS))
+        except RedisError:
+            return True  # Redis is gone: the in-process slot alone decides
+
+    def release_trial(self) -> None:
+        """Free the trial slot."""
+        try:
+            self._redis.delete(f"{self._namespace}:trial")
+        except RedisError:
+            pass
+
+
+class QuietRedisStorage(pybreaker.CircuitRedisStorage):
+    """pybreaker's Redis storage without a stack trace per call while Redis is down."""
+
+    logger = logging.getLogger(__name__ + ".redis_storage")
+    logger.setLevel(logging.CRITICAL)
+
+
+class Breaker(pybreaker.CircuitBreaker):
+    """A pybreaker breaker whose guarded calls run outside its lock, with statistics."""
+
+    def __init__(self, name: str, *, fail_max: int, reset_timeout: float,
+                 is_failure: Callable[[BaseException], bool] | None = None,
+                 storage: pybreaker.CircuitBreakerStorage | None = None) -> None:
+        exclude = [lambda exc: not is_failure(exc)] if is_failure else []
+        super().__init__(fail_max=fail_max, reset_timeout=reset_timeout, name=name, exclude=exclude,
+                         listeners=[LogListener()], state_storage=storage)
+        self._trial_local = False
+        self.successes = 0
+        self.failures = 0
+        self.rejections = 0
+        self.last_failure: str | None = None
+        self.last_failure_at: datetime | None = None
+
+    # -- admission -------------------------------------------------------
+    def seconds_until_half_open(self) -> float:
+        """How long an open breaker keeps failing fast (0 when it is not open)."""
+        if self.current_state != STATE_OPEN:
+            return 0.0
+        opened_at = self._state_storage.opened_at
+        if opened_at is None:
+            return 0.0
+        return max(0.0, opened_at.timestamp() + self.reset_timeout - time.time())
+
+    def allow(self) -> bool:
+        """Admit a call or raise CircuitBreakerError; True means the call is the half-open trial."""
+        with self._lock:
+            state = self.state.name  # syncs with a change made by another process
+            if state == STATE_CLOSED:
+                return False
+            if state == STATE_OPEN:
+                if self.seconds_until_half_open() > 0:
+                    self.rejections += 1
+                    raise CircuitBreakerError(f"{self.name} is open")
+                self.half_open()
+            if self._trial_local or not self._claim_trial():
+                self.rejections += 1
+                raise CircuitBreakerError(f"{self.name} is half-open and its trial call is in flight")
+            self._trial_local = True
+            return True
+
+    def _claim_trial(self) -> bool:
+        claim = getattr(self._state_storage, "claim_trial", None)
+        return claim(self.name) if claim else True
+
+    def _release_trial(self) -> None:
+        self._trial_local = False
+        release = getattr(self._state_storage, "release_trial", None)
+        if release:
+            release()
+
+    # -- outcome -----------------------------------------------------------
+    def record_success(self, trial: bool) -> None:
+        """A guarded call succeeded: reset the failure count; a successful trial closes the breaker."""
+        with self._lock:
+            self.successes += 1
+            if trial:
+                self._release_trial()
+                self.close()
+            elif self._state_storage.counter:
+                self._state_storage.reset_counter()
+
+    def record_failure(self, exc: BaseException, trial: bool) -> None:
+        """A guarded call failed: count it; at the threshold, or on a failed trial, open."""
+        with self._lock:
+            self.failures += 1
+            self.last_failure = f"{type(exc).__name__}: {str(exc)[:200]}"
+            self.last_failure_at = datetime.now(UTC)
+            self._inc_counter()
+            if trial:
+                self._release_trial()
+                self.open()
+            elif self.current_state == STATE_CLOSED and self._state_storage.counter >= self.fail_max:
+                self.open()
+
+    def record_nothing(self, trial: bool) -> None:
+        """The call ended without a verdict (cancelled): just free the trial slot."""
+        if trial:
+            with self._lock:
+                self._release_trial()
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """Run the block as one guarded call; the lock is not held while it runs."""
+        trial = self.allow()
+        try:
+            yield
+        except GeneratorExit:
+            self.record_nothing(trial)
+            raise
+        except BaseException as exc:
+            if self.is_system_error(exc):  # type: ignore[arg-type]
+                self.record_failure(exc, trial)
+            else:
+                self.record_success(trial)
+            raise
+        else:
+            self.record_success(trial)
+
+    def call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """pybreaker's call(), but concurrent."""
+        with self.guard():
+            return func(*args, **kwargs)
+
+    # -- redis breaker helpers ----------------------------------------------
+    def call_redis(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a Redis command through this breaker; an open breaker looks like a Redis error."""
+        try:
+            return self.call(func, *args, **kwargs)
+        except CircuitBreakerError as exc:
+            raise RedisError(str(exc)) from None
+
+    def redis_available(self) -> bool:
+        """Whether calls would be let through now (without taking a trial slot)."""
+        return self.current_state != STATE_OPEN or self.seconds_until_half_open() == 0
+
+    # -- reporting -------------------------------------------------------------
+    def reset(self) -> None:
+        """Close the breaker by hand (operator action)."""
+        with self._lock:
+            self._release_trial()
+            self.close()
+
+    def stats(self) -> dict[str, Any]:
+        """State and counts, as the admin API and metrics show them."""
+        opened_at = self._state_storage.opened_at if self.current_state != STATE_CLOSED else None
+        return {
+            "state": self.current_state,
+            "stats": {
+                "failures": self.failures,
+                "successes": self.successes,
+                "rejections": self.rejections,
+                "consecutiveFailures": self.fail_counter,
+                "failMax": self.fail_max,
+                "resetTimeout": self.reset_timeout,
+                "lastFailure": self.last_failure,
+                "lastFailureAt": self.last_failure_at.isoformat() if self.last_failure_at else None,
+                "openedAt": opened_at.isoformat() if opened_at else None,
+                "retryAfter": round(self.seconds_until_half_open(), 1),
+            },
+        }
+
+
+class Breakers:
+    """The app's breakers, made on first use from its configuration."""
+
+    def __init__(self, app: Flask) -> None:
+        self.config = app.config
+        self._app = app
+        self._lock = threading.Lock()
+        self._ai: dict[str, Breaker] = {}
+        self.redis = Breaker("redis", fail_max=app.config["REDIS_BREAKER_FAIL_MAX"],
+                             reset_timeout=app.config["REDIS_BREAKER_RESET_TIMEOUT"],
+                             is_failure=lambda exc: isinstance(exc, (RedisError, OSError)))
+        self.database = Breaker("database", fail_max=app.config["DB_BREAKER_FAIL_MAX"],
+                                reset_timeout=app.config["DB_BREAKER_RESET_TIMEOUT"])
+        self.external = Breaker("external-api", fail_max=app.config["EXTERNAL_BREAKER_FAIL_MAX"],
+                                reset_timeout=app.config["EXTERNAL_BREAKER_RESET_TIMEOUT"])
+
+    def guarded_redis(self) -> GuardedRedis | None:
+        """The app's Redis client behind the `redis` breaker, or None without Redis."""
+        client = get_redis(self._app)
+        return GuardedRedis(client, self.redis) if client is not None else None
+
+    def ai(self, provider: str, is_failure: Callable[[BaseException], bool] | None = None) -> Breaker:
+        """The breaker `AI-<provider>`, its state shared through Redis when there is one."""
+        with self._lock:
+            if provider not in self._ai:
+                name = f"AI-{provider}"
+                redis = self.guarded_redis()
+                namespace = f"{self.config['REDIS_KEY_PREFIX']}breaker:{name}"
+                storage = FallbackStorage(name, redis, namespace) if redis else None
+                self._ai[provider] = Breaker(
+                    name, fail_max=self.config["AI_BREAKER_FAIL_MAX"],
+                    reset_timeout=self.config["AI_BREAKER_RESET_TIMEOUT"],
+                    is_failure=is_failure, storage=storage)
+            return self._ai[provider]
+
+    def all(self) -> list[Breaker]:
+        """Every breaker made so far."""
+        return [self.database, self.external, self.redis, *self._ai.values()]
+
+    def by_name(self, name: str) -> Breaker | None:
+        """A breaker by its name (`database`, `external-api`, `redis`, `AI-<provider>`)."""
+        return next((b for b in self.all() if b.name == name), None)
+
+
+def get_breakers(app: Flask | None = None) -> Breakers:
+    """The app's breakers."""
+    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    return app.extensions["luca.breakers"]
+
+
+def get_circuit_breaker_stats() -> dict[str, Any]:
+    """Every breaker's state and counts: database, externalAPI, redis and one per AI provider."""
+    breakers = get_breakers()
+    return {
+        "database": breakers.database.stats(),
+        "externalAPI": breakers.external.stats(),
+        "redis": breakers.redis.stats(),
+        "aiProviders": {b.name: b.stats() for b in breakers._ai.values()},
+    }
+
+
+def register_breakers(app: Flask) -> None:
+    """Create the app's breakers."""
+    app.extensions["luca.breakers"] = Breakers(app)
+
+
+def guard_database(engine: Any, breaker: Breaker) -> None:
+    """Put the `database` breaker around every new connection; count dropped connections as failures.
+
+    While it is open, requests get a 503 at once instead of each waiting for the connect
+    timeout. The database's own timeouts (connect_timeout, statement_timeout) bound the
+    calls it lets through.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "do_connect")
+    def connect_through_breaker(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        with breaker.guard():
+            return dialect.connect(*cargs, **cparams)
+
+    @event.listens_for(engine, "handle_error")
+    def count_disconnects(context: Any) -> None:
+        if context.is_disconnect and context.connection is not None:
+            breaker.record_failure(context.original_exception, trial=False)
