@@ -1,0 +1,386 @@
+"""Text extraction from uploaded documents, on real files built in memory, hostile ones included."""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import random
+import struct
+import time
+import zipfile
+
+import docx
+import openpyxl
+import pytest
+from pypdf import PdfReader, PdfWriter
+
+from luca.documents import DocumentError, Extracted, Limits, detect_kind, extract
+
+
+def make_pdf(pages: list[str]) -> bytes:
+    """A minimal valid PDF, written by hand: one Helvetica text line per page, exact xref offsets."""
+    kids = " ".join(f"{4 + 2 * i} 0 R" for i in range(len(pages)))
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>".encode(),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    for i, text in enumerate(pages):
+        content = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+        objects.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+            f"/Resources << /Font << /F1 3 0 R >> >> /Contents {5 + 2 * i} 0 R >>".encode()
+        )
+        objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content))
+    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def append_revision(pdf: bytes, text: str) -> bytes:
+    """An incremental update of make_pdf's output that replaces the first page's content stream."""
+    previous_xref = int(pdf.rsplit(b"startxref\n", 1)[1].split(b"\n")[0])
+    content = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode() + b" " * 2000  # padding: a large revision
+    out = bytearray(pdf)
+    offset = len(out)
+    out += b"5 0 obj\n<< /Length %d >>\nstream\n%s\nendstream\nendobj\n" % (len(content), content)
+    xref = len(out)
+    out += b"xref\n0 1\n0000000000 65535 f \n5 1\n%010d 00000 n \n" % offset
+    out += b"trailer\n<< /Size 8 /Root 1 0 R /Prev %d >>\nstartxref\n%d\n%%%%EOF\n" % (previous_xref, xref)
+    return bytes(out)
+
+
+def encrypt_pdf(data: bytes, user_password: str) -> bytes:
+    writer = PdfWriter()
+    for page in PdfReader(io.BytesIO(data)).pages:
+        writer.add_page(page)
+    writer.encrypt(user_password=user_password, owner_password="owner")
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def make_docx() -> bytes:
+    document = docx.Document()
+    document.add_paragraph("Quarterly report")
+    table = document.add_table(rows=2, cols=2)
+    for cell, text in zip(table._cells, ["a", "b", "c", "d"]):
+        cell.text = text
+    document.add_paragraph("Closing remarks")
+    out = io.BytesIO()
+    document.save(out)
+    return out.getvalue()
+
+
+def make_xlsx(sheets: int = 2) -> bytes:
+    workbook = openpyxl.Workbook()
+    income = workbook.active
+    income.title = "Income"
+    income.append(["Month", "Amount"])
+    income.append(["January", 1200])
+    income.append([None, None])
+    income.append(["February", 1350.5])
+    for n in range(1, sheets):
+        sheet = workbook.create_sheet(f"Costs {n}")
+        sheet.append(["Rent", 800])
+        sheet.append(["Coffee", 42])
+    out = io.BytesIO()
+    workbook.save(out)
+    return out.getvalue()
+
+
+def make_zip(members: dict[str, bytes], level: int | None = None) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=level) as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    return out.getvalue()
+
+
+def error_code(data: bytes, limits: Limits = Limits()) -> str:
+    with pytest.raises(DocumentError) as info:
+        extract(data, limits)
+    assert info.value.reason and str(info.value) == info.value.reason
+    return info.value.code
+
+
+PDF = make_pdf(["Hello from page one", "Totals on page two"])
+
+
+# -- PDF -----------------------------------------------------------------------------------------
+
+
+def test_pdf_text_pages_and_progress() -> None:
+    calls: list[float] = []
+    result = extract(PDF, progress=calls.append)
+    assert result.kind == "pdf" and result.pages == 2 and not result.truncated
+    assert result.text == "Hello from page one\n\nTotals on page two"
+    assert calls == [0.5, 1.0]
+
+
+def test_truncated_pdf_is_corrupt() -> None:
+    assert error_code(PDF[: len(PDF) // 2]) == "corrupt"
+    assert error_code(PDF[:-3]) == "corrupt"  # only the end-of-file marker is cut
+
+
+def test_pdf_cut_inside_an_incremental_update_is_corrupt() -> None:
+    """pypdf (strict=False) would silently read the older revision that precedes the cut."""
+    updated = append_revision(PDF, "Corrected page one")
+    assert extract(updated).text.startswith("Corrected page one")
+    assert error_code(updated[: len(PDF) + 1500]) == "corrupt"
+
+
+def test_garbage_after_pdf_header_is_corrupt() -> None:
+    assert error_code(b"%PDF-1.7\n" + random.Random(1).randbytes(2000)) == "corrupt"
+    assert error_code(b"%PDF-1.7\n" + random.Random(2).randbytes(2000) + b"\n%%EOF\n") == "corrupt"
+    assert error_code(b"%PDF-1.4\ntrailer\n<< /Root 1 0 R >>\n%%EOF\n") == "corrupt"
+
+
+def test_encrypted_pdf() -> None:
+    assert error_code(encrypt_pdf(PDF, "secret")) == "encrypted"
+
+
+def test_pdf_encrypted_with_an_empty_user_password_is_read() -> None:
+    assert "Totals on page two" in extract(encrypt_pdf(PDF, "")).text
+
+
+def test_pdf_with_blank_pages_is_empty() -> None:
+    with pytest.raises(DocumentError) as info:
+        extract(make_pdf(["", ""]))
+    assert info.value.code == "empty" and "scanned" in info.value.reason
+
+
+def test_too_many_pages() -> None:
+    assert error_code(PDF, Limits(max_pages=1)) == "too_many_pages"
+
+
+def test_truncation_to_max_chars() -> None:
+    calls: list[float] = []
+    result = extract(PDF, Limits(max_chars=10), progress=calls.append)
+    assert result.text == "Hello from" and result.truncated
+    assert calls == [1.0]
+
+
+# -- Office --------------------------------------------------------------------------------------
+
+
+def test_docx_paragraphs_and_table_in_order() -> None:
+    result = extract(make_docx())
+    assert result.kind == "docx" and result.pages is None
+    assert result.text == "Quarterly report\na | b\nc | d\nClosing remarks"
+
+
+def test_xlsx_sheets_and_values() -> None:
+    calls: list[float] = []
+    result = extract(make_xlsx(), progress=calls.append)
+    assert result.kind == "xlsx" and result.pages == 2
+    assert result.text == (
+        "## Sheet: Income\nMonth | Amount\nJanuary | 1200\nFebruary | 1350.5\n\n"
+        "## Sheet: Costs 1\nRent | 800\nCoffee | 42"
+    )
+    assert calls == [0.5, 1.0]
+
+
+def test_xlsx_limits() -> None:
+    assert error_code(make_xlsx(sheets=3), Limits(max_pages=2)) == "too_many_pages"
+    result = extract(make_xlsx(), Limits(max_rows=2))
+    assert result.truncated and "February" not in result.text and "Rent" not in result.text
+
+
+def test_empty_workbook_is_empty() -> None:
+    out = io.BytesIO()
+    openpyxl.Workbook().save(out)
+    assert error_code(out.getvalue()) == "empty"
+
+
+@pytest.fixture(scope="module")
+def docx_bomb() -> bytes:
+    """A 'DOCX' whose document.xml inflates to 200 MB of zeros, written in chunks."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        archive.writestr("[Content_Types].xml", "<Types/>")
+        chunk = bytes(1024 * 1024)
+        with archive.open("word/document.xml", "w", force_zip64=True) as member:
+            for _ in range(200):
+                member.write(chunk)
+    return out.getvalue()
+
+
+def test_zip_bomb_disguised_as_docx(docx_bomb: bytes) -> None:
+    assert detect_kind(docx_bomb) == "docx"
+    started = time.monotonic()
+    assert error_code(docx_bomb) == "zip_bomb"
+    assert time.monotonic() - started < 1
+
+
+def test_zip_member_with_a_bomb_ratio() -> None:
+    bomb = make_zip({"[Content_Types].xml": b"<Types/>", "xl/workbook.xml": bytes(5 * 1024 * 1024)}, level=9)
+    assert error_code(bomb) == "zip_bomb"
+    assert error_code(make_docx(), Limits(max_uncompressed_bytes=1000)) == "zip_bomb"
+
+
+def test_zip_that_lies_about_sizes_is_corrupt() -> None:
+    """A central directory declaring a small size does not make zipfile inflate more than declared."""
+    with zipfile.ZipFile(io.BytesIO(make_docx())) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    noise = random.Random(3).randbytes(1024 * 1024).hex().encode()
+    members["word/document.xml"] += b"<!-- " + noise + b" -->"  # 2 MB more, still valid XML, compresses 2:1
+    honest = make_zip(members)
+    assert "Quarterly report" in extract(honest).text
+    lying = bytearray(honest)
+    entry = next(
+        at for at in range(len(lying)) if lying.startswith(b"PK\x01\x02", at)
+        and lying[at + 46 : at + 46 + struct.unpack_from("<H", lying, at + 28)[0]] == b"word/document.xml"
+    )
+    struct.pack_into("<I", lying, entry + 24, 1000)  # the uncompressed size in the central directory
+    assert error_code(bytes(lying)) == "corrupt"
+
+
+def test_other_zip_is_unsupported() -> None:
+    assert error_code(make_zip({"notes.txt": b"hello", "img/logo.png": b"\x89PNG"})) == "unsupported"
+
+
+# -- text ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"date,amount,vendor\n2024-01-02,12.50,Acme\n2024-01-03,7.00,Bolt\n",
+         "date | amount | vendor\n2024-01-02 | 12.50 | Acme\n2024-01-03 | 7.00 | Bolt"),
+        (b"Datum;Betrag;Lieferant\r\n02.01.2024;12,50;Acme\r\n\r\n03.01.2024;7,00;Bolt\r\n",
+         "Datum | Betrag | Lieferant\n02.01.2024 | 12,50 | Acme\n03.01.2024 | 7,00 | Bolt"),
+        (b'name,note\n"Smith, J.","said ""hi"""\nDoe,ok\n', 'name | note\nSmith, J. | said "hi"\nDoe | ok'),
+    ],
+)
+def test_csv(content: bytes, expected: str) -> None:
+    result = extract(content)
+    assert (result.kind, result.text, result.pages) == ("csv", expected, None)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        '"",' * 100 + '"' * 100 + "0" + '"' * 100 + "0",  # exponential in csv.Sniffer (CPython gh-109638)
+        ',"a' * 30_000,  # quadratic in csv.Sniffer (CPython gh-98820)
+        ('"abcdefghijklmnopqrstuvwxyz"\n' * 2_000),
+    ],
+)
+def test_csv_detection_is_fast_on_crafted_text(content: str) -> None:
+    started = time.monotonic()
+    extract(content.encode())
+    assert time.monotonic() - started < 1
+
+
+def test_csv_row_limit() -> None:
+    content = "n,square\n" + "".join(f"{n},{n * n}\n" for n in range(100))
+    result = extract(content.encode(), Limits(max_rows=10))
+    assert result.truncated and len(result.text.splitlines()) == 10
+
+
+@pytest.mark.parametrize(
+    ("content", "kind"),
+    [
+        (b"Dear accountant,\nplease find the invoices attached.\nThanks\n", "txt"),
+        (b"# Budget 2024\n\nSome **bold** text.\n\n- rent\n- salaries\n", "markdown"),
+        (b"See [the ledger](https://example.com/ledger) for details.\n", "markdown"),
+        (b"| item | amount |\n|------|--------|\n| rent | 800 |\n| tax | 100 |\n", "markdown"),
+        (b"```\ncode\n```\n", "markdown"),
+    ],
+)
+def test_text_kinds(content: bytes, kind: str) -> None:
+    result = extract(content)
+    assert result.kind == kind and result.text == content.decode() and detect_kind(content) == kind
+
+
+def test_text_encodings() -> None:
+    assert extract("\ufeffCafé total\n".encode()).text == "Café total\n"
+    assert extract("Rechnung für März\r\nSumme".encode("utf-16")).text == "Rechnung für März\nSumme"
+    assert extract("Caf\u00e9 costs 12\u20ac".encode("cp1252")).text == "Café costs 12€"
+
+
+def test_control_characters_are_stripped() -> None:
+    assert extract(b"Total:\x07 12\tEUR\x1b\r\nDone" + b" padding" * 20).text.startswith("Total: 12\tEUR\nDone")
+
+
+# -- refusals --------------------------------------------------------------------------------------
+
+
+def test_binary_garbage_is_unsupported() -> None:
+    noise = bytearray(os.urandom(4096))
+    noise[100:110] = bytes(10)
+    assert error_code(bytes(noise)) == "unsupported"
+    assert error_code(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(600)) == "unsupported"  # legacy .doc/.xls
+
+
+def test_empty_and_too_large() -> None:
+    assert error_code(b"") == "empty"
+    assert error_code(b"  \n\t ") == "empty"
+    assert error_code(b"x" * 101, Limits(max_bytes=100)) == "too_large"
+
+
+def test_document_error_is_stable_and_picklable() -> None:
+    error = DocumentError("encrypted")
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.code, copy.reason, str(copy)) == ("encrypted", error.reason, error.reason)
+
+
+def test_progress_callback_errors_propagate_unchanged() -> None:
+    def fail(_: float) -> None:
+        raise RuntimeError("redis is down")
+
+    with pytest.raises(RuntimeError, match="redis is down"):
+        extract(PDF, progress=fail)
+
+
+# -- fuzzing ------------------------------------------------------------------------------------
+
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    """Damage a file at random: flip bytes, cut it, splice in noise, or (for ZIPs) damage one XML member."""
+    action = rng.choice(["flip", "truncate", "both", "splice", "member"])
+    if action == "member" and data.startswith(b"PK"):
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = {name: archive.read(name) for name in archive.namelist()}
+        victim = rng.choice(sorted(name for name in members if name.endswith(".xml")))
+        members[victim] = mutate_bytes(members[victim], rng, rng.choice(["flip", "truncate", "splice"]))
+        return make_zip(members)
+    return mutate_bytes(data, rng, action)
+
+
+def mutate_bytes(data: bytes, rng: random.Random, action: str) -> bytes:
+    data = bytearray(data)
+    if action in ("flip", "both", "member"):
+        for _ in range(rng.randint(1, 20)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+    if action in ("truncate", "both"):
+        del data[rng.randrange(1, len(data)) :]
+    if action == "splice":
+        start = rng.randrange(len(data))
+        data[start : start + rng.randint(1, 200)] = rng.randbytes(rng.randint(0, 200))
+    return bytes(data)
+
+
+def test_mutated_files_end_as_text_or_document_error() -> None:
+    rng = random.Random(20240601)
+    originals = [PDF, make_docx(), make_xlsx()]
+    started = time.monotonic()
+    outcomes: dict[str, int] = {}
+    for n in range(200):
+        sample = mutate(originals[n % len(originals)], rng)
+        try:
+            result = extract(sample)
+        except DocumentError as exc:
+            outcomes[exc.code] = outcomes.get(exc.code, 0) + 1
+        else:
+            assert isinstance(result, Extracted)
+            outcomes["ok"] = outcomes.get("ok", 0) + 1
+    assert time.monotonic() - started < 10
+    assert outcomes.get("corrupt", 0) > 20
