@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 
 from config import Config
 from luca.breakers import get_breakers, guard_database, register_breakers
+from luca.cache import register_cache
 from luca.extensions import db, migrate
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ def create_app(config_class: type[Config] = Config, overrides: dict[str, Any] | 
     app.config.update(overrides or {})
     configure_logging(app)
     register_breakers(app)
+    register_cache(app)
     register_database(app)
     register_blueprints(app)
     register_error_handling(app)

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
 from flask import g, request
 from sqlalchemy import select, update
 
+from luca.cache import cache_key, get_cache
 from luca.errors import APIError
 from luca.extensions import db
 from luca.models import ApiToken, User, utcnow
@@ -51,12 +52,22 @@ def bearer_token() -> str | None:
     return token.strip()
 
 
+def token_cache_key(token_hash: str) -> str:
+    """Where a token's user is cached."""
+    return cache_key("auth", token_hash)
+
+
 def lookup_token(token: str) -> CurrentUser | None:
-    """Find the live token and its user in one query; note its use at most once a minute."""
+    """The token's user: from the cache, else one query (which notes the token's use at most once a minute)."""
+    token_hash = hash_token(token)
+    cache = get_cache()
+    cached = cache.get(token_cache_key(token_hash))
+    if cached is not None:
+        return CurrentUser(**cached)
     row = db.session.execute(
         select(ApiToken.id, ApiToken.last_used_at, User)
         .join(User, User.id == ApiToken.user_id)
-        .where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
+        .where(ApiToken.token_hash == token_hash, ApiToken.revoked_at.is_(None))
     ).first()
     if row is None:
         return None
@@ -65,7 +76,14 @@ def lookup_token(token: str) -> CurrentUser | None:
     if last_used_at is None or now - last_used_at > TOUCH_INTERVAL:
         db.session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
         db.session.commit()
-    return CurrentUser(user.id, user.email, user.name, user.is_admin, user.created_at, token_id)
+    found = CurrentUser(user.id, user.email, user.name, user.is_admin, user.created_at, token_id)
+    cache.set(token_cache_key(token_hash), asdict(found))
+    return found
+
+
+def forget_tokens(token_hashes: list[str]) -> None:
+    """Drop revoked tokens from the cache so they stop working at once."""
+    get_cache().delete(*(token_cache_key(h) for h in token_hashes))
 
 
 def unauthorized(message: str) -> APIError:

@@ -65,7 +65,7 @@ class FallbackStorage(pybreaker.CircuitBreakerStorage):
 
     def _do(self, operation: Callable[[pybreaker.CircuitBreakerStorage], T]) -> T:
         """Run operation on Redis; after a Redis error (which pybreaker swallows) run it in memory."""
-        breaker = self._redis._breaker
+        breaker = self._redis.breaker
         if breaker.redis_available():
             trouble_before = breaker.failures + breaker.rejections
             try:
@@ -296,9 +296,9 @@ class Breakers:
         self.external = Breaker("external-api", fail_max=app.config["EXTERNAL_BREAKER_FAIL_MAX"],
                                 reset_timeout=app.config["EXTERNAL_BREAKER_RESET_TIMEOUT"])
 
-    def guarded_redis(self) -> GuardedRedis | None:
-        """The app's Redis client behind the `redis` breaker, or None without Redis."""
-        client = get_redis(self._app)
+    def guarded_redis(self, setting: str = "REDIS_URL") -> GuardedRedis | None:
+        """The app's Redis client (for a URL setting) behind the `redis` breaker, or None without one."""
+        client = get_redis(self._app, setting)
         return GuardedRedis(client, self.redis) if client is not None else None
 
     def ai(self, provider: str, is_failure: Callable[[BaseException], bool] | None = None) -> Breaker:

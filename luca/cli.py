@@ -6,12 +6,14 @@ from flask import Flask
 from flask.cli import AppGroup
 from sqlalchemy import func, select, update
 
-from luca.auth import hash_token, issue_token
+from luca.auth import forget_tokens, hash_token, issue_token
+from luca.cache import get_cache
 from luca.extensions import db
 from luca.models import ApiToken, User, utcnow
 
 users_cli = AppGroup("users", help="Create users.")
 tokens_cli = AppGroup("tokens", help="Create and revoke API tokens.")
+cache_cli = AppGroup("cache", help="Manage the cache.")
 
 DEMO_EMAIL = "demo@luca.local"
 
@@ -80,14 +82,23 @@ def revoke_token(token: str | None, all_for: str | None) -> None:
         stmt = stmt.where(ApiToken.token_hash == hash_token(token.strip()))
     else:
         stmt = stmt.where(ApiToken.user_id == find_user(all_for or "").id)
-    revoked = db.session.execute(stmt).rowcount
+    hashes = list(db.session.execute(stmt.returning(ApiToken.token_hash)).scalars())
     db.session.commit()
+    forget_tokens(hashes)
+    revoked = len(hashes)
     if token and revoked == 0:
         raise click.ClickException("no live token matches")
     click.echo(f"revoked {revoked} token{'s' if revoked != 1 else ''}")
 
 
+@cache_cli.command("clear")
+def clear_cache() -> None:
+    """Delete every cached value (only Luca's cache keys; RQ's queues are untouched)."""
+    deleted = get_cache().clear()
+    click.echo(f"cache cleared ({deleted} Redis keys deleted, process memory emptied)")
+
+
 def register_cli(app: Flask) -> None:
     """Attach the command groups to the app's CLI."""
-    app.cli.add_command(users_cli)
-    app.cli.add_command(tokens_cli)
+    for group in (users_cli, tokens_cli, cache_cli):
+        app.cli.add_command(group)

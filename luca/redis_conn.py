@@ -27,13 +27,14 @@ def make_redis(url: str, config: dict[str, Any]) -> Redis:
     return Redis.from_url(url, **options)
 
 
-def get_redis(app: Flask | None = None) -> Redis | None:
-    """The app's Redis client, or None when REDIS_URL is not set."""
+def get_redis(app: Flask | None = None, setting: str = "REDIS_URL") -> Redis | None:
+    """The app's Redis client for a URL setting (REDIS_URL, or REDIS_CACHE_URL), or None when unset."""
     app = app or current_app._get_current_object()  # type: ignore[attr-defined]
-    if "luca.redis" not in app.extensions:
-        url = app.config.get("REDIS_URL")
-        app.extensions["luca.redis"] = make_redis(url, app.config) if url else None
-    return app.extensions["luca.redis"]
+    name = f"luca.redis:{setting}"
+    if name not in app.extensions:
+        url = app.config.get(setting)
+        app.extensions[name] = make_redis(url, app.config) if url else None
+    return app.extensions[name]
 
 
 class GuardedRedis:
@@ -56,6 +57,11 @@ class GuardedRedis:
             return self._breaker.call_redis(attribute, *args, **kwargs)
 
         return guarded
+
+    @property
+    def breaker(self) -> Any:
+        """The `redis` breaker these commands go through."""
+        return self._breaker
 
     @property
     def client(self) -> Redis:

@@ -113,9 +113,9 @@ def close_app(app: Flask) -> None:
     with app.app_context():
         db.session.remove()
         db.engine.dispose()
-    redis_client = app.extensions.get("luca.redis")
-    if redis_client is not None:
-        redis_client.close()
+    for name, extension in app.extensions.items():
+        if name.startswith("luca.redis") and extension is not None:
+            extension.close()
     for provider in app.extensions.get("luca.providers", []):
         client = getattr(provider, "client", None)
         if client is not None:

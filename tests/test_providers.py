@@ -77,8 +77,8 @@ def test_concurrent_messages_through_one_provider_overlap(chain_app, servers) ->
 
     def send(conversation_id: str) -> None:
         client = chain_app.test_client()
-        response = client.post(f"/api/conversations/{conversation_id}/messages", json={"content": "hi"},
-                               headers=api.headers())
+        response = client.post(f"/api/conversations/{conversation_id}/messages",
+                               json={"content": f"question for {conversation_id}"}, headers=api.headers())
         statuses.append(response.status_code)
 
     threads = [threading.Thread(target=send, args=(c,)) for c in conversations]

@@ -13,6 +13,7 @@ from sqlalchemy.orm import aliased
 
 from luca import search
 from luca.ai.base import Completion
+from luca.cache import get_cache
 from luca.errors import APIError, not_found
 from luca.extensions import db
 from luca.models import Conversation, Message, utcnow
@@ -119,6 +120,7 @@ def create_conversation(user_id: int, title: str | None, metadata: dict[str, Any
     )
     db.session.add(conversation)
     db.session.commit()
+    get_cache().bump_user(user_id)
     return conversation
 
 
@@ -133,6 +135,7 @@ def update_conversation(conversation: Conversation, changes: dict[str, Any]) -> 
     if changes.get("metadata") is not None:
         conversation.meta = check_metadata(changes["metadata"])
     db.session.commit()
+    get_cache().bump_user(conversation.user_id)
     return conversation
 
 
@@ -145,6 +148,7 @@ def delete_conversation(user_id: int, conversation_id: uuid.UUID) -> None:
         db.session.rollback()
         raise not_found("conversation")
     db.session.commit()
+    get_cache().bump_user(user_id)
 
 
 def load_for_answer(user_id: int, conversation_id: uuid.UUID) -> tuple[Conversation, list[Message]]:
@@ -197,6 +201,7 @@ def add_question(conversation: Conversation, content: str) -> Message:
     db.session.add(message)
     conversation.updated_at = now
     db.session.commit()
+    get_cache().bump_user(conversation.user_id)
     return message
 
 

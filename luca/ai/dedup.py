@@ -1,0 +1,166 @@
+"""Deduplicated AI answers: identical contexts get one provider call, and never leak between users.
+
+The key is a hash of everything the answer depends on: the provider route (names and
+models, in order), the system prompt, every message of the context and the content of
+attached files. Only a context with nothing private in it — a conversation's first
+question, no files — is shared between users; anything else is scoped to its user.
+Concurrent identical requests make one provider call (single flight): the first takes a
+lock (in the process, and in Redis across processes), the others wait for its answer for
+a bounded time and then call the provider themselves.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
+from types import SimpleNamespace
+
+from flask import Flask, current_app
+from redis.exceptions import RedisError
+
+from luca.ai.base import ChatMessage, Completion, Provider, StreamEnd
+from luca.cache import CacheService, cache_key, get_cache
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.05
+
+
+def answer_key(route: Sequence[Provider], context: list[ChatMessage], user_id: int,
+               file_digests: Sequence[str] = ()) -> str:
+    """The dedup cache key of a context: shared when nothing in it is private, else the user's own."""
+    questions = [m for m in context if m["role"] == "user"]
+    private = bool(file_digests) or len(questions) != 1 or any(m["role"] == "assistant" for m in context)
+    material = json.dumps({
+        "route": [[p.name, p.model] for p in route],
+        "mode": "chat",
+        "messages": [[m["role"], m["content"]] for m in context],
+        "files": list(file_digests),
+    }, separators=(",", ":"), ensure_ascii=False)
+    digest = hashlib.sha256(material.encode()).hexdigest()
+    return cache_key("ai", f"user{user_id}" if private else "shared", digest)
+
+
+class Deduplicator:
+    """Serves repeated answers from the cache and collapses concurrent identical calls into one."""
+
+    def __init__(self, cache: CacheService, ttl: int, wait_seconds: float, lock_seconds: float) -> None:
+        self.cache = cache
+        self.ttl = ttl
+        self.wait_seconds = wait_seconds
+        self.lock_seconds = lock_seconds
+        self._inflight: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def cached(self, key: str) -> Completion | None:
+        """A stored answer for key, if there is one."""
+        stored = self.cache.get(key)
+        return Completion(**stored) if stored else None
+
+    def answer(self, key: str, compute: Callable[[], Completion]) -> tuple[Completion, bool]:
+        """The answer for key and whether it came from the cache; compute() runs at most once at a time."""
+        hit = self.cached(key)
+        if hit:
+            self.cache.count("dedup.hits")
+            return hit, True
+        leader = self.lead(key)
+        if not leader:
+            hit = self.wait_for(key)
+            if hit:
+                self.cache.count("dedup.waited")
+                return hit, True
+        try:
+            completion = compute()
+            self.store(key, completion)
+            self.cache.count("dedup.misses")
+            return completion, False
+        finally:
+            if leader:
+                self.release(key)
+
+    def store(self, key: str, completion: Completion) -> None:
+        """Keep an answer for later identical contexts."""
+        self.cache.set(key, asdict(completion), ttl=self.ttl)
+
+    # -- single flight -----------------------------------------------------------------
+    def lead(self, key: str) -> bool:
+        """Take the key's lock in this process and, with Redis, across processes."""
+        with self._lock:
+            if key in self._inflight:
+                return False
+            self._inflight[key] = threading.Event()
+        redis = self.cache.redis
+        if redis is None:
+            return True
+        try:
+            if redis.set(f"{self.cache.prefix}lock:{key}", "1", nx=True, px=int(self.lock_seconds * 1000)):
+                return True
+        except RedisError:
+            return True  # Redis is gone: the in-process lock is all there is
+        self._finish_local(key)
+        return False
+
+    def release(self, key: str) -> None:
+        """Let the waiters go."""
+        redis = self.cache.redis
+        if redis is not None:
+            try:
+                redis.delete(f"{self.cache.prefix}lock:{key}")
+            except RedisError:
+                pass
+        self._finish_local(key)
+
+    def _finish_local(self, key: str) -> None:
+        with self._lock:
+            event = self._inflight.pop(key, None)
+        if event:
+            event.set()
+
+    def wait_for(self, key: str) -> Completion | None:
+        """Wait (bounded) for the leader's answer; None when it gave up or failed."""
+        deadline = time.monotonic() + self.wait_seconds
+        with self._lock:
+            event = self._inflight.get(key)
+        if event is not None:  # the leader is a thread of this process
+            event.wait(self.wait_seconds)
+            return self.cached(key)
+        redis = self.cache.redis
+        while time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+            hit = self.cached(key)
+            if hit:
+                return hit
+            try:
+                if redis is None or not redis.exists(f"{self.cache.prefix}lock:{key}"):
+                    return self.cached(key)
+            except RedisError:
+                return None
+        return None
+
+
+def get_deduplicator(app: Flask | None = None) -> Deduplicator:
+    """The app's deduplicator."""
+    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    if "luca.dedup" not in app.extensions:
+        app.extensions["luca.dedup"] = Deduplicator(
+            get_cache(app), ttl=app.config["AI_DEDUP_TTL"], wait_seconds=app.config["AI_DEDUP_WAIT"],
+            lock_seconds=app.config["AI_TIMEOUT"] + 5)
+    return app.extensions["luca.dedup"]
+
+
+class ReplayStream:
+    """A stored answer played back as a stream, shaped like chain.AnswerStream."""
+
+    def __init__(self, completion: Completion) -> None:
+        self.completion = completion
+        self.provider = SimpleNamespace(name=completion.provider, model=completion.model)
+        self.end = StreamEnd(tokens_in=completion.tokens_in, tokens_out=completion.tokens_out)
+
+    def __iter__(self) -> Iterator[str]:
+        """The answer in word-sized pieces."""
+        yield from re.findall(r"\S+\s*|\s+", self.completion.text) or [""]

@@ -1,0 +1,233 @@
+"""The cache service: Redis (Flask-Caching's RedisCache) with an in-process SimpleCache fallback.
+
+The cache is a helper, never a dependency: a Redis error never reaches a user. Commands
+go through the `redis` breaker, so while Redis is down each costs nothing and the memory
+tier answers, with TTLs clamped short because one process cannot see another's
+invalidations. Every key lives under one prefix (REDIS_KEY_PREFIX + "cache:"), and every
+key is built by cache_key(). Per-user data is invalidated by bumping a per-user version.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, current_app
+from flask_caching import Cache
+from redis.exceptions import RedisError
+
+from luca.breakers import get_breakers
+
+log = logging.getLogger(__name__)
+
+# How often the per-process hit/miss counts are added to the shared totals in Redis.
+STATS_FLUSH_SECONDS = 2.0
+
+
+def cache_key(kind: str, *parts: Any) -> str:
+    """The one place cache keys are made: kind, then the parts, colon-separated."""
+    return ":".join([kind, *(str(p) for p in parts)])
+
+
+class CacheService:
+    """Get and set through Redis when it answers and through process memory when it does not."""
+
+    def __init__(self, app: Flask) -> None:
+        config = app.config
+        self.disabled: bool = config["DISABLE_CACHE"]
+        self.prefix = f"{config['REDIS_KEY_PREFIX']}cache:"
+        self.ttl: int = config["CACHE_TTL"]
+        self.fallback_ttl: int = config["CACHE_FALLBACK_TTL"]
+        breakers = get_breakers(app)
+        self.redis = breakers.guarded_redis("REDIS_CACHE_URL" if config.get("REDIS_CACHE_URL") else "REDIS_URL")
+        self.memory = Cache(config={"CACHE_TYPE": "SimpleCache", "CACHE_THRESHOLD": config["CACHE_MEMORY_ITEMS"],
+                                    "CACHE_DEFAULT_TIMEOUT": self.fallback_ttl})
+        self.memory.init_app(app)
+        self.shared: Cache | None = None
+        if self.redis is not None:
+            self.shared = Cache(config={"CACHE_TYPE": "RedisCache", "CACHE_REDIS_HOST": self.redis,
+                                        "CACHE_KEY_PREFIX": self.prefix, "CACHE_DEFAULT_TIMEOUT": self.ttl})
+            self.shared.init_app(app)
+        self._redis_ok: bool | None = None  # None until the first command
+        self._counts: Counter[str] = Counter()
+        self._unflushed: Counter[str] = Counter()
+        self._flushed_at = time.monotonic()
+        self._lock = threading.Lock()
+        self._memory_versions: dict[str, int] = {}
+
+    # -- tiers -----------------------------------------------------------------------
+    def _redis_call(self, operation: Callable[[Cache], Any]) -> tuple[bool, Any]:
+        """Run operation on Redis; (False, None) when there is no Redis or it failed."""
+        if self.shared is None:
+            return False, None
+        try:
+            result = operation(self.shared)
+        except (RedisError, OSError) as exc:
+            self._note_redis(False, exc)
+            return False, None
+        self._note_redis(True)
+        return True, result
+
+    def _note_redis(self, ok: bool, exc: BaseException | None = None) -> None:
+        """Log the switches between Redis and the memory fallback, once each."""
+        if ok == self._redis_ok:
+            return
+        previous, self._redis_ok = self._redis_ok, ok
+        if ok:
+            log.info("[Redis] Connected successfully%s", " (the cache uses Redis again)" if previous is False else "")
+        else:
+            log.warning("[Cache] Redis unavailable (%s); using the in-process cache", type(exc).__name__)
+
+    def count(self, what: str) -> None:
+        """Add one to a named statistic (shared through Redis every few seconds)."""
+        with self._lock:
+            self._counts[what] += 1
+            self._unflushed[what] += 1
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        """Add this process's new counts to the shared totals every few seconds."""
+        if self.redis is None or time.monotonic() - self._flushed_at < STATS_FLUSH_SECONDS:
+            return
+        with self._lock:
+            pending, self._unflushed = self._unflushed, Counter()
+            self._flushed_at = time.monotonic()
+        if not pending:
+            return
+        try:
+            pipe = self.redis.client.pipeline(transaction=False)
+            for field, amount in pending.items():
+                pipe.hincrby(f"{self.prefix}stats", field, amount)
+            self.redis.breaker.call_redis(pipe.execute)
+        except (RedisError, OSError):
+            with self._lock:
+                self._unflushed.update(pending)
+
+    # -- the API the rest of Luca uses -------------------------------------------------------
+    def get(self, key: str, tier_stats: str = "cache") -> Any:
+        """The cached value, or None; counts a hit or a miss for the tier that answered."""
+        if self.disabled:
+            return None
+        ok, value = self._redis_call(lambda c: c.get(key))
+        tier = "redis" if ok else "memory"
+        if not ok:
+            value = self.memory.get(key)
+        self.count(f"{tier}.{'hits' if value is not None else 'misses'}")
+        return value
+
+    def set(self, key: str, value: Any, ttl: int | None = None) -> None:
+        """Store value under key for ttl seconds (clamped short when Redis is not answering)."""
+        if self.disabled:
+            return
+        ttl = ttl or self.ttl
+        ok, _ = self._redis_call(lambda c: c.set(key, value, timeout=ttl))
+        if not ok:
+            self.memory.set(key, value, timeout=min(ttl, self.fallback_ttl))
+        log.debug("[Cache] Set %s (TTL: %ss)", key, ttl if ok else min(ttl, self.fallback_ttl))
+
+    def delete(self, *keys: str) -> None:
+        """Forget keys in both tiers."""
+        if self.disabled or not keys:
+            return
+        self._redis_call(lambda c: c.delete_many(*keys))
+        self.memory.delete_many(*keys)
+
+    def user_version(self, user_id: int) -> int:
+        """The user's current data version, part of every per-user key."""
+        key = cache_key("ver", user_id)
+        ok, value = self._redis_call(lambda c: c.get(key))
+        if ok:
+            return int(value or 0)
+        with self._lock:
+            return self._memory_versions.get(key, 0)
+
+    def bump_user(self, user_id: int) -> None:
+        """Invalidate every cached list and detail of the user, in every process sharing Redis."""
+        if self.disabled:
+            return
+        key = cache_key("ver", user_id)
+        with self._lock:
+            self._memory_versions[key] = self._memory_versions.get(key, 0) + 1
+        self._redis_call(lambda c: c.cache.inc(key))
+
+    def counts(self) -> Counter[str]:
+        """Every statistic: the shared totals when Redis answers, else this process's own."""
+        if self.redis is not None:
+            try:
+                raw = self.redis.hgetall(f"{self.prefix}stats")
+            except (RedisError, OSError):
+                pass
+            else:
+                totals = Counter({k.decode(): int(v) for k, v in raw.items()})
+                with self._lock:
+                    totals.update(self._unflushed)
+                return totals
+        with self._lock:
+            return Counter(self._counts)
+
+    def get_stats(self) -> dict[str, Any]:
+        """Hits and misses per tier, deduplication's saved calls, hit rates and Redis status."""
+        totals = self.counts()
+
+        def rate(good: int, bad: int) -> float | None:
+            return round(good / (good + bad), 4) if good + bad else None
+
+        def tier(name: str) -> dict[str, Any]:
+            hits, misses = totals[f"{name}.hits"], totals[f"{name}.misses"]
+            return {"hits": hits, "misses": misses, "hitRate": rate(hits, misses)}
+
+        saved = totals["dedup.hits"] + totals["dedup.waited"]
+        breaker = get_breakers().redis
+        all_hits = totals["redis.hits"] + totals["memory.hits"]
+        all_misses = totals["redis.misses"] + totals["memory.misses"]
+        return {
+            "enabled": not self.disabled,
+            "hitRate": rate(all_hits, all_misses),
+            "memory": {**tier("memory"), "keys": len(getattr(self.memory.cache, "_cache", {}))},
+            "redis": {**tier("redis"), "configured": self.shared is not None, "status": self._redis_status(),
+                      "ready": self.shared is not None and breaker.redis_available(),
+                      "breaker": breaker.current_state},
+            "dedup": {"hits": totals["dedup.hits"], "waited": totals["dedup.waited"],
+                      "misses": totals["dedup.misses"], "savedCalls": saved,
+                      "hitRate": rate(saved, totals["dedup.misses"])},
+            "ttl": {"default": self.ttl, "fallback": self.fallback_ttl},
+        }
+
+    def _redis_status(self) -> str:
+        if self.shared is None:
+            return "not configured"
+        if self._redis_ok is None:
+            return "unknown"
+        return "connected" if self._redis_ok else "unavailable (using memory)"
+
+    def clear(self) -> int:
+        """Delete every key under the cache prefix (never RQ's keys); returns how many went."""
+        self.memory.clear()
+        with self._lock:
+            self._memory_versions.clear()
+        if self.redis is None:
+            return 0
+        deleted = 0
+        batch: list[bytes] = []
+        for key in self.redis.client.scan_iter(match=f"{self.prefix}*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += self.redis.client.delete(*batch)
+                batch = []
+        if batch:
+            deleted += self.redis.client.delete(*batch)
+        return deleted
+
+
+def get_cache(app: Flask | None = None) -> CacheService:
+    """The app's cache service."""
+    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    return app.extensions["luca.cache"]
+
+
+def register_cache(app: Flask) -> None:
+    """Create the app's cache service."""
+    app.extensions["luca.cache"] = CacheService(app)
