@@ -55,6 +55,7 @@ class Deduplicator:
         self.wait_seconds = wait_seconds
         self.lock_seconds = lock_seconds
         self._inflight: dict[str, threading.Event] = {}
+        self._owned: set[str] = set()
         self._lock = threading.Lock()
 
     def cached(self, key: str) -> Completion | None:
@@ -64,76 +65,92 @@ class Deduplicator:
 
     def answer(self, key: str, compute: Callable[[], Completion]) -> tuple[Completion, bool]:
         """The answer for key and whether it came from the cache; compute() runs at most once at a time."""
-        hit = self.cached(key)
+        hit, leader = self.begin(key)
         if hit:
-            self.cache.count("dedup.hits")
             return hit, True
-        leader = self.lead(key)
-        if not leader:
-            hit = self.wait_for(key)
-            if hit:
-                self.cache.count("dedup.waited")
-                return hit, True
         try:
             completion = compute()
-            self.store(key, completion)
-            self.cache.count("dedup.misses")
-            return completion, False
+            self.store(key, completion)  # before finish(): the waiters read it as they wake
         finally:
             if leader:
-                self.release(key)
+                self.finish(key)
+        return completion, False
 
     def store(self, key: str, completion: Completion) -> None:
         """Keep an answer for later identical contexts."""
         self.cache.set(key, asdict(completion), ttl=self.ttl)
 
     # -- single flight -----------------------------------------------------------------
-    def lead(self, key: str) -> bool:
-        """Take the key's lock in this process and, with Redis, across processes."""
-        with self._lock:
-            if key in self._inflight:
-                return False
-            self._inflight[key] = threading.Event()
-        redis = self.cache.redis
-        if redis is None:
-            return True
-        try:
-            if redis.set(f"{self.cache.prefix}lock:{key}", "1", nx=True, px=int(self.lock_seconds * 1000)):
-                return True
-        except RedisError:
-            return True  # Redis is gone: the in-process lock is all there is
-        self._finish_local(key)
-        return False
+    def begin(self, key: str) -> tuple[Completion | None, bool]:
+        """A finished answer (stored, or written meanwhile by a concurrent twin), or the duty to write it.
 
-    def release(self, key: str) -> None:
-        """Let the waiters go."""
+        Returns (answer, False), or (None, leader). A leader must call finish(key) when
+        it is done, whether it succeeded or not; a non-leader without an answer (its
+        twin failed or took too long) computes on its own.
+        """
+        hit = self.cached(key)
+        if hit:
+            self.cache.count("dedup.hits")
+            return hit, False
+        with self._lock:
+            event = self._inflight.get(key)
+            if event is None:
+                self._inflight[key] = threading.Event()
+        if event is not None:  # a thread of this process is on it
+            event.wait(self.wait_seconds)
+            return self._answered_meanwhile(key), False
+        if self._lock_across_processes(key):
+            self.cache.count("dedup.misses")
+            return None, True
+        hit = self._wait_for_other_process(key)
+        if hit:
+            self._finish_local(key)
+            return hit, False
+        self.cache.count("dedup.misses")
+        return None, True  # the other process failed: this one computes, its local twins wait for it
+
+    def finish(self, key: str) -> None:
+        """Release the key: waiting twins read the stored answer, or compute themselves if there is none."""
         redis = self.cache.redis
-        if redis is not None:
+        lock = f"{self.cache.prefix}lock:{key}"
+        with self._lock:
+            owned = key in self._owned
+            self._owned.discard(key)
+        if redis is not None and owned:
             try:
-                redis.delete(f"{self.cache.prefix}lock:{key}")
+                redis.delete(lock)
             except RedisError:
                 pass
         self._finish_local(key)
 
-    def _finish_local(self, key: str) -> None:
-        with self._lock:
-            event = self._inflight.pop(key, None)
-        if event:
-            event.set()
+    def _answered_meanwhile(self, key: str) -> Completion | None:
+        hit = self.cached(key)
+        self.cache.count("dedup.waited" if hit else "dedup.misses")
+        return hit
 
-    def wait_for(self, key: str) -> Completion | None:
-        """Wait (bounded) for the leader's answer; None when it gave up or failed."""
-        deadline = time.monotonic() + self.wait_seconds
-        with self._lock:
-            event = self._inflight.get(key)
-        if event is not None:  # the leader is a thread of this process
-            event.wait(self.wait_seconds)
-            return self.cached(key)
+    def _lock_across_processes(self, key: str) -> bool:
+        """Take the Redis lock for key; True without Redis (the in-process lock is all there is)."""
         redis = self.cache.redis
+        if redis is None:
+            return True
+        try:
+            taken = redis.set(f"{self.cache.prefix}lock:{key}", "1", nx=True, px=int(self.lock_seconds * 1000))
+        except RedisError:
+            return True
+        if taken:
+            with self._lock:
+                self._owned.add(key)
+        return bool(taken)
+
+    def _wait_for_other_process(self, key: str) -> Completion | None:
+        """Poll for another process's answer until its lock goes or the wait runs out."""
+        redis = self.cache.redis
+        deadline = time.monotonic() + self.wait_seconds
         while time.monotonic() < deadline:
             time.sleep(POLL_SECONDS)
             hit = self.cached(key)
             if hit:
+                self.cache.count("dedup.waited")
                 return hit
             try:
                 if redis is None or not redis.exists(f"{self.cache.prefix}lock:{key}"):
@@ -141,6 +158,12 @@ class Deduplicator:
             except RedisError:
                 return None
         return None
+
+    def _finish_local(self, key: str) -> None:
+        with self._lock:
+            event = self._inflight.pop(key, None)
+        if event:
+            event.set()
 
 
 def get_deduplicator(app: Flask | None = None) -> Deduplicator:

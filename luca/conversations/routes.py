@@ -4,30 +4,25 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 import uuid
-from dataclasses import replace
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-from flask import Response, current_app, request, stream_with_context
+from flask import Response, current_app, request
 from pybreaker import CircuitBreakerError
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
 from luca import search
-from luca.ai import chain
-from luca.ai.base import ChatMessage, Completion, estimate_tokens
-from luca.ai.chain import AnswerStream, ProvidersUnavailable
-from luca.ai.dedup import Deduplicator, ReplayStream, answer_key, get_deduplicator
+from luca.ai.base import ChatMessage
 from luca.ai.context import build_context
 from luca.api import endpoint
 from luca.auth import current_user
 from luca.cache import cache_key, get_cache
-from luca.conversations import bp, service
+from luca.conversations import answers, bp, service
 from luca.errors import APIError, is_database_unavailable
 from luca.extensions import db
-from luca.models import Conversation, Message
+from luca.models import Message
 from luca.schemas import (
     ConversationCreate,
     ConversationListQuery,
@@ -173,134 +168,9 @@ def context_for(history: list[Message], question: str) -> list[ChatMessage]:
     return build_context([*turns, ("user", question)])
 
 
-def unavailable(exc: ProvidersUnavailable, question: Message) -> APIError:
-    """The 503 for 'no provider can answer': the question is kept and can be retried."""
-    return APIError(
-        503, "providers_unavailable",
-        "no AI provider can answer right now; your message is saved, retry it later",
-        details={"message_id": question.id,
-                 "retry": f"/api/conversations/{question.conversation_id}/messages/{question.id}/retry"},
-        headers={"Retry-After": str(exc.retry_after)})
-
-
-def respond(conversation: Conversation, question: Message, context: list[ChatMessage], *,
-            stream: bool, use_cache: bool) -> Any:
-    """Answer a stored question, whole (201 JSON) or streamed (Server-Sent Events).
-
-    Unless the client opted out, identical contexts are answered once (see luca.ai.dedup).
-    """
-    dedup = get_deduplicator() if use_cache and not get_cache().disabled else None
-    key = answer_key(chain.providers(), context, conversation.user_id) if dedup else ""
-    if stream:
-        return stream_response(conversation, question, context, dedup, key)
-    started = time.perf_counter()
-    try:
-        if dedup:
-            completion, cached = dedup.answer(key, lambda: chain.answer(context))
-        else:
-            completion, cached = chain.answer(context), False
-    except ProvidersUnavailable as exc:
-        raise unavailable(exc, question) from None
-    if cached:
-        completion = replace(completion, latency_ms=int((time.perf_counter() - started) * 1000))
-    answer = service.add_answer(conversation, completion, cached=cached)
-    return Exchange(message=MessageOut.model_validate(question), answer=MessageOut.model_validate(answer))
-
-
 def wants_cache(body: MessageCreate | RetryRequest) -> bool:
     """False when the client asked to skip the answer cache ("cache": false or Cache-Control: no-cache)."""
     return body.cache and not request.cache_control.no_cache
-
-
-def open_answer(context: list[ChatMessage], dedup: Deduplicator | None,
-                key: str) -> tuple[AnswerStream | ReplayStream, bool, bool]:
-    """A stream of the answer: a stored one replayed, or a provider's. Returns (stream, cached, leader)."""
-    leader = False
-    if dedup:
-        hit = dedup.cached(key)
-        if hit:
-            dedup.cache.count("dedup.hits")
-            return ReplayStream(hit), True, False
-        leader = dedup.lead(key)
-        if not leader and (hit := dedup.wait_for(key)):
-            dedup.cache.count("dedup.waited")
-            return ReplayStream(hit), True, False
-    try:
-        stream = chain.open_stream(context)
-    except ProvidersUnavailable:
-        if leader and dedup:
-            dedup.release(key)
-        raise
-    if dedup:
-        dedup.cache.count("dedup.misses")
-    return stream, False, leader
-
-
-def sse(event: str, data: Any) -> str:
-    """One Server-Sent Event."""
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
-
-
-def message_json(message: Message) -> Any:
-    """A message as JSON-ready data."""
-    return MessageOut.model_validate(message).model_dump(mode="json")
-
-
-def stream_response(conversation: Conversation, question: Message, context: list[ChatMessage],
-                    dedup: Deduplicator | None, key: str) -> Response:
-    """Stream the answer: start, delta..., then end, or error with the partial answer saved as incomplete."""
-    try:
-        stream, cached, leader = open_answer(context, dedup, key)
-    except ProvidersUnavailable as exc:
-        raise unavailable(exc, question) from None
-    started = time.perf_counter()
-
-    def save(parts: list[str], status: str) -> Message:
-        end = stream.end
-        text = "".join(parts)
-        completion = Completion(
-            text=text, provider=stream.provider.name, model=stream.provider.model,
-            tokens_in=end.tokens_in if end else sum(estimate_tokens(m["content"]) for m in context),
-            tokens_out=end.tokens_out if end else estimate_tokens(text),
-            latency_ms=int((time.perf_counter() - started) * 1000))
-        if leader and dedup and status == "complete":
-            dedup.store(key, completion)
-        return service.add_answer(conversation, completion, status=status, cached=cached)
-
-    @stream_with_context
-    def events() -> Iterator[str]:
-        parts: list[str] = []
-        saved = False
-        deltas = iter(stream)
-        try:
-            yield sse("start", {"conversation_id": str(conversation.id), "message": message_json(question),
-                                "provider": stream.provider.name, "model": stream.provider.model,
-                                "cached": cached})
-            for delta in deltas:
-                parts.append(delta)
-                yield sse("delta", {"text": delta})
-        except Exception as exc:  # noqa: BLE001 - the provider broke off after the first delta
-            log.warning("[AI] %s stream broke off (%s)", stream.provider.name, type(exc).__name__)
-            saved = True
-            partial = save(parts, "incomplete")
-            yield sse("error", {"code": "stream_interrupted",
-                                "message": "the answer was cut off; the part received is saved as incomplete",
-                                "answer": message_json(partial)})
-            return
-        finally:
-            close = getattr(deltas, "close", None)
-            if close:
-                close()
-            if not saved and stream.end is None:  # the client went away mid-answer
-                saved = True
-                save(parts, "incomplete")
-            if leader and dedup:
-                dedup.release(key)
-        saved = True
-        yield sse("end", {"message": message_json(save(parts, "complete"))})
-
-    return Response(events(), status=200, mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @bp.post("/conversations/<uuid:conversation_id>/messages")
@@ -311,7 +181,7 @@ def send_message(conversation_id: uuid.UUID, body: MessageCreate) -> Any:
     content = question_text(body)
     conversation, history = service.load_for_answer(current_user().id, conversation_id)
     question = service.add_question(conversation, content)
-    return respond(conversation, question, context_for(history, content), stream=body.stream,
+    return answers.respond(conversation, question, context_for(history, content), stream=body.stream,
                    use_cache=wants_cache(body))
 
 
@@ -321,7 +191,7 @@ def send_message(conversation_id: uuid.UUID, body: MessageCreate) -> Any:
 def retry_message(conversation_id: uuid.UUID, message_id: int, body: RetryRequest) -> Any:
     """Ask again for an answer to a stored question (after a 503, or to get a fresh answer)."""
     conversation, question, history = service.load_for_retry(current_user().id, conversation_id, message_id)
-    return respond(conversation, question, context_for(history, question.content), stream=body.stream,
+    return answers.respond(conversation, question, context_for(history, question.content), stream=body.stream,
                    use_cache=wants_cache(body))
 
 
