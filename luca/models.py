@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, Uuid
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, LargeBinary, String, Text, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -79,6 +79,8 @@ class Conversation(db.Model):
     title_set_by_user: Mapped[bool] = mapped_column(default=False)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
     pinned: Mapped[bool] = mapped_column(default=False)
+    # Set on the first upload: from then on, questions carry the files' text and are never shared.
+    has_files: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -106,3 +108,57 @@ class Message(db.Model):
     latency_ms: Mapped[int | None]
     cached: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class File(db.Model):
+    """A document uploaded to a conversation; its bytes live here so any worker can read them."""
+
+    __tablename__ = "files"
+    __table_args__ = (
+        Index("files_conversation_created_idx", "conversation_id", "created_at"),
+        Index("files_status_updated_idx", "status", "updated_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    filename: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int]
+    sha256: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending, processing, ready, failed
+    progress: Mapped[int] = mapped_column(default=0)
+    kind: Mapped[str | None] = mapped_column(String(16))
+    pages: Mapped[int | None]
+    text: Mapped[str | None] = mapped_column(Text, deferred=True)
+    text_chars: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AnalyticsDaily(db.Model):
+    """Messages rolled up per day, provider, model and role; recomputed whole, so reruns are harmless."""
+
+    __tablename__ = "analytics_daily"
+
+    day: Mapped[date] = mapped_column(primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16), primary_key=True)
+    messages: Mapped[int]
+    tokens_in: Mapped[int]
+    tokens_out: Mapped[int]
+    latency_mean_ms: Mapped[float | None]
+    latency_p95_ms: Mapped[float | None]
+    cached: Mapped[int]
+    cost_usd: Mapped[float]
+
+
+class AnalyticsRollup(db.Model):
+    """Which days have been rolled up, and when (the reconciler re-runs days that changed since)."""
+
+    __tablename__ = "analytics_rollups"
+
+    day: Mapped[date] = mapped_column(primary_key=True)
+    computed_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -49,11 +49,15 @@ def test_migrations_upgrade_downgrade_and_upgrade_again(empty_database: str) -> 
     app = app_on(empty_database)
     with app.app_context():
         upgrade(directory=MIGRATIONS)
-        assert {"users", "api_tokens", "conversations", "messages"} <= table_names(app)
+        assert {"users", "api_tokens", "conversations", "messages", "files", "analytics_daily"} <= table_names(app)
+        if db.engine.dialect.name == "sqlite":
+            triggers = db.session.execute(sa.text("SELECT name FROM sqlite_master WHERE type = 'trigger'")).scalars()
+            assert len(set(triggers)) == 6  # the FTS triggers survive every later migration
+            db.session.remove()
         downgrade(directory=MIGRATIONS, revision="base")
         assert table_names(app) <= {"alembic_version"}
         upgrade(directory=MIGRATIONS)
-        assert {"users", "api_tokens", "conversations", "messages"} <= table_names(app)
+        assert {"users", "api_tokens", "conversations", "messages", "files", "analytics_daily"} <= table_names(app)
         db.engine.dispose()
 
 
