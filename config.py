@@ -1,6 +1,7 @@
 """Luca's configuration, read from the environment once at start-up."""
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
@@ -122,6 +123,25 @@ class Config:
     AI_CONTEXT_TOKENS = env_int("AI_CONTEXT_TOKENS", 3000)
     AI_CONTEXT_MESSAGES = env_int("AI_CONTEXT_MESSAGES", 40)
     AI_MAX_OUTPUT_TOKENS = env_int("AI_MAX_OUTPUT_TOKENS", 1024)
+
+    AI_FILE_CONTEXT_TOKENS = env_int("AI_FILE_CONTEXT_TOKENS", 3000)
+    AI_PRICES = json.loads(os.environ.get("AI_PRICES") or "{}")
+
+    # Background jobs (RQ): queue names get QUEUE_PREFIX; attempts and timeouts per queue.
+    QUEUE_PREFIX = os.environ.get("QUEUE_PREFIX", "")
+    JOBS_THREADS = env_int("JOBS_THREADS", 2)
+    JOBS_RETRY_BACKOFF = env_float("JOBS_RETRY_BACKOFF", 5.0)
+    JOBS_RECONCILE_INTERVAL = env_float("JOBS_RECONCILE_INTERVAL", 60.0)
+    JOBS_RECONCILE_GRACE = env_float("JOBS_RECONCILE_GRACE", 60.0)
+    JOBS_STALE_AFTER = env_float("JOBS_STALE_AFTER", 180.0)
+    TITLE_JOB_TIMEOUT = env_int("TITLE_JOB_TIMEOUT", 120)
+    FILE_JOB_TIMEOUT = env_int("FILE_JOB_TIMEOUT", 60)
+    ANALYTICS_JOB_TIMEOUT = env_int("ANALYTICS_JOB_TIMEOUT", 300)
+
+    FILE_MAX_BYTES = env_int("FILE_MAX_BYTES", 8 * 1024 * 1024)
+    FILE_MAX_PAGES = env_int("FILE_MAX_PAGES", 200)
+    FILE_MAX_UNCOMPRESSED_BYTES = env_int("FILE_MAX_UNCOMPRESSED_BYTES", 50 * 1024 * 1024)
+    FILE_MAX_CHARS = env_int("FILE_MAX_CHARS", 200_000)
 
     AI_BREAKER_FAIL_MAX = env_int("AI_BREAKER_FAIL_MAX", 5)
     AI_BREAKER_RESET_TIMEOUT = env_float("AI_BREAKER_RESET_TIMEOUT", 60.0)

@@ -12,6 +12,7 @@ from config import Config
 from luca.breakers import get_breakers, guard_database, register_breakers
 from luca.cache import register_cache
 from luca.extensions import db, migrate
+from luca.jobs.queue import register_jobs
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ def create_app(config_class: type[Config] = Config, overrides: dict[str, Any] | 
     configure_logging(app)
     register_breakers(app)
     register_cache(app)
+    register_jobs(app)
     register_database(app)
     register_blueprints(app)
     register_error_handling(app)

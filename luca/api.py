@@ -9,8 +9,8 @@ from typing import Any
 
 from flask import Flask, Response, current_app, render_template, request
 from pydantic import BaseModel, ValidationError
-from werkzeug.routing import IntegerConverter, Rule, UUIDConverter
 from pydantic.json_schema import models_json_schema
+from werkzeug.routing import IntegerConverter, Rule, UUIDConverter
 
 from luca.errors import APIError
 
@@ -26,6 +26,7 @@ class EndpointSpec:
     errors: tuple[int, ...] = ()
     content_type: str = "application/json"
     optional_body: bool = False
+    upload: str | None = None  # the multipart field of an upload endpoint
     extra_responses: dict[int, str] = field(default_factory=dict)
 
 
@@ -133,6 +134,10 @@ def openapi_document(app: Flask) -> dict[str, Any]:
             "parameters": params + query_parameters(spec.query),
             "responses": {},
         }
+        if spec.upload:
+            operation["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": {
+                "type": "object", "required": [spec.upload],
+                "properties": {spec.upload: {"type": "string", "format": "binary"}}}}}}
         if spec.body is not None:
             operation["requestBody"] = {"required": not spec.optional_body, "content": {
                 "application/json": {"schema": refs[(spec.body, "validation")]}}}

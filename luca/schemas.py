@@ -133,6 +133,29 @@ class Exchange(BaseModel):
     answer: MessageOut
 
 
+class FileOut(Out):
+    """An uploaded document and where its processing stands."""
+
+    id: int
+    conversation_id: uuid.UUID
+    filename: str
+    size: int
+    status: Literal["pending", "processing", "ready", "failed"]
+    progress: int
+    kind: str | None
+    pages: int | None
+    text_chars: int | None
+    error: str | None
+    created_at: UTCDateTime
+    updated_at: UTCDateTime
+
+
+class FileList(BaseModel):
+    """A conversation's documents, oldest first."""
+
+    items: list[FileOut]
+
+
 class SearchQuery(BaseModel):
     """Query string of the search endpoint."""
 

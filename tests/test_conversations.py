@@ -42,7 +42,7 @@ def test_create_conversation_returns_it_with_metadata(api: Api) -> None:
 
 
 def test_conversation_without_title_waits_for_one(api: Api) -> None:
-    body = api.new_conversation()
+    body = api.new_conversation(title=None)
     assert body["title"] is None
     assert body["title_set_by_user"] is False
 

@@ -1,14 +1,21 @@
 """Operator endpoints under /api/admin."""
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from datetime import date, timedelta
+
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
+from luca import analytics
 from luca.admin import bp
 from luca.api import endpoint
+from luca.errors import APIError
 from luca.extensions import db
-from luca.models import User
+from luca.models import User, utcnow
 from luca.schemas import UserOut
+
+ANALYTICS_DEFAULT_DAYS = 14
+ANALYTICS_MAX_DAYS = 366
 
 
 class UserListQuery(BaseModel):
@@ -29,3 +36,64 @@ def list_users(query: UserListQuery) -> UserList:
     """Every user, oldest first (admins only)."""
     users = db.session.execute(select(User).order_by(User.id).limit(query.limit)).scalars()
     return UserList(items=[UserOut.model_validate(u) for u in users])
+
+
+class AnalyticsQuery(BaseModel):
+    """Query string of the analytics series; both ends are UTC days and inclusive."""
+
+    from_: date | None = Field(None, alias="from", description="First day (default: `to` minus 13 days)")
+    to: date | None = Field(None, description="Last day (default: today, UTC)")
+
+
+class AnalyticsTotals(BaseModel):
+    """Sums over a day's rows, or over the whole range."""
+
+    messages: int
+    tokens_in: int
+    tokens_out: int
+    cached: int
+    cost_usd: float
+
+
+class AnalyticsRow(AnalyticsTotals):
+    """One day's messages of one provider, model and role ("-" when a message has no provider or model)."""
+
+    provider: str
+    model: str
+    role: str
+    latency_mean_ms: float | None
+    latency_p95_ms: float | None
+
+
+class AnalyticsDay(BaseModel):
+    """One day of the series; days without rows are included with zero totals."""
+
+    day: date
+    rows: list[AnalyticsRow]
+    totals: AnalyticsTotals
+
+
+class AnalyticsSeries(BaseModel):
+    """Rolled-up usage for every day from `from` to `to`, oldest first."""
+
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    from_: date = Field(alias="from")
+    to: date
+    days: list[AnalyticsDay]
+    totals: AnalyticsTotals
+
+
+@bp.get("/analytics")
+@endpoint(query=AnalyticsQuery, response=AnalyticsSeries, errors=(403, 422))
+def analytics_series(query: AnalyticsQuery) -> AnalyticsSeries:
+    """Daily messages, tokens, latency, cached answers and cost per provider and model (admins only)."""
+    end = query.to or utcnow().date()
+    start = query.from_ or end - timedelta(days=ANALYTICS_DEFAULT_DAYS - 1)
+    if start > end:
+        raise APIError(422, "validation_error", "from must not be after to",
+                       [{"field": "from", "message": "must not be after to"}])
+    if (end - start).days + 1 > ANALYTICS_MAX_DAYS:
+        raise APIError(422, "validation_error", f"the range may cover at most {ANALYTICS_MAX_DAYS} days",
+                       [{"field": "to", "message": f"at most {ANALYTICS_MAX_DAYS} days after from, counting both"}])
+    return AnalyticsSeries.model_validate(analytics.series(start, end))

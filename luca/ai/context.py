@@ -19,11 +19,12 @@ def system_prompt() -> str:
     return current_app.config.get("AI_SYSTEM_PROMPT") or SYSTEM_PROMPT
 
 
-def build_context(history: Sequence[tuple[str, str]], budget_tokens: int | None = None) -> list[ChatMessage]:
-    """System prompt plus the newest (role, content) pairs that fit the token budget, oldest first.
+def build_context(history: Sequence[tuple[str, str]], budget_tokens: int | None = None,
+                  documents: str | None = None) -> list[ChatMessage]:
+    """System prompt (and attached documents) plus the newest (role, content) pairs within the budget.
 
     history is ordered oldest first and ends with the question being asked, which
-    is always included.
+    is always included. documents has a budget of its own (AI_FILE_CONTEXT_TOKENS).
     """
     budget = budget_tokens if budget_tokens is not None else current_app.config["AI_CONTEXT_TOKENS"]
     prompt = system_prompt()
@@ -36,4 +37,7 @@ def build_context(history: Sequence[tuple[str, str]], budget_tokens: int | None 
         picked.append({"role": role, "content": content})
         remaining -= cost
     picked.reverse()
-    return [{"role": "system", "content": prompt}, *picked]
+    head: list[ChatMessage] = [{"role": "system", "content": prompt}]
+    if documents:
+        head.append({"role": "system", "content": documents})
+    return [*head, *picked]

@@ -17,6 +17,7 @@ from luca.ai.dedup import Deduplicator, ReplayStream, answer_key, get_deduplicat
 from luca.cache import get_cache
 from luca.conversations import service
 from luca.errors import APIError
+from luca.jobs.tasks import enqueue_title
 from luca.models import Conversation, Message
 from luca.schemas import Exchange, MessageOut
 
@@ -43,14 +44,14 @@ def unavailable(exc: ProvidersUnavailable, question: Message) -> APIError:
         headers={"Retry-After": str(exc.retry_after)})
 
 
-def respond(conversation: Conversation, question: Message, context: list[ChatMessage], *,
-            stream: bool, use_cache: bool) -> Any:
+def respond(conversation: Conversation, question: Message, context: list[ChatMessage], file_digests: list[str],
+            *, stream: bool, use_cache: bool) -> Any:
     """Answer a stored question, whole (201 JSON) or streamed (Server-Sent Events).
 
     Unless the client opted out, identical contexts are answered once (see luca.ai.dedup).
     """
     dedup = get_deduplicator() if use_cache and not get_cache().disabled else None
-    key = answer_key(chain.providers(), context, conversation.user_id) if dedup else ""
+    key = answer_key(chain.providers(), context, conversation.user_id, file_digests) if dedup else ""
     if stream:
         return stream_response(conversation, question, context, dedup, key)
     started = time.perf_counter()
@@ -64,6 +65,7 @@ def respond(conversation: Conversation, question: Message, context: list[ChatMes
     if cached:
         completion = replace(completion, latency_ms=int((time.perf_counter() - started) * 1000))
     answer = service.add_answer(conversation, completion, cached=cached)
+    enqueue_title(conversation)
     return Exchange(message=MessageOut.model_validate(question), answer=MessageOut.model_validate(answer))
 
 
@@ -133,7 +135,9 @@ def stream_response(conversation: Conversation, question: Message, context: list
             if leader and dedup:
                 dedup.finish(key)
         saved = True
-        yield sse("end", {"message": message_json(save(parts, "complete"))})
+        answer = save(parts, "complete")
+        enqueue_title(conversation)
+        yield sse("end", {"message": message_json(answer)})
 
     return Response(events(), status=200, mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -20,9 +20,10 @@ from luca.api import endpoint
 from luca.auth import current_user
 from luca.cache import cache_key, get_cache
 from luca.conversations import answers, bp, service
+from luca.conversations.files import documents_context
 from luca.errors import APIError, is_database_unavailable
 from luca.extensions import db
-from luca.models import Message
+from luca.models import Conversation, Message
 from luca.schemas import (
     ConversationCreate,
     ConversationListQuery,
@@ -162,10 +163,12 @@ def question_text(body: MessageCreate) -> str:
     return content
 
 
-def context_for(history: list[Message], question: str) -> list[ChatMessage]:
-    """The messages sent to the provider: earlier complete turns, then the question."""
+def context_for(conversation: Conversation, history: list[Message],
+                question: str) -> tuple[list[ChatMessage], list[str]]:
+    """The messages sent to the provider (documents, earlier complete turns, the question) and file digests."""
+    documents, digests = documents_context(conversation)
     turns = [(m.role, m.content) for m in history if m.status == "complete"]
-    return build_context([*turns, ("user", question)])
+    return build_context([*turns, ("user", question)], documents=documents), digests
 
 
 def wants_cache(body: MessageCreate | RetryRequest) -> bool:
@@ -181,8 +184,8 @@ def send_message(conversation_id: uuid.UUID, body: MessageCreate) -> Any:
     content = question_text(body)
     conversation, history = service.load_for_answer(current_user().id, conversation_id)
     question = service.add_question(conversation, content)
-    return answers.respond(conversation, question, context_for(history, content), stream=body.stream,
-                   use_cache=wants_cache(body))
+    context, digests = context_for(conversation, history, content)
+    return answers.respond(conversation, question, context, digests, stream=body.stream, use_cache=wants_cache(body))
 
 
 @bp.post("/conversations/<uuid:conversation_id>/messages/<int:message_id>/retry")
@@ -191,8 +194,8 @@ def send_message(conversation_id: uuid.UUID, body: MessageCreate) -> Any:
 def retry_message(conversation_id: uuid.UUID, message_id: int, body: RetryRequest) -> Any:
     """Ask again for an answer to a stored question (after a 503, or to get a fresh answer)."""
     conversation, question, history = service.load_for_retry(current_user().id, conversation_id, message_id)
-    return answers.respond(conversation, question, context_for(history, question.content), stream=body.stream,
-                   use_cache=wants_cache(body))
+    context, digests = context_for(conversation, history, question.content)
+    return answers.respond(conversation, question, context, digests, stream=body.stream, use_cache=wants_cache(body))
 
 
 @bp.get("/search")

@@ -1,0 +1,1 @@
+"""Background jobs: queues (queue.py), the jobs themselves (tasks.py)."""

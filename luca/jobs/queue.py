@@ -1,0 +1,244 @@
+"""Where background jobs run: RQ queues on Redis, a small thread pool without Redis, inline when disabled.
+
+The database is the truth; the queue is a reminder. Jobs carry ids only, are idempotent,
+and raise on failure so RQ's retries and failed registry see it. If Redis is down when
+work is enqueued, nothing is lost: the reconciler finds the work in the database later.
+"""
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, current_app
+from redis.exceptions import RedisError
+from rq import Queue, Retry
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+
+from luca.breakers import get_breakers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """One queue: its name, the name its statistics go by, and how its jobs run."""
+
+    name: str
+    stats_name: str
+    attempts: int
+    timeout_setting: str
+    result_ttl: int = 300
+    failure_ttl: int = 7 * 24 * 3600
+
+
+# Listed in the order a worker listens: titles first (a user is looking at "New chat").
+QUEUES: dict[str, QueueSpec] = {
+    "titles": QueueSpec("titles", "titleGeneration", attempts=3, timeout_setting="TITLE_JOB_TIMEOUT"),
+    "files": QueueSpec("files", "fileProcessing", attempts=2, timeout_setting="FILE_JOB_TIMEOUT"),
+    "analytics": QueueSpec("analytics", "analytics", attempts=2, timeout_setting="ANALYTICS_JOB_TIMEOUT",
+                           result_ttl=60),
+}
+
+# (attempt, attempts) of the job running in this thread, for jobs outside RQ.
+_attempt: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("luca_job_attempt", default=None)
+ACTIVE = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
+
+
+def is_final_attempt() -> bool:
+    """Whether the running job has no retries left (so it should leave a final answer)."""
+    attempt = _attempt.get()
+    if attempt is not None:
+        return attempt[0] >= attempt[1]
+    from rq import get_current_job
+
+    job = get_current_job()
+    return job is None or not job.retries_left
+
+
+def backoff(attempts: int, base: float) -> list[int]:
+    """Exponential waits between attempts: base, 4 x base, 16 x base ..."""
+    return [int(base * 4 ** i) for i in range(attempts - 1)]
+
+
+class Jobs:
+    """Enqueue jobs for one app, in the mode its settings choose."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.config = app.config
+        self.mode = "inline" if app.config["DISABLE_QUEUES"] else "rq" if app.config.get("REDIS_URL") else "thread"
+        self.breakers = get_breakers(app)
+        self.redis = self.breakers.guarded_redis() if self.mode == "rq" else None
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._local = Counter()  # statistics of the thread and inline modes
+        self.stats_key = f"{app.config['REDIS_KEY_PREFIX']}jobs:stats"
+
+    # -- queues -------------------------------------------------------------------------
+    def queue(self, kind: str) -> Queue:
+        """The RQ queue for a kind of job (titles, files, analytics)."""
+        assert self.redis is not None, "RQ queues need REDIS_URL"
+        spec = QUEUES[kind]
+        return Queue(self.config["QUEUE_PREFIX"] + spec.name, connection=self.redis.client,
+                     default_timeout=self.config[spec.timeout_setting])
+
+    def queues(self) -> list[Queue]:
+        """Every queue, in the order workers listen to them."""
+        return [self.queue(kind) for kind in QUEUES]
+
+    # -- enqueueing -----------------------------------------------------------------------
+    def enqueue(self, kind: str, func: Callable[..., Any], *args: Any, job_id: str,
+                priority: int = 0, replace_stale: bool = False) -> bool:
+        """Run func(*args) in the background; priority > 0 puts it ahead of every waiting job.
+
+        job_id makes the job unique while it is waiting or running. Returns False when
+        the job could not be queued (Redis down): the reconciler will find the work.
+        """
+        spec = QUEUES[kind]
+        if self.mode == "inline":
+            self._run_with_attempts(spec, func, args, wait=False)
+            return True
+        if self.mode == "thread":
+            self._submit(spec, func, args)
+            return True
+        try:
+            return self.breakers.redis.call_redis(self._enqueue_rq, spec, kind, func, args, job_id,
+                                                  priority, replace_stale)
+        except (RedisError, OSError) as exc:
+            log.warning("[Queue] Redis unavailable (%s); %s job %s is left for the reconciler",
+                        type(exc).__name__, kind, job_id)
+            return False
+
+    def _enqueue_rq(self, spec: QueueSpec, kind: str, func: Callable[..., Any], args: tuple[Any, ...],
+                    job_id: str, priority: int, replace_stale: bool) -> bool:
+        queue = self.queue(kind)
+        options = {
+            "job_id": job_id, "job_timeout": self.config[spec.timeout_setting], "result_ttl": spec.result_ttl,
+            "failure_ttl": spec.failure_ttl, "at_front": priority > 0, "unique": True,
+            "retry": Retry(max=spec.attempts - 1, interval=backoff(spec.attempts, self.config["JOBS_RETRY_BACKOFF"])),
+            "description": f"{func.__name__}({', '.join(map(str, args))})",
+        }
+        try:
+            queue.enqueue(func, *args, **options)
+            return True
+        except DuplicateJobError:
+            pass
+        try:
+            existing = Job.fetch(job_id, connection=queue.connection)
+            status = existing.get_status()
+        except NoSuchJobError:
+            status = None
+        if status in ACTIVE and not (replace_stale and status == JobStatus.STARTED):
+            return True  # already on its way
+        if status is not None:
+            existing.delete(remove_from_queue=True)
+        queue.enqueue(func, *args, **options)
+        return True
+
+    # -- without RQ -------------------------------------------------------------------------
+    def _submit(self, spec: QueueSpec, func: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.config["JOBS_THREADS"], thread_name_prefix="luca-job")
+            self._local[f"{spec.name}.waiting"] += 1
+        self._pool.submit(self._run_with_attempts, spec, func, args, True)
+
+    def _run_with_attempts(self, spec: QueueSpec, func: Callable[..., Any], args: tuple[Any, ...],
+                           wait: bool) -> None:
+        """Run a job with its attempts (waiting between them only off the request path)."""
+        with self._lock:
+            if wait:
+                self._local[f"{spec.name}.waiting"] -= 1
+            self._local[f"{spec.name}.active"] += 1
+        try:
+            delays = backoff(spec.attempts, self.config["JOBS_RETRY_BACKOFF"])
+            for attempt in range(1, spec.attempts + 1):
+                token = _attempt.set((attempt, spec.attempts))
+                try:
+                    with self.app.app_context():
+                        func(*args)
+                    return
+                except Exception:  # noqa: BLE001 - counted and logged by the task; retried here
+                    if attempt == spec.attempts:
+                        return
+                    if wait:
+                        time.sleep(delays[attempt - 1])
+                finally:
+                    _attempt.reset(token)
+        finally:
+            with self._lock:
+                self._local[f"{spec.name}.active"] -= 1
+
+    def shutdown(self) -> None:
+        """Wait for in-process jobs to finish (tests, process exit)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    # -- statistics -----------------------------------------------------------------------------
+    def record(self, kind: str, outcome: str) -> None:
+        """Count a job outcome: completed, failed (final), or retried."""
+        field = f"{QUEUES[kind].name}.{outcome}"
+        with self._lock:
+            self._local[field] += 1
+        if self.redis is not None:
+            try:
+                self.redis.hincrby(self.stats_key, field, 1)
+            except (RedisError, OSError):
+                pass
+
+    def stats(self) -> dict[str, Any]:
+        """{"titleGeneration": {"waiting", "active", "completed", "failed", ...}, ..., "redis": {...}}."""
+        totals = Counter(self._local)
+        result: dict[str, Any] = {}
+        redis_ok = False
+        if self.redis is not None:
+            try:
+                totals = Counter({k.decode(): int(v) for k, v in self.redis.hgetall(self.stats_key).items()})
+                for kind, spec in QUEUES.items():
+                    queue = self.queue(kind)
+                    result[spec.stats_name] = {
+                        "waiting": queue.count,
+                        "active": StartedJobRegistry(queue=queue).count,
+                        "scheduled": ScheduledJobRegistry(queue=queue).count,
+                        "inFailedRegistry": FailedJobRegistry(queue=queue).count,
+                    }
+                redis_ok = True
+            except (RedisError, OSError):
+                result = {}
+        for spec in QUEUES.values():
+            entry = result.setdefault(spec.stats_name, {})
+            entry.setdefault("waiting", max(0, totals[f"{spec.name}.waiting"]))
+            entry.setdefault("active", max(0, totals[f"{spec.name}.active"]))
+            completed, failed = totals[f"{spec.name}.completed"], totals[f"{spec.name}.failed"]
+            entry.update(completed=completed, failed=failed, retried=totals[f"{spec.name}.retried"],
+                         failureRate=round(failed / (completed + failed), 4) if completed + failed else None)
+        result["redis"] = {"status": "connected" if redis_ok else "not configured" if self.redis is None
+                           else "unavailable", "ready": redis_ok}
+        result["mode"] = self.mode
+        return result
+
+
+def get_jobs(app: Flask | None = None) -> Jobs:
+    """The app's job runner."""
+    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    return app.extensions["luca.jobs"]
+
+
+def get_queue_stats() -> dict[str, Any]:
+    """Queue depth, activity and outcomes per queue, and whether Redis answers."""
+    return get_jobs().stats()
+
+
+def register_jobs(app: Flask) -> None:
+    """Create the app's job runner."""
+    app.extensions["luca.jobs"] = Jobs(app)

@@ -1,0 +1,280 @@
+"""The background jobs: conversation titles, daily analytics, and document processing.
+
+Each job takes ids only, re-reads the truth from the database, and is safe to run twice.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import uuid
+from collections.abc import Callable
+from datetime import date, timedelta
+from functools import wraps
+from typing import Any, TypeVar
+
+from flask import Flask, current_app, has_app_context
+from sqlalchemy import func, select, type_coerce, update
+from sqlalchemy.dialects.postgresql import JSONB
+
+from luca import analytics
+from luca.ai import chain
+from luca.ai.chain import ProvidersUnavailable
+from luca.ai.offline import OfflineProvider
+from luca.cache import get_cache
+from luca.documents import DocumentError, Limits, extract
+from luca.extensions import db
+from luca.jobs.queue import QUEUES, get_jobs, is_final_attempt
+from luca.models import Conversation, File, Message, utcnow
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+TITLE_MAX = 60
+TITLE_PROMPT = (
+    "Name this accounting conversation. Reply with exactly two lines:\n"
+    "Title: <a short title, at most 60 characters, no quotes>\n"
+    "Summary: <one sentence saying what the user wants to know>"
+)
+
+_bound_app: Flask | None = None
+_pool_pid: int | None = None
+
+
+def bind_app(app: Flask) -> None:
+    """Tell jobs which app to run in (the worker builds it once)."""
+    global _bound_app, _pool_pid
+    _bound_app = app
+    _pool_pid = os.getpid()
+
+
+def job_app() -> Flask:
+    """The app a job runs in: the current one, the bound one, or a new one."""
+    if has_app_context():
+        return current_app._get_current_object()  # type: ignore[attr-defined]
+    if _bound_app is None:
+        from luca import create_app
+
+        bind_app(create_app())
+    assert _bound_app is not None
+    return _bound_app
+
+
+def after_fork(app: Flask) -> None:
+    """In an RQ work horse (a fork), open fresh connections instead of sharing the parent's."""
+    global _pool_pid
+    if _pool_pid == os.getpid():
+        return
+    _pool_pid = os.getpid()
+    with app.app_context():
+        db.engine.dispose(close=False)
+    app.extensions.pop("luca.providers", None)
+
+
+def task(kind: str) -> Callable[[F], F]:
+    """Run a job inside the app, counting its outcome for the queue statistics."""
+
+    def decorate(fn: F) -> F:
+        @wraps(fn)
+        def run(*args: Any) -> Any:
+            app = job_app()
+            after_fork(app)
+            with app.app_context():
+                jobs = get_jobs(app)
+                try:
+                    result = fn(*args)
+                except Exception as exc:
+                    final = is_final_attempt()
+                    jobs.record(kind, "failed" if final else "retried")
+                    log.warning("[%s] %s(%s) failed%s: %s", QUEUES[kind].stats_name, fn.__name__,
+                                ", ".join(map(str, args)), "" if final else ", will retry", type(exc).__name__)
+                    raise
+                else:
+                    jobs.record(kind, "completed")
+                    return result
+                finally:
+                    db.session.remove()
+
+        return run  # type: ignore[return-value]
+
+    return decorate
+
+
+# -- titles ---------------------------------------------------------------------------------
+def title_from_question(question: str) -> str:
+    """A title made from the question itself, when no provider can write one."""
+    words = " ".join(question.split())
+    if len(words) <= TITLE_MAX:
+        return words.rstrip("?.!") or "Conversation"
+    cut = words[: TITLE_MAX - 1].rsplit(" ", 1)[0]
+    return cut + "…"
+
+
+def parse_title(text: str) -> tuple[str, str | None]:
+    """The title and summary lines of a provider's answer, cleaned and capped."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    found = {m.group(1).lower(): m.group(2).strip() for line in lines
+             if (m := re.match(r"(?i)^\**(title|summary)\**\s*[:\-]\s*(.+)$", line))}
+    title = found.get("title") or (lines[0] if lines else "")
+    summary = found.get("summary") or (lines[1] if len(lines) > 1 and "title" not in found else None)
+    title = title.strip().strip('"“”\'*#').strip()
+    if len(title) > TITLE_MAX:
+        title = title[: TITLE_MAX - 1].rsplit(" ", 1)[0] + "…"
+    return title, (summary[:300] if summary else None)
+
+
+def write_title(conversation: Conversation, title: str, summary: str | None) -> bool:
+    """Set a generated title unless the user named the conversation meanwhile (their name wins)."""
+    values: dict[str, Any] = {"title": title}
+    if summary:
+        if db.engine.dialect.name == "postgresql":
+            values["meta"] = type_coerce(Conversation.meta, JSONB).op("||")(
+                type_coerce({"summary": summary}, JSONB))
+        else:
+            values["meta"] = func.json_set(Conversation.meta, "$.summary", summary)
+    changed = db.session.execute(
+        update(Conversation)
+        .where(Conversation.id == conversation.id, Conversation.title_set_by_user.is_(False),
+               Conversation.title.is_(None))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    db.session.commit()
+    if changed:
+        get_cache().bump_user(conversation.user_id)
+    return bool(changed)
+
+
+@task("titles")
+def generate_title(conversation_id: str) -> str:
+    """Name a conversation after its first question and answer, with a one-line summary."""
+    conversation = db.session.get(Conversation, uuid.UUID(conversation_id))
+    if conversation is None or conversation.title is not None or conversation.title_set_by_user:
+        return "nothing to do"
+    from rq import get_current_job
+
+    job = get_current_job()
+    log.info("[TitleQueue] Processing job %s for conversation %s", job.id if job else "in-process", conversation_id)
+    first = db.session.execute(
+        select(Message.role, Message.content).where(Message.conversation_id == conversation.id)
+        .order_by(Message.created_at, Message.id).limit(2)
+    ).all()
+    question = next((content for role, content in first if role == "user"), "")
+    answer = next((content for role, content in first if role == "assistant"), "")
+    if not question:
+        return "no question yet"
+    try:
+        completion = chain.answer([
+            {"role": "system", "content": TITLE_PROMPT},
+            {"role": "user", "content": f"Question: {question[:1000]}\n\nAnswer: {answer[:1500]}"},
+        ])
+    except ProvidersUnavailable:
+        if is_final_attempt():  # never leave "New chat" behind: name it after the question, then fail
+            write_title(conversation, title_from_question(question), None)
+        raise
+    if completion.provider == OfflineProvider.name:
+        title, summary = title_from_question(question), None  # the offline guide cannot summarise
+    else:
+        title, summary = parse_title(completion.text)
+    write_title(conversation, title or title_from_question(question), summary)
+    return title
+
+
+# -- analytics ----------------------------------------------------------------------------------
+@task("analytics")
+def rollup_analytics(day: str) -> int:
+    """Recompute one day's analytics from the messages table."""
+    return analytics.rollup_day(date.fromisoformat(day))
+
+
+# -- documents ----------------------------------------------------------------------------------
+def document_limits(app: Flask) -> Limits:
+    """The extraction limits from the app's settings."""
+    return Limits(max_bytes=app.config["FILE_MAX_BYTES"], max_pages=app.config["FILE_MAX_PAGES"],
+                  max_uncompressed_bytes=app.config["FILE_MAX_UNCOMPRESSED_BYTES"],
+                  max_chars=app.config["FILE_MAX_CHARS"])
+
+
+def set_file(file_id: int, **values: Any) -> None:
+    """Update a file's row (status, progress ...) and commit, so readers see it at once."""
+    db.session.execute(update(File).where(File.id == file_id).values(updated_at=utcnow(), **values))
+    db.session.commit()
+
+
+@task("files")
+def process_file(file_id: int) -> str:
+    """Extract a document's text; a file that cannot be read ends `failed` with the reason."""
+    row = db.session.execute(select(File.status, File.data).where(File.id == file_id)).first()
+    if row is None or row.status in ("ready", "failed"):
+        return "nothing to do"
+    set_file(file_id, status="processing", progress=0, error=None)
+    last = [0.0]
+
+    def progress(fraction: float) -> None:
+        if fraction - last[0] >= 0.1 or fraction >= 1:
+            last[0] = fraction
+            set_file(file_id, progress=min(99, int(fraction * 100)))
+
+    try:
+        extracted = extract(row.data, document_limits(current_app), progress)
+    except DocumentError as exc:
+        set_file(file_id, status="failed", error=exc.reason[:500], progress=100)
+        log.info("[FileQueue] file %s failed: %s", file_id, exc.code)
+        return f"failed: {exc.code}"
+    set_file(file_id, status="ready", progress=100, kind=extracted.kind, pages=extracted.pages,
+             text=extracted.text, text_chars=len(extracted.text))
+    return "ready"
+
+
+# -- finding work the queue lost ------------------------------------------------------------------
+def reconcile(app: Flask | None = None) -> dict[str, int]:
+    """Enqueue what the database says is unfinished: untitled conversations, unprocessed files, days."""
+    app = app or job_app()
+    with app.app_context():
+        jobs = get_jobs(app)
+        now = utcnow()
+        grace = timedelta(seconds=app.config["JOBS_RECONCILE_GRACE"])
+        stale = timedelta(seconds=app.config["JOBS_STALE_AFTER"])
+        answered = select(Message.id).where(Message.conversation_id == Conversation.id,
+                                            Message.role == "assistant").exists()
+        untitled = db.session.execute(
+            select(Conversation.id).where(Conversation.title.is_(None), Conversation.title_set_by_user.is_(False),
+                                          Conversation.updated_at < now - grace, answered).limit(1000)
+        ).scalars().all()
+        pending = db.session.execute(
+            select(File.id).where(File.status == "pending", File.updated_at < now - grace).limit(1000)
+        ).scalars().all()
+        stuck = db.session.execute(
+            select(File.id).where(File.status == "processing", File.updated_at < now - stale).limit(1000)
+        ).scalars().all()
+        days = analytics.days_needing_rollup(now.date() - timedelta(days=7), now.date())
+        db.session.remove()
+        counts = {"titles": 0, "files": 0, "analytics": 0}
+        for conversation_id in untitled:
+            counts["titles"] += jobs.enqueue("titles", generate_title, str(conversation_id),
+                                             job_id=f"title-{conversation_id}")
+        for file_id in pending:
+            counts["files"] += jobs.enqueue("files", process_file, file_id, job_id=f"file-{file_id}")
+        for file_id in stuck:  # its worker died mid-job: run it again
+            with app.app_context():
+                set_file(file_id, status="pending")
+                db.session.remove()
+            counts["files"] += jobs.enqueue("files", process_file, file_id, job_id=f"file-{file_id}",
+                                            replace_stale=True)
+        for day in days:
+            counts["analytics"] += jobs.enqueue("analytics", rollup_analytics, day.isoformat(),
+                                                job_id=f"analytics-{day.isoformat()}")
+        if any(counts.values()):
+            log.info("[Reconciler] enqueued %s", ", ".join(f"{n} {k}" for k, n in counts.items() if n))
+        return counts
+
+
+def enqueue_title(conversation: Conversation) -> None:
+    """After an answer: name the conversation in the background if nobody has."""
+    if conversation.title is None and not conversation.title_set_by_user:
+        get_jobs().enqueue("titles", generate_title, str(conversation.id), job_id=f"title-{conversation.id}")
+
+
+def enqueue_file(file_id: int) -> None:
+    """After an upload: extract the document's text in the background, ahead of waiting work."""
+    get_jobs().enqueue("files", process_file, file_id, job_id=f"file-{file_id}", priority=1)
