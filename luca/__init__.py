@@ -78,13 +78,15 @@ def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    """Mount the conversations API under /api and the admin API under /api/admin."""
+    """Mount the conversations API under /api, the admin API under /api/admin, rq-dashboard at /admin/rq."""
     from luca.admin import bp as admin_bp
+    from luca.admin.dashboard import register_dashboard
     from luca.api import register_docs
     from luca.conversations import bp as conversations_bp
 
     app.register_blueprint(conversations_bp, url_prefix="/api")
     app.register_blueprint(admin_bp, url_prefix="/api/admin")
+    register_dashboard(app)
     register_docs(app)
 
 

@@ -1,19 +1,25 @@
 """Command-line tools: `flask --app wsgi users ...` and `flask --app wsgi tokens ...`."""
 from __future__ import annotations
 
+import json
+
 import click
-from flask import Flask
+from flask import Flask, current_app
 from flask.cli import AppGroup
 from sqlalchemy import func, select, update
 
 from luca.auth import forget_tokens, hash_token, issue_token
 from luca.cache import get_cache
 from luca.extensions import db
+from luca.jobs.queue import get_queue_stats
+from luca.jobs.tasks import reconcile
 from luca.models import ApiToken, User, utcnow
 
 users_cli = AppGroup("users", help="Create users.")
 tokens_cli = AppGroup("tokens", help="Create and revoke API tokens.")
 cache_cli = AppGroup("cache", help="Manage the cache.")
+jobs_cli = AppGroup("jobs", help="Background jobs.")
+queue_cli = AppGroup("queue", help="Queue statistics.")
 
 DEMO_EMAIL = "demo@luca.local"
 
@@ -98,7 +104,20 @@ def clear_cache() -> None:
     click.echo(f"cache cleared ({deleted} Redis keys deleted, process memory emptied)")
 
 
+@jobs_cli.command("reconcile")
+def reconcile_jobs() -> None:
+    """Enqueue the work the database says is unfinished (titles, files, analytics days)."""
+    counts = reconcile(current_app._get_current_object())  # type: ignore[attr-defined]
+    click.echo("enqueued " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
+
+
+@queue_cli.command("stats")
+def queue_stats() -> None:
+    """Print the queue statistics as JSON."""
+    click.echo(json.dumps(get_queue_stats(), indent=2))
+
+
 def register_cli(app: Flask) -> None:
     """Attach the command groups to the app's CLI."""
-    for group in (users_cli, tokens_cli, cache_cli):
+    for group in (users_cli, tokens_cli, cache_cli, jobs_cli, queue_cli):
         app.cli.add_command(group)

@@ -110,7 +110,10 @@ def app_factory(database_url: str) -> Iterator[Callable[..., Flask]]:
 
 
 def close_app(app: Flask) -> None:
-    """Release what an app holds open: database connections, its Redis client, provider HTTP clients."""
+    """Release what an app holds open: job threads, database connections, Redis clients, provider clients."""
+    jobs = app.extensions.get("luca.jobs")
+    if jobs is not None:
+        jobs.shutdown()
     with app.app_context():
         db.session.remove()
         db.engine.dispose()

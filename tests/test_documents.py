@@ -200,8 +200,7 @@ def test_empty_workbook_is_empty() -> None:
     assert error_code(out.getvalue()) == "empty"
 
 
-@pytest.fixture(scope="module")
-def docx_bomb() -> bytes:
+def make_docx_bomb() -> bytes:
     """A 'DOCX' whose document.xml inflates to 200 MB of zeros, written in chunks."""
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
@@ -211,6 +210,12 @@ def docx_bomb() -> bytes:
             for _ in range(200):
                 member.write(chunk)
     return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def docx_bomb() -> bytes:
+    """The zip bomb, built once for the module."""
+    return make_docx_bomb()
 
 
 def test_zip_bomb_disguised_as_docx(docx_bomb: bytes) -> None:

@@ -11,6 +11,7 @@ from luca.admin import bp
 from luca.api import endpoint
 from luca.errors import APIError
 from luca.extensions import db
+from luca.jobs.queue import get_queue_stats
 from luca.models import User, utcnow
 from luca.schemas import UserOut
 
@@ -97,3 +98,16 @@ def analytics_series(query: AnalyticsQuery) -> AnalyticsSeries:
         raise APIError(422, "validation_error", f"the range may cover at most {ANALYTICS_MAX_DAYS} days",
                        [{"field": "to", "message": f"at most {ANALYTICS_MAX_DAYS} days after from, counting both"}])
     return AnalyticsSeries.model_validate(analytics.series(start, end))
+
+
+class QueueStats(BaseModel):
+    """Per queue: waiting, active, completed, failed ...; and whether Redis answers."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+@bp.get("/queue-stats")
+@endpoint(response=QueueStats, errors=(403,))
+def queue_stats() -> QueueStats:
+    """Background queues: depth, activity, outcomes and failure rate per queue (admins only)."""
+    return QueueStats.model_validate(get_queue_stats())

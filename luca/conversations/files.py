@@ -29,7 +29,10 @@ def upload_file(conversation_id: uuid.UUID) -> tuple[FileOut, int]:
         raise APIError(422, "validation_error", "the multipart field 'file' is missing",
                        [{"field": "file", "message": "required"}])
     limit = current_app.config["FILE_MAX_BYTES"]
-    data = upload.stream.read(limit + 1)
+    try:
+        data = upload.stream.read(limit + 1)
+    finally:
+        upload.close()  # a large upload is spooled to a temporary file
     if len(data) > limit:
         raise APIError(413, "file_too_large", f"the file is larger than {limit} bytes")
     if not data:

@@ -104,6 +104,7 @@ class Jobs:
         the job could not be queued (Redis down): the reconciler will find the work.
         """
         spec = QUEUES[kind]
+        job_id = self.config["QUEUE_PREFIX"] + job_id
         if self.mode == "inline":
             self._run_with_attempts(spec, func, args, wait=False)
             return True

@@ -1,0 +1,68 @@
+"""The RQ worker: builds the app once, preloads the jobs, listens to the queues in priority order.
+
+    python worker.py            # work until stopped (SIGTERM finishes the current job first)
+    python worker.py --burst    # work until the queues are empty, then exit
+
+Besides the queues it runs RQ's scheduler (retries wait there) and, every
+JOBS_RECONCILE_INTERVAL seconds, the reconciler, which enqueues whatever the database
+says is unfinished. Only one worker at a time reconciles (a Redis lock).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+
+from redis.exceptions import RedisError
+from rq import Worker
+
+from luca import create_app
+from luca.jobs import tasks  # noqa: F401 - preloaded so work horses fork with the jobs imported
+from luca.jobs.queue import get_jobs
+from luca.jobs.tasks import bind_app, reconcile
+
+log = logging.getLogger("luca.worker")
+
+
+def reconcile_forever(app, stop: threading.Event) -> None:  # noqa: ANN001
+    """Every interval, if no other worker holds the lock, reconcile."""
+    jobs = get_jobs(app)
+    interval = app.config["JOBS_RECONCILE_INTERVAL"]
+    lock = f"{app.config['REDIS_KEY_PREFIX']}reconcile-lock"
+    while not stop.wait(interval):
+        try:
+            if jobs.redis is not None and jobs.redis.set(lock, "1", nx=True, ex=max(1, int(interval * 0.9))):
+                reconcile(app)
+        except (RedisError, OSError) as exc:
+            log.warning("[Reconciler] skipped: Redis unavailable (%s)", type(exc).__name__)
+        except Exception:  # noqa: BLE001 - the loop must outlive a bad round
+            log.exception("[Reconciler] round failed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the worker."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    parser.add_argument("--no-reconcile", action="store_true", help="do not run the periodic reconciler")
+    args = parser.parse_args(argv)
+
+    app = create_app()
+    bind_app(app)
+    jobs = get_jobs(app)
+    if jobs.mode != "rq":
+        parser.error("the worker needs REDIS_URL (without it, jobs run inside the web process)")
+    queues = jobs.queues()
+    log.info("[Worker] listening to %s", ", ".join(q.name for q in queues))
+    stop = threading.Event()
+    if not args.burst and not args.no_reconcile:
+        threading.Thread(target=reconcile_forever, args=(app, stop), name="reconciler", daemon=True).start()
+    try:
+        worker = Worker(queues, connection=jobs.redis.client)
+        worker.work(burst=args.burst, with_scheduler=True, logging_level="INFO")
+    finally:
+        stop.set()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
