@@ -143,6 +143,23 @@ class Config:
     FILE_MAX_UNCOMPRESSED_BYTES = env_int("FILE_MAX_UNCOMPRESSED_BYTES", 50 * 1024 * 1024)
     FILE_MAX_CHARS = env_int("FILE_MAX_CHARS", 200_000)
 
+    # Operations: logs, metrics, rate limits, alerts.
+    LOG_FORMAT = os.environ.get("LOG_FORMAT", "text")
+    LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
+    METRICS_TOKEN = os.environ.get("METRICS_TOKEN") or None
+    RATE_LIMITS_ENABLED = env_bool("RATE_LIMITS_ENABLED", True)
+    RATE_LIMIT_STORAGE_URL = os.environ.get("RATE_LIMIT_STORAGE_URL") or None
+    RATE_LIMIT_MESSAGES = os.environ.get("RATE_LIMIT_MESSAGES", "20 per minute")
+    RATE_LIMIT_UPLOADS = os.environ.get("RATE_LIMIT_UPLOADS", "20 per hour")
+    RATE_LIMIT_AUTH_FAILURES = os.environ.get("RATE_LIMIT_AUTH_FAILURES", "10 per 15 minutes")
+    ALERT_WEBHOOK_URL = os.environ.get("ALERT_WEBHOOK_URL") or None
+    ALERT_WEBHOOK_TIMEOUT = env_float("ALERT_WEBHOOK_TIMEOUT", 5.0)
+    ALERT_CHECK_INTERVAL = env_float("ALERT_CHECK_INTERVAL", 30.0)
+    ALERT_REDIS_FAILURES = env_int("ALERT_REDIS_FAILURES", 1)
+    ALERT_JOB_FAILURE_RATE = env_float("ALERT_JOB_FAILURE_RATE", 0.05)
+    ALERT_CACHE_HIT_RATE = env_float("ALERT_CACHE_HIT_RATE", 0.40)
+    ALERT_MIN_SAMPLES = env_int("ALERT_MIN_SAMPLES", 20)
+
     AI_BREAKER_FAIL_MAX = env_int("AI_BREAKER_FAIL_MAX", 5)
     AI_BREAKER_RESET_TIMEOUT = env_float("AI_BREAKER_RESET_TIMEOUT", 60.0)
     DB_BREAKER_FAIL_MAX = env_int("DB_BREAKER_FAIL_MAX", 3)
