@@ -12,6 +12,7 @@ from config import Config
 from luca.breakers import get_breakers, guard_database, register_breakers
 from luca.cache import register_cache
 from luca.extensions import db, migrate
+from luca.alerts import register_alerts
 from luca.jobs.queue import register_jobs
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ def create_app(config_class: type[Config] = Config, overrides: dict[str, Any] | 
     register_breakers(app)
     register_cache(app)
     register_jobs(app)
+    register_alerts(app)
     register_database(app)
     register_blueprints(app)
     register_error_handling(app)
@@ -83,11 +85,13 @@ def register_blueprints(app: Flask) -> None:
     from luca.admin.dashboard import register_dashboard
     from luca.api import register_docs
     from luca.conversations import bp as conversations_bp
+    from luca.health import register_health
 
     app.register_blueprint(conversations_bp, url_prefix="/api")
     app.register_blueprint(admin_bp, url_prefix="/api/admin")
     register_dashboard(app)
     register_docs(app)
+    register_health(app)
 
 
 def register_error_handling(app: Flask) -> None:

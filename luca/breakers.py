@@ -330,6 +330,15 @@ def get_breakers(app: Flask | None = None) -> Breakers:
     return app.extensions["luca.breakers"]
 
 
+def find_breaker(name: str) -> Breaker | None:
+    """A breaker by name; `AI-<provider>` breakers of configured providers are made on demand."""
+    breakers = get_breakers()
+    found = breakers.by_name(name)
+    if found is None and name.startswith("AI-") and name[3:] in current_app.config["AI_PROVIDERS"]:
+        found = breakers.ai(name[3:])
+    return found
+
+
 def get_circuit_breaker_stats() -> dict[str, Any]:
     """Every breaker's state and counts: database, externalAPI, redis and one per AI provider."""
     breakers = get_breakers()

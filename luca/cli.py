@@ -9,6 +9,7 @@ from flask.cli import AppGroup
 from sqlalchemy import func, select, update
 
 from luca.auth import forget_tokens, hash_token, issue_token
+from luca.breakers import find_breaker
 from luca.cache import get_cache
 from luca.extensions import db
 from luca.jobs.queue import get_queue_stats
@@ -20,6 +21,7 @@ tokens_cli = AppGroup("tokens", help="Create and revoke API tokens.")
 cache_cli = AppGroup("cache", help="Manage the cache.")
 jobs_cli = AppGroup("jobs", help="Background jobs.")
 queue_cli = AppGroup("queue", help="Queue statistics.")
+breakers_cli = AppGroup("breakers", help="Circuit breakers.")
 
 DEMO_EMAIL = "demo@luca.local"
 
@@ -117,7 +119,18 @@ def queue_stats() -> None:
     click.echo(json.dumps(get_queue_stats(), indent=2))
 
 
+@breakers_cli.command("reset")
+@click.argument("name")
+def reset_breaker(name: str) -> None:
+    """Close a circuit breaker by hand (database, external-api, redis, AI-<provider>)."""
+    breaker = find_breaker(name)
+    if breaker is None:
+        raise click.ClickException(f"no breaker named {name}")
+    breaker.reset()
+    click.echo(f"{breaker.name} reset: {breaker.current_state}")
+
+
 def register_cli(app: Flask) -> None:
     """Attach the command groups to the app's CLI."""
-    for group in (users_cli, tokens_cli, cache_cli, jobs_cli, queue_cli):
+    for group in (users_cli, tokens_cli, cache_cli, jobs_cli, queue_cli, breakers_cli):
         app.cli.add_command(group)

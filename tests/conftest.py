@@ -7,7 +7,9 @@ which turns a missing service into a failure.
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +25,7 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from config import TestConfig
 from luca import create_app
 from luca.extensions import db
+from tests.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("LUCA_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
@@ -264,6 +267,34 @@ def api(make_api: Callable[..., Api]) -> Api:
 def other_api(make_api: Callable[..., Api]) -> Api:
     """A signed client for a second user."""
     return make_api("bob@example.com")
+
+
+@pytest.fixture
+def own_redis() -> Iterator[tuple[str, Callable[[], None], Callable[[], None]]]:
+    """A redis-server of this test's own on a spare port, which the test may kill and restart."""
+    port = free_port()
+    processes: list[subprocess.Popen] = []
+
+    def start() -> None:
+        process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                    "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        processes.append(process)
+        for _ in range(100):
+            if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() == b"PONG":
+                return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def kill() -> None:
+        processes[-1].kill()
+        processes[-1].wait()
+
+    start()
+    yield f"redis://127.0.0.1:{port}/0", start, kill
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture(scope="session")

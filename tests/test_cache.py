@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from flask import Flask
@@ -14,7 +12,6 @@ from luca.breakers import get_breakers
 from luca.cache import get_cache
 from luca.extensions import db
 from tests.conftest import Api, RedisTarget, count_statements, create_user
-from tests.processes import free_port
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -183,34 +180,6 @@ def test_stats_count_hits_and_misses_per_tier(tier_app, request) -> None:
     assert stats[tier]["hits"] >= 2 and stats[tier]["misses"] >= 1  # token + list hits; list miss
     assert 0 < stats[tier]["hitRate"] < 1
     assert set(stats) >= {"memory", "redis", "dedup"}
-
-
-@pytest.fixture
-def own_redis() -> Iterator[tuple[str, callable, callable]]:
-    """A redis-server of this test's own on a spare port, which the test may kill and restart."""
-    port = free_port()
-    processes: list[subprocess.Popen] = []
-
-    def start() -> None:
-        process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                    "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        processes.append(process)
-        for _ in range(100):
-            if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() == b"PONG":
-                return
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def kill() -> None:
-        processes[-1].kill()
-        processes[-1].wait()
-
-    start()
-    yield f"redis://127.0.0.1:{port}/0", start, kill
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def test_a_redis_killed_mid_test_never_fails_a_request_and_is_used_again_when_back(app_factory, own_redis,

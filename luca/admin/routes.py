@@ -9,7 +9,10 @@ from sqlalchemy import select
 from luca import analytics
 from luca.admin import bp
 from luca.api import endpoint
-from luca.errors import APIError
+from luca.alerts import get_alerts
+from luca.breakers import find_breaker, get_circuit_breaker_stats
+from luca.cache import get_cache
+from luca.errors import APIError, not_found
 from luca.extensions import db
 from luca.jobs.queue import get_queue_stats
 from luca.models import User, utcnow
@@ -111,3 +114,42 @@ class QueueStats(BaseModel):
 def queue_stats() -> QueueStats:
     """Background queues: depth, activity, outcomes and failure rate per queue (admins only)."""
     return QueueStats.model_validate(get_queue_stats())
+
+
+class Stats(BaseModel):
+    """A statistics document (its shape is described in the README)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+@bp.get("/cache-stats")
+@endpoint(response=Stats, errors=(403,))
+def cache_stats() -> Stats:
+    """Cache hits and misses per tier, deduplication's saved calls, Redis status (admins only)."""
+    return Stats.model_validate(get_cache().get_stats())
+
+
+@bp.get("/breakers")
+@endpoint(response=Stats, errors=(403,))
+def breakers() -> Stats:
+    """Every circuit breaker's state and counts (admins only)."""
+    return Stats.model_validate(get_circuit_breaker_stats())
+
+
+@bp.post("/breakers/<name>/reset")
+@endpoint(response=Stats, errors=(403, 404))
+def reset_breaker(name: str) -> Stats:
+    """Close a breaker by hand, e.g. after fixing a provider's key (admins only)."""
+    breaker = find_breaker(name)
+    if breaker is None:
+        raise not_found("breaker")
+    breaker.reset()
+    return Stats.model_validate({"name": breaker.name, **breaker.stats()})
+
+
+@bp.get("/alerts")
+@endpoint(response=Stats, errors=(403,))
+def alerts() -> Stats:
+    """The four alert rules, evaluated now (admins only)."""
+    evaluated = get_alerts().evaluate()
+    return Stats.model_validate({"firing": sum(a["firing"] for a in evaluated), "alerts": evaluated})
