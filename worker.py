@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import threading
 
 from redis.exceptions import RedisError
@@ -22,6 +23,23 @@ from luca.jobs.queue import get_jobs
 from luca.jobs.tasks import bind_app, reconcile
 
 log = logging.getLogger("luca.worker")
+
+
+class LucaWorker(Worker):
+    """RQ's worker, which also honours a SIGTERM that arrived before RQ installed its handlers."""
+
+    stop_requested_early = False
+
+    def _install_signal_handlers(self) -> None:
+        super()._install_signal_handlers()
+        if LucaWorker.stop_requested_early:
+            self.log.info("[Worker] SIGTERM arrived during start-up: stopping")
+            self._stop_requested = True  # the work loop checks this before taking a job
+
+
+def note_early_stop(signum: int, frame: object) -> None:
+    """A SIGTERM during start-up: stop as soon as the worker loop begins (a deploy, say)."""
+    LucaWorker.stop_requested_early = True
 
 
 def reconcile_forever(app, stop: threading.Event) -> None:  # noqa: ANN001
@@ -45,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     parser.add_argument("--no-reconcile", action="store_true", help="do not run the periodic reconciler")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, note_early_stop)
 
     app = create_app()
     bind_app(app)
@@ -57,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.burst and not args.no_reconcile:
         threading.Thread(target=reconcile_forever, args=(app, stop), name="reconciler", daemon=True).start()
     try:
-        worker = Worker(queues, connection=jobs.redis.client)
+        worker = LucaWorker(queues, connection=jobs.redis.client)
         worker.work(burst=args.burst, with_scheduler=True, logging_level="INFO")
     finally:
         stop.set()
