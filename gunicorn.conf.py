@@ -1,5 +1,42 @@
-"""Gunicorn settings for Luca: gthread workers, timeouts that suit streamed answers."""
+"""Gunicorn settings for Luca: gthread workers, timeouts that suit streamed answers, shared metrics."""
+import atexit
+import glob
 import os
+import shutil
+import tempfile
+
+# "<pid> <path>" of the temporary metrics directory a master made for itself.
+METRICS_DIR_OWNER = "LUCA_METRICS_DIR_OWNER"
+
+
+def make_metrics_dir() -> None:
+    """Set PROMETHEUS_MULTIPROC_DIR for luca/metrics.py: the operator's directory, else a fresh temporary one.
+
+    prometheus_client picks its multiprocess mode when it is first imported, and preload_app
+    imports the app in this master right after this file is read, so the variable is set now;
+    forked workers inherit it. A temporary directory belongs to the master that made it and is
+    removed when that master exits (a USR2 successor makes its own).
+    """
+    current = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    owner, _, owned = os.environ.get(METRICS_DIR_OWNER, "").partition(" ")
+    if current and current != owned:
+        os.makedirs(current, exist_ok=True)
+        return
+    if current and owner == str(os.getpid()):
+        return  # this master is reloading its configuration
+    path = tempfile.mkdtemp(prefix="luca-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    os.environ[METRICS_DIR_OWNER] = f"{os.getpid()} {path}"
+    atexit.register(remove_metrics_dir, path, os.getpid())
+
+
+def remove_metrics_dir(path: str, creator: int) -> None:
+    """Remove a temporary metrics directory when its master exits (forked workers inherit this handler)."""
+    if os.getpid() == creator:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+make_metrics_dir()
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -28,3 +65,19 @@ def post_fork(server, worker):  # noqa: ANN001, ANN201 - gunicorn's hook signatu
 
     with app.app_context():
         db.engine.dispose(close=False)
+
+
+def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn's hook signature
+    """Start metrics from zero: remove the files an earlier run left in an operator's PROMETHEUS_MULTIPROC_DIR."""
+    if server.master_pid:  # a USR2 upgrade: the old master's workers still write there
+        return
+    for path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+        os.remove(path)
+
+
+def child_exit(server, worker):  # noqa: ANN001, ANN201 - gunicorn's hook signature
+    """Tell prometheus_client a worker is gone (its counts stay in the totals)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+

@@ -86,12 +86,14 @@ def register_blueprints(app: Flask) -> None:
     from luca.api import register_docs
     from luca.conversations import bp as conversations_bp
     from luca.health import register_health
+    from luca.metrics import register_metrics
 
     app.register_blueprint(conversations_bp, url_prefix="/api")
     app.register_blueprint(admin_bp, url_prefix="/api/admin")
     register_dashboard(app)
     register_docs(app)
     register_health(app)
+    register_metrics(app)
 
 
 def register_error_handling(app: Flask) -> None:

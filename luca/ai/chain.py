@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -14,6 +15,7 @@ from luca.ai.base import ChatMessage, Completion, Provider, StreamEnd
 from luca.ai.offline import OfflineProvider
 from luca.ai.providers import OpenAICompatibleProvider, is_provider_failure
 from luca.breakers import Breaker, get_breakers
+from luca.metrics import record_ai_call
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +85,36 @@ def describe(provider: Provider, exc: BaseException) -> str:
     return f"{provider.name}: {type(exc).__name__}"
 
 
+def record_failure(provider: Provider, exc: BaseException, started: float) -> None:
+    """Count a provider attempt that did not answer: rejected by its breaker, or failed."""
+    if isinstance(exc, CircuitBreakerError):
+        record_ai_call(provider.name, provider.model, "rejected")
+    else:
+        record_ai_call(provider.name, provider.model, "error", time.perf_counter() - started)
+
+
+def record_success(completion: Completion) -> None:
+    """Count a provider answer with its latency and tokens."""
+    record_ai_call(completion.provider, completion.model, "ok", completion.latency_ms / 1000,
+                   completion.tokens_in, completion.tokens_out)
+
+
 def answer(messages: list[ChatMessage]) -> Completion:
     """Answer with the first provider that can; ProvidersUnavailable when none can."""
     errors: list[str] = []
     for provider in providers():
+        started = time.perf_counter()
         try:
             with guarded(provider):
-                return provider.complete(messages)
+                completion = provider.complete(messages)
         except Exception as exc:  # noqa: BLE001 - any provider error means: try the next one
             errors.append(describe(provider, exc))
+            record_failure(provider, exc, started)
             if not isinstance(exc, CircuitBreakerError):
                 log.warning("[AI] %s failed (%s); trying the next provider", provider.name, type(exc).__name__)
+            continue
+        record_success(completion)
+        return completion
     raise ProvidersUnavailable(retry_after(), errors)
 
 
@@ -101,13 +122,14 @@ class AnswerStream:
     """A provider's streamed answer, opened with its first delta; outcome recorded on its breaker."""
 
     def __init__(self, provider: Provider, breaker: Breaker | None, trial: bool,
-                 first: str | StreamEnd, rest: Iterator[str | StreamEnd]) -> None:
+                 first: str | StreamEnd, rest: Iterator[str | StreamEnd], started: float) -> None:
         self.provider = provider
         self.breaker = breaker
         self.trial = trial
         self.first = first
         self.rest = rest
         self.end: StreamEnd | None = None
+        self.started = started
 
     def __iter__(self) -> Iterator[str]:
         """Yield text deltas; afterwards self.end holds the usage counts."""
@@ -130,9 +152,12 @@ class AnswerStream:
                     self.breaker.record_failure(exc, self.trial)
                 else:
                     self.breaker.record_success(self.trial)
+            record_failure(self.provider, exc, self.started)
             raise
         if self.breaker:
             self.breaker.record_success(self.trial)
+        record_ai_call(self.provider.name, self.provider.model, "ok", time.perf_counter() - self.started,
+                       self.end.tokens_in if self.end else 0, self.end.tokens_out if self.end else 0)
 
 
 def open_stream(messages: list[ChatMessage]) -> AnswerStream:
@@ -140,10 +165,12 @@ def open_stream(messages: list[ChatMessage]) -> AnswerStream:
     errors: list[str] = []
     for provider in providers():
         breaker = breaker_for(provider)
+        started = time.perf_counter()
         try:
             trial = breaker.allow() if breaker else False
         except CircuitBreakerError as exc:
             errors.append(describe(provider, exc))
+            record_failure(provider, exc, started)
             continue
         rest = provider.stream(messages)
         try:
@@ -152,11 +179,12 @@ def open_stream(messages: list[ChatMessage]) -> AnswerStream:
             errors.append(describe(provider, exc))
             log.warning("[AI] %s failed before streaming (%s); trying the next provider",
                         provider.name, type(exc).__name__)
+            record_failure(provider, exc, started)
             if breaker:
                 if is_provider_failure(exc):
                     breaker.record_failure(exc, trial)
                 else:
                     breaker.record_success(trial)
             continue
-        return AnswerStream(provider, breaker, trial, first, rest)
+        return AnswerStream(provider, breaker, trial, first, rest, started)
     raise ProvidersUnavailable(retry_after(), errors)
