@@ -9,11 +9,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from config import Config
+from luca.alerts import register_alerts
 from luca.breakers import get_breakers, guard_database, register_breakers
 from luca.cache import register_cache
 from luca.extensions import db, migrate
-from luca.alerts import register_alerts
 from luca.jobs.queue import register_jobs
+from luca.limits import register_limits
+from luca.logs import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +30,12 @@ def create_app(config_class: type[Config] = Config, overrides: dict[str, Any] | 
     register_cache(app)
     register_jobs(app)
     register_alerts(app)
+    register_limits(app)
     register_database(app)
     register_blueprints(app)
     register_error_handling(app)
     register_commands(app)
     return app
-
-
-def configure_logging(app: Flask) -> None:
-    """Send Luca's log lines to stderr at INFO unless the host configured logging."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def engine_options(app: Flask) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask, current_app
 from redis import Redis
 from redis.backoff import ConstantBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError, RedisError
 from redis.retry import Retry
 
 log = logging.getLogger(__name__)
@@ -18,7 +18,10 @@ def make_redis(url: str, config: dict[str, Any]) -> Redis:
     options: dict[str, Any] = {
         "socket_timeout": config["REDIS_SOCKET_TIMEOUT"],
         "socket_connect_timeout": config["REDIS_SOCKET_TIMEOUT"],
-        "retry": Retry(ConstantBackoff(config["REDIS_RETRY_DELAY"]), config["REDIS_MAX_RETRIES"]),
+        # Retry a refused or reset connection, never a timeout: a Redis that hangs would
+        # otherwise cost (retries + 1) x (connect + read) timeouts per command.
+        "retry": Retry(ConstantBackoff(config["REDIS_RETRY_DELAY"]), config["REDIS_MAX_RETRIES"],
+                       supported_errors=(ConnectionError,)),
         "health_check_interval": 30,
     }
     if url.startswith("rediss://") and not config.get("REDIS_TLS_VERIFY", False):

@@ -128,6 +128,9 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, owner: TestServer, address: tuple[str, int]) -> None:
         self.owner = owner
         super().__init__(address, _Handler)
+        # A client may vanish between select() and accept(); a blocking accept would then
+        # hang serve_forever (and stop()) for good. Non-blocking, accept just fails and is retried.
+        self.socket.setblocking(False)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Ignore clients that went away or connections stop() closed; report anything else."""

@@ -14,12 +14,14 @@ from luca.conversations.service import get_conversation
 from luca.errors import APIError, not_found
 from luca.extensions import db
 from luca.jobs.tasks import enqueue_file
+from luca.limits import rate_limit
 from luca.models import Conversation, File, utcnow
 from luca.schemas import FileList, FileOut
 
 
 @bp.post("/conversations/<uuid:conversation_id>/files")
-@endpoint(response=FileOut, status=202, upload="file", errors=(400, 413, 415, 422))
+@rate_limit("uploads")
+@endpoint(response=FileOut, status=202, upload="file", errors=(400, 413, 415, 422, 429))
 def upload_file(conversation_id: uuid.UUID) -> tuple[FileOut, int]:
     """Upload a document (multipart field `file`); its text is extracted in the background."""
     if not request.mimetype.startswith("multipart/form-data"):

@@ -23,6 +23,7 @@ from luca.conversations import answers, bp, service
 from luca.conversations.files import documents_context
 from luca.errors import APIError, is_database_unavailable
 from luca.extensions import db
+from luca.limits import rate_limit
 from luca.models import Conversation, Message
 from luca.schemas import (
     ConversationCreate,
@@ -177,7 +178,8 @@ def wants_cache(body: MessageCreate | RetryRequest) -> bool:
 
 
 @bp.post("/conversations/<uuid:conversation_id>/messages")
-@endpoint(body=MessageCreate, response=Exchange, status=201, errors=(400, 413, 415, 422, 503),
+@rate_limit("messages")
+@endpoint(body=MessageCreate, response=Exchange, status=201, errors=(400, 413, 415, 422, 429, 503),
           extra_responses={200: "With stream: true, Server-Sent Events: start, delta..., end or error"})
 def send_message(conversation_id: uuid.UUID, body: MessageCreate) -> Any:
     """Ask a question: it is stored, the AI answers (whole, or streamed with stream: true)."""
@@ -189,7 +191,8 @@ def send_message(conversation_id: uuid.UUID, body: MessageCreate) -> Any:
 
 
 @bp.post("/conversations/<uuid:conversation_id>/messages/<int:message_id>/retry")
-@endpoint(body=RetryRequest, optional_body=True, response=Exchange, status=201, errors=(400, 415, 422, 503),
+@rate_limit("messages")
+@endpoint(body=RetryRequest, optional_body=True, response=Exchange, status=201, errors=(400, 415, 422, 429, 503),
           extra_responses={200: "With stream: true, Server-Sent Events as for sending a message"})
 def retry_message(conversation_id: uuid.UUID, message_id: int, body: RetryRequest) -> Any:
     """Ask again for an answer to a stored question (after a 503, or to get a fresh answer)."""

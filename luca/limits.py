@@ -1,0 +1,285 @@
+"""Rate limits (Flask-Limiter): messages and uploads per user, failed authentication per client address.
+
+Budgets (config.py):
+- RATE_LIMIT_MESSAGES, per signed-in user, shared by sending a message and retrying an answer;
+- RATE_LIMIT_UPLOADS, per signed-in user, for uploading documents (every call of these counts,
+  also one refused afterwards with 4xx or 503);
+- RATE_LIMIT_AUTH_FAILURES, per client address: only answers 401 (a missing, wrong or revoked
+  bearer token on the API, wrong Basic credentials on /admin/rq) use it up. Once an address has
+  used it up, every request from it to an endpoint that needs authentication is 429 until the
+  window ends, even with a valid token: the check runs before the credentials are looked at, so
+  an attacker cannot tell a right guess from a wrong one while blocked.
+
+Nothing else is limited: requests outside the API's blueprints and rq-dashboard (/healthz,
+/readyz, /metrics, /api/docs...) never reach a limit.
+
+One Limiter per app (app.extensions["luca.limiter"]): a Limiter keeps one storage, one strategy
+and one `enabled` flag, and init_app() on a second app replaces them, so a module-level
+Limiter would make every app in a process share the last app's counters. The views carry
+module-level `@rate_limit(budget)` decorators that find the current app's Limiter per request.
+
+Storage: Redis at RATE_LIMIT_STORAGE_URL, else REDIS_URL (keys under `<REDIS_KEY_PREFIX>limits:`),
+through a client with short timeouts and the `redis` breaker; "memory://" without Redis. When
+Redis fails, Flask-Limiter switches to an in-memory copy of the same limits (counted per process,
+from zero) and pings Redis now and then to switch back; the ping is skipped while the breaker is
+open, so a dead Redis costs a request at most two REDIS_SOCKET_TIMEOUTs, now and then.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from flask import Flask, Response, current_app, g, request
+from flask.typing import ResponseReturnValue
+from flask_limiter import ApplicationLimit, Limiter, RateLimitExceeded
+from limits import parse_many
+from limits.storage import RedisStorage
+from redis import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from luca.breakers import Breaker, get_breakers
+from luca.errors import error_response
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXTENSION = "luca.limiter"
+# The setting that holds each per-user budget, and the message a client gets when it is used up.
+BUDGETS = {
+    "messages": ("RATE_LIMIT_MESSAGES", "too many messages"),
+    "uploads": ("RATE_LIMIT_UPLOADS", "too many uploads"),
+}
+# Blueprints whose every request needs credentials (rq_dashboard: Basic auth, see admin/dashboard.py).
+AUTHENTICATED_BLUEPRINTS = frozenset({"conversations", "admin", "rq_dashboard"})
+REDIS_SCHEMES = ("redis", "rediss", "unix")  # the schemes redis.from_url() takes
+
+
+class GuardedRedisStorage(RedisStorage):
+    """limits' Redis storage whose commands go through Luca's `redis` breaker (open: they fail at once)."""
+
+    STORAGE_SCHEME = [f"luca+{scheme}" for scheme in REDIS_SCHEMES]  # noqa: RUF012  (read by limits' registry)
+
+    def __init__(self, uri: str, breaker: Breaker, **options: Any) -> None:
+        self.breaker = breaker
+        super().__init__(uri.removeprefix("luca+"), **options)
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        return self.breaker.call_redis(super().incr, key, expiry, amount)
+
+    def get(self, key: str) -> int:
+        return self.breaker.call_redis(super().get, key)
+
+    def get_expiry(self, key: str) -> float:
+        return self.breaker.call_redis(super().get_expiry, key)
+
+    def clear(self, key: str) -> None:
+        self.breaker.call_redis(super().clear, key)
+
+    def check(self) -> bool:
+        """Whether Redis answers a ping; False without asking while the breaker is open."""
+        if not self.breaker.redis_available():
+            return False
+        try:
+            return bool(self.breaker.call_redis(self.get_connection().ping))
+        except (RedisError, OSError):
+            return False
+
+
+def client_address() -> str:
+    """The client's address, which the failed-authentication budget is kept by.
+
+    This is the socket's peer. Behind Render's or Heroku's router that is the router, so all
+    clients would share one budget: the real address needs werkzeug's ProxyFix, set for exactly
+    the number of proxies in front (X-Forwarded-For is forgeable beyond them).
+    """
+    return request.remote_addr or "unknown"
+
+
+def user_key() -> str:
+    """The signed-in user (require_user runs before the view, and so before these limits)."""
+    user = g.get("user")
+    return f"user:{user.id}" if user is not None else f"address:{client_address()}"
+
+
+def needs_authentication() -> bool:
+    """Whether the request is for an endpoint behind a bearer token or rq-dashboard's Basic auth."""
+    return request.blueprint in AUTHENTICATED_BLUEPRINTS
+
+
+def failed_authentication(response: Response) -> bool:
+    """Whether the answer says the credentials were missing or wrong."""
+    return response.status_code == 401
+
+
+def storage_settings(app: Flask) -> tuple[str, dict[str, Any]]:
+    """The limits storage URI and options: Redis through the app's client and breaker, else memory."""
+    setting = "RATE_LIMIT_STORAGE_URL" if app.config.get("RATE_LIMIT_STORAGE_URL") else "REDIS_URL"
+    url = app.config.get(setting)
+    if not url:
+        return "memory://", {}
+    if urlsplit(url).scheme not in REDIS_SCHEMES:
+        return url, {}  # another limits storage (memcached://...), used as given
+    return f"luca+{url}", {
+        "connection_pool": limits_redis(app, url).connection_pool,
+        "key_prefix": f"{app.config['REDIS_KEY_PREFIX']}limits",
+        "breaker": get_breakers(app).redis,
+    }
+
+
+def limits_redis(app: Flask, url: str) -> Redis:
+    """The limits' Redis client: short timeouts, a single retry, connected lazily (a dead Redis never stops start-up).
+
+    redis-py repeats the connection handshake inside every retried command, so retries multiply
+    against a Redis that accepts connections but never answers (make_redis's defaults take about
+    4.5 s there). Here that costs at most two REDIS_SOCKET_TIMEOUTs before memory takes over; the
+    one retry still gets past a connection the server dropped while it sat idle.
+    """
+    name = "luca.redis:limits"  # a luca.redis* extension: closed with the app's other clients
+    if name not in app.extensions:
+        timeout = app.config["REDIS_SOCKET_TIMEOUT"]
+        options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout,
+                                   "retry": Retry(NoBackoff(), 1)}
+        if url.startswith("rediss://") and not app.config.get("REDIS_TLS_VERIFY", False):
+            options["ssl_cert_reqs"] = "none"  # Heroku Redis serves TLS with a self-signed certificate
+        app.extensions[name] = Redis.from_url(url, **options)
+    return app.extensions[name]
+
+
+def make_limiter(app: Flask) -> Limiter:
+    """A Limiter for app: no default limits, the failed-authentication budget, Redis or memory storage."""
+    config = app.config
+    for setting in ("RATE_LIMIT_MESSAGES", "RATE_LIMIT_UPLOADS", "RATE_LIMIT_AUTH_FAILURES"):
+        parse_many(config[setting])  # a malformed limit fails at start-up, not silently per request
+    uri, options = storage_settings(app)
+    auth_failures = ApplicationLimit(
+        limit_provider=config["RATE_LIMIT_AUTH_FAILURES"],
+        key_function=client_address,
+        scope="auth-failures",
+        deduct_when=failed_authentication,  # tested before the request, counted only after a 401
+        error_message="too many failed authentication attempts from this address",
+    )
+    limiter = Limiter(
+        key_func=client_address,
+        application_limits=[auth_failures],
+        strategy="fixed-window",
+        storage_uri=uri,
+        storage_options=options,
+        in_memory_fallback_enabled=uri != "memory://",
+        swallow_errors=True,  # should memory fail too, the request goes through unlimited, never a 500
+        headers_enabled=False,  # no X-RateLimit-* headers (each would cost a Redis call); Retry-After on 429
+        enabled=bool(config["RATE_LIMITS_ENABLED"]),
+    )
+    limiter.request_filter(lambda: not needs_authentication())
+    return limiter
+
+
+class AppLimits:
+    """An app's Limiter and its per-user limits, applied to views as they are first called."""
+
+    def __init__(self, app: Flask, limiter: Limiter) -> None:
+        self.limiter = limiter
+        self._limits = {
+            budget: limiter.shared_limit(app.config[setting], scope=budget, key_func=user_key,
+                                         error_message=message)
+            for budget, (setting, message) in BUDGETS.items()
+        }
+        self._views: dict[tuple[str, Callable[..., Any]], Callable[..., Any]] = {}
+        self._lock = threading.Lock()
+
+    def limited(self, budget: str, view: Callable[..., Any]) -> Callable[..., Any]:
+        """view wrapped by this app's Limiter with the budget's limit (made once per view)."""
+        if not self.limiter.enabled:
+            return view
+        found = self._views.get((budget, view))
+        if found is None:
+            with self._lock:
+                found = self._views.setdefault((budget, view), self._limits[budget](view))
+        return found
+
+
+def rate_limit(budget: str) -> Callable[[F], F]:
+    """Decorator: charge each call of the view to the signed-in user's budget ("messages" or "uploads")."""
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown rate limit budget {budget!r}")
+
+    def decorate(view: F) -> F:
+        @wraps(view)
+        def limited_view(*args: Any, **kwargs: Any) -> Any:
+            state = current_app.extensions.get(EXTENSION)
+            if state is None:  # register_limits() was not called for this app
+                return view(*args, **kwargs)
+            return state.limited(budget, view)(*args, **kwargs)
+
+        return limited_view  # type: ignore[return-value]
+
+    return decorate
+
+
+def get_limiter(app: Flask | None = None) -> Limiter | None:
+    """The app's Limiter, or None before register_limits()."""
+    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    state = app.extensions.get(EXTENSION)
+    return state.limiter if state is not None else None
+
+
+def retry_after(exc: RateLimitExceeded) -> int:
+    """Whole seconds until the breached limit's window ends (at least 1)."""
+    reset_at = None
+    limiter = get_limiter()
+    current = limiter.current_limit if limiter is not None else None
+    if current is not None and current.breached:
+        try:
+            reset_at = current.window.reset_time
+        except (RedisError, OSError) as err:  # Redis failed after the breach: assume a whole window
+            log.warning("rate limit reset time unavailable: %s", type(err).__name__)
+    if reset_at is None:
+        reset_at = time.time() + exc.limit.limit.get_expiry()
+    return max(1, math.ceil(reset_at - time.time()))
+
+
+def handle_rate_limited(exc: RateLimitExceeded) -> ResponseReturnValue:
+    """A used-up budget: 429 in Luca's error shape with Retry-After."""
+    wait = retry_after(exc)
+    return error_response(429, "rate_limited",
+                          f"{exc.description} (limit: {exc.limit.limit}); try again in {wait} seconds",
+                          headers={"Retry-After": str(wait)})
+
+
+def register_limits(app: Flask) -> Limiter:
+    """Give app its Limiter and the 429 handler (idempotent); call after register_breakers."""
+    if EXTENSION in app.extensions:
+        return app.extensions[EXTENSION].limiter
+    limiter = make_limiter(app)
+    hooks_before = list(app.before_request_funcs.get(None, []))
+    limiter.init_app(app)
+    run_before_dashboard_guard(app, [f for f in app.before_request_funcs.get(None, []) if f not in hooks_before])
+    app.extensions[EXTENSION] = AppLimits(app, limiter)
+    app.register_error_handler(RateLimitExceeded, handle_rate_limited)
+    log.info("rate limits %s (storage %s)", "on" if limiter.enabled else "off",
+             type(limiter.storage).__name__ if limiter.enabled else "none")
+    return limiter
+
+
+def run_before_dashboard_guard(app: Flask, hooks: list[Callable[..., Any]]) -> None:
+    """Move the Limiter's before_request hooks ahead of rq-dashboard's auth guard when it is already there.
+
+    Otherwise a failed Basic auth would answer 401 before the failed-authentication budget was
+    tested, and would not count.
+    """
+    from luca.admin.dashboard import guard_dashboard
+
+    funcs = app.before_request_funcs.get(None, [])
+    if guard_dashboard not in funcs:
+        return
+    for hook in hooks:
+        funcs.remove(hook)
+        funcs.insert(funcs.index(guard_dashboard), hook)

@@ -1,0 +1,229 @@
+"""Rate limits: messages and uploads per user, failed authentication per client address, Redis or memory."""
+from __future__ import annotations
+
+import base64
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from flask import Flask
+from redis.exceptions import RedisError
+
+from luca.breakers import get_breakers
+from luca.limits import GuardedRedisStorage, get_limiter, register_limits
+from tests.conftest import Api, RedisTarget, create_user
+
+OTHER_ADDRESS = {"REMOTE_ADDR": "10.0.0.2"}
+
+
+def limited_app(app_factory: Callable[..., Flask], **overrides: Any) -> Flask:
+    """An app with its rate limits (create_app may already register them: register_limits is idempotent)."""
+    app = app_factory(**overrides)
+    register_limits(app)
+    return app
+
+
+def signed(app: Flask, email: str | None = None) -> Api:
+    """A signed client for a new user of app."""
+    user_id, token = create_user(app, email or f"user-{uuid.uuid4().hex[:8]}@example.com")
+    return Api(app.test_client(), token, user_id)
+
+
+def send(api: Api, conversation_id: str, count: int) -> list[int]:
+    """Send count distinct questions; the status codes."""
+    return [api.ask(conversation_id, f"question {uuid.uuid4().hex}").status_code for _ in range(count)]
+
+
+def assert_rate_limited(response: Any) -> None:
+    """429 in Luca's error shape with a whole, positive Retry-After."""
+    assert response.status_code == 429
+    assert response.get_json()["error"]["code"] == "rate_limited"
+    assert response.get_json()["error"]["message"]
+    assert response.headers["Retry-After"].isdigit()
+    assert int(response.headers["Retry-After"]) >= 1
+
+
+def bad_token(client: Any, **kwargs: Any) -> Any:
+    """A request with a token that does not exist."""
+    return client.get("/api/me", headers={"Authorization": "Bearer luca_wrong"}, **kwargs)
+
+
+def test_the_21st_message_in_a_minute_is_429_and_other_users_are_not_affected(app_factory) -> None:
+    app = limited_app(app_factory)
+    alice, bob = signed(app), signed(app)
+    conversation = alice.new_conversation()
+    assert send(alice, conversation["id"], 20) == [201] * 20
+    response = alice.ask(conversation["id"], "one too many")
+    assert_rate_limited(response)
+    assert int(response.headers["Retry-After"]) <= 60
+    assert "limit" in response.get_json()["error"]["message"]
+    assert send(bob, bob.new_conversation()["id"], 1) == [201]
+    assert alice.get(f"/api/conversations/{conversation['id']}").status_code == 200  # other endpoints: no limit
+
+
+def test_sending_and_retrying_share_one_budget(app_factory) -> None:
+    app = limited_app(app_factory, RATE_LIMIT_MESSAGES="3 per minute")
+    api = signed(app)
+    conversation_id = api.new_conversation()["id"]
+    message_id = api.ask(conversation_id, "What is VAT?").get_json()["message"]["id"]
+    retry = f"/api/conversations/{conversation_id}/messages/{message_id}/retry"
+    assert api.post(retry).status_code == 201
+    assert send(api, conversation_id, 1) == [201]
+    assert_rate_limited(api.post(retry))
+    assert_rate_limited(api.ask(conversation_id, "and now?"))
+
+
+def multipart(name: str, data: bytes) -> tuple[bytes, str]:
+    """A multipart/form-data body with one `file` field, and its content type."""
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+            f"Content-Type: text/plain\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def test_the_upload_past_the_budget_is_429(app_factory) -> None:
+    app = limited_app(app_factory, RATE_LIMIT_UPLOADS="2 per hour")
+    api, other = signed(app), signed(app)
+
+    def upload(who: Api) -> Any:
+        body, content_type = multipart("notes.txt", b"Invoices are due in 30 days.")
+        path = f"/api/conversations/{who.new_conversation()['id']}/files"
+        return who.client.post(path, headers=who.headers(), data=body, content_type=content_type)
+
+    assert [upload(api).status_code for _ in range(2)] == [202, 202]
+    response = upload(api)
+    assert_rate_limited(response)
+    assert 3500 < int(response.headers["Retry-After"]) <= 3600
+    assert upload(other).status_code == 202
+    assert send(api, api.new_conversation()["id"], 1) == [201]  # uploads and messages are separate budgets
+
+
+def test_failed_authentication_is_limited_per_address(app_factory) -> None:
+    app = limited_app(app_factory, RATE_LIMIT_AUTH_FAILURES="3 per 15 minutes")
+    api, revoked = signed(app), signed(app)
+    assert app.test_cli_runner().invoke(args=["tokens", "revoke", revoked.token]).exit_code == 0
+    client = app.test_client()
+    # A missing, a wrong and a revoked token each use up one attempt.
+    assert client.get("/api/me").status_code == 401
+    assert bad_token(client).status_code == 401
+    assert revoked.get("/api/conversations").status_code == 401
+    response = bad_token(client)
+    assert_rate_limited(response)
+    assert 800 < int(response.headers["Retry-After"]) <= 900
+    # The address is blocked for every endpoint that needs a token, even with a valid one.
+    assert_rate_limited(api.get("/api/me"))
+    # Another address is not.
+    assert bad_token(client, environ_base=OTHER_ADDRESS).status_code == 401
+    assert api.get("/api/me", environ_base=OTHER_ADDRESS).status_code == 200
+
+
+def test_successful_requests_never_use_the_failure_budget(app_factory) -> None:
+    app = limited_app(app_factory, RATE_LIMIT_AUTH_FAILURES="3 per 15 minutes")
+    api = signed(app)
+    assert [api.get("/api/me").status_code for _ in range(10)] == [200] * 10
+    assert api.get("/api/admin/users").status_code == 403  # refused, but authenticated: not a failure
+    assert [bad_token(api.client).status_code for _ in range(3)] == [401] * 3
+    assert_rate_limited(bad_token(api.client))
+
+
+def test_endpoints_without_authentication_are_never_limited(app_factory) -> None:
+    app = limited_app(app_factory, RATE_LIMIT_AUTH_FAILURES="1 per 15 minutes")
+    client = app.test_client()
+    assert bad_token(client).status_code == 401
+    assert_rate_limited(bad_token(client))
+    assert client.get("/api/openapi.json").status_code == 200
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert client.get(path).status_code != 429
+
+
+def test_failed_dashboard_sign_ins_use_the_same_budget(app_factory) -> None:
+    app = limited_app(app_factory, RATE_LIMIT_AUTH_FAILURES="3 per 15 minutes")
+    client = app.test_client()
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"ops@example.com:luca_wrong").decode()}
+    assert [client.get("/admin/rq/", headers=wrong).status_code for _ in range(2)] == [401, 401]
+    assert bad_token(client).status_code == 401
+    assert_rate_limited(client.get("/admin/rq/", headers=wrong))
+    assert_rate_limited(bad_token(client))
+
+
+def test_limits_hold_across_processes_sharing_redis(app_factory, redis_target: RedisTarget) -> None:
+    first = limited_app(app_factory, **redis_target.overrides())
+    second = limited_app(app_factory, **redis_target.overrides())
+    assert isinstance(first.extensions["luca.limiter"].limiter.storage, GuardedRedisStorage)
+    alice = signed(first)
+    alice_there = Api(second.test_client(), alice.token, alice.user_id)
+    conversation_id = alice.new_conversation()["id"]
+    assert send(alice, conversation_id, 10) == [201] * 10
+    assert send(alice_there, conversation_id, 10) == [201] * 10
+    assert_rate_limited(alice.ask(conversation_id, "one too many"))
+    assert_rate_limited(alice_there.ask(conversation_id, "one too many"))
+    keys = [key.decode() for key in redis_target.client.scan_iter(match=f"{redis_target.prefix}limits:*")]
+    assert keys == [f"{redis_target.prefix}limits:LIMITER/user:{alice.user_id}/messages/20/1/minute"]
+
+
+def test_apps_without_redis_keep_their_own_counts(app_factory) -> None:
+    first = limited_app(app_factory, RATE_LIMIT_MESSAGES="2 per minute")
+    second = limited_app(app_factory, RATE_LIMIT_MESSAGES="2 per minute")
+    alice = signed(first)
+    conversation_id = alice.new_conversation()["id"]
+    assert send(alice, conversation_id, 3) == [201, 201, 429]
+    assert send(Api(second.test_client(), alice.token, alice.user_id), conversation_id, 1) == [201]
+
+
+def test_unreachable_redis_limits_in_memory_without_errors_or_delay(app_factory) -> None:
+    app = limited_app(app_factory, REDIS_URL="redis://127.0.0.1:1/0", RATE_LIMIT_AUTH_FAILURES="2 per 15 minutes")
+    api = signed(app)
+    conversation_id = api.new_conversation()["id"]
+    timings, statuses = [], []
+    for _ in range(20):
+        started = time.perf_counter()
+        statuses += send(api, conversation_id, 1)
+        timings.append(time.perf_counter() - started)
+    assert statuses == [201] * 20
+    assert max(timings) < 2.0
+    assert_rate_limited(api.ask(conversation_id, "one too many"))
+    assert [bad_token(api.client).status_code for _ in range(3)] == [401, 401, 429]
+
+
+def test_a_redis_that_never_answers_costs_at_most_two_timeouts(app_factory) -> None:
+    with socket.socket() as silent:  # accepts connections (into its backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        app = limited_app(app_factory, REDIS_URL=f"redis://127.0.0.1:{silent.getsockname()[1]}/0",
+                          REDIS_SOCKET_TIMEOUT=0.3)
+        storage = get_limiter(app).storage
+        started = time.perf_counter()
+        with pytest.raises(RedisError):
+            storage.incr("probe", 60)
+        assert time.perf_counter() - started < 1.2  # one try and one retry of 0.3 s each
+
+
+def test_a_redis_outage_at_run_time_switches_to_memory(app_factory, redis_target: RedisTarget) -> None:
+    app = limited_app(app_factory, **redis_target.overrides(), REDIS_BREAKER_RESET_TIMEOUT=3600.0)
+    api = signed(app)
+    conversation_id = api.new_conversation()["id"]
+    assert send(api, conversation_id, 5) == [201] * 5
+    get_breakers(app).redis.open()  # Redis is judged down: every command fails at once
+    # Counted again from zero in this process's memory: 20 more pass, the next is refused.
+    assert send(api, conversation_id, 20) == [201] * 20
+    assert_rate_limited(api.ask(conversation_id, "one too many"))
+
+
+def test_rate_limits_can_be_turned_off(app_factory) -> None:
+    app = limited_app(app_factory, RATE_LIMITS_ENABLED=False, RATE_LIMIT_AUTH_FAILURES="1 per 15 minutes")
+    api = signed(app)
+    assert send(api, api.new_conversation()["id"], 25) == [201] * 25
+    assert [bad_token(api.client).status_code for _ in range(3)] == [401] * 3
+
+
+def test_register_limits_is_idempotent(app_factory) -> None:
+    app = limited_app(app_factory, RATE_LIMIT_AUTH_FAILURES="2 per 15 minutes")
+    hooks = list(app.before_request_funcs[None])
+    limiter = register_limits(app)
+    assert register_limits(app) is limiter
+    assert app.before_request_funcs[None] == hooks
+    client = app.test_client()
+    assert [bad_token(client).status_code for _ in range(3)] == [401, 401, 429]  # each failure counted once
