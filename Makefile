@@ -29,6 +29,7 @@ run: install
 	$(BIN)/flask --app wsgi run --host $(HOST) --port $(PORT)
 
 test: install-test
+	$(BIN)/ruff check --select F,E9 luca tests config.py wsgi.py worker.py gunicorn.conf.py
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 clean:
