@@ -35,17 +35,19 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, current_app, g, has_request_context, request
 from flask.typing import ResponseReturnValue
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pybreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN
 from redis.exceptions import RedisError
+from sqlalchemy import event
 
 from luca.breakers import get_breakers
 from luca.cache import get_cache
 from luca.errors import error_response
+from luca.extensions import db
 from luca.jobs.queue import QUEUES, get_queue_stats
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,12 @@ AI_LATENCY = Histogram("luca_ai_latency_seconds", "Seconds an AI provider took t
                        buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0))
 AI_TOKENS = Counter("luca_ai_tokens_total", "Tokens sent to (in) and received from (out) AI providers.",
                     ["provider", "direction"])
+SQL_STATEMENTS = Histogram(
+    "luca_http_sql_statements",
+    "SQL statements a request ran until its view returned (sum / count is the mean per request).",
+    ["route"], buckets=(0, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 50),
+)
+SQL_KEY = "luca_metrics_sql"
 BREAKER_FAILURES = Counter("luca_circuit_breaker_failures_total", "Failed calls through each circuit breaker.",
                            ["breaker"])
 
@@ -103,11 +111,20 @@ def register_metrics(app: Flask) -> None:
     app.before_request_funcs.setdefault(None, []).insert(0, start_timer)
     app.after_request_funcs.setdefault(None, []).insert(0, record_request)
     app.add_url_rule("/metrics", endpoint=ENDPOINT, view_func=metrics_view, methods=["GET"])
+    with app.app_context():
+        event.listen(db.engine, "before_cursor_execute", count_statement)
+
+
+def count_statement(*_args: Any) -> None:
+    """Count a statement against the request it runs in (background threads have no request)."""
+    if has_request_context() and hasattr(g, SQL_KEY):
+        setattr(g, SQL_KEY, getattr(g, SQL_KEY) + 1)
 
 
 def start_timer() -> None:
-    """Note when the request started."""
+    """Note when the request started, and start counting its SQL statements."""
     setattr(g, START_KEY, time.perf_counter())
+    setattr(g, SQL_KEY, 0)
 
 
 def record_request(response: Response) -> Response:
@@ -119,6 +136,7 @@ def record_request(response: Response) -> Response:
         method = request.method if request.method in HTTP_METHODS else "OTHER"
         route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
         HTTP_DURATION.labels(method, route, str(response.status_code)).observe(time.perf_counter() - started)
+        SQL_STATEMENTS.labels(route).observe(g.pop(SQL_KEY, 0))
         publish_breaker_failures(current_app)
     except Exception:  # noqa: BLE001 - metrics never fail a request
         log.debug("[Metrics] could not record a request", exc_info=True)

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from luca import metrics
 from luca.breakers import get_breakers
 from luca.metrics import record_ai_call, register_metrics
-from tests.conftest import Api, RedisTarget
+from tests.conftest import Api, RedisTarget, create_user
 from tests.processes import flask_command, gunicorn, luca_env
 
 CONVERSATION_ROUTE = "/api/conversations/<uuid:conversation_id>"
@@ -259,3 +259,30 @@ def test_two_gunicorn_workers_report_the_summed_counts(tmp_path: Path, operator_
         assert json.loads(fetch(base + route)[1])["openapi"]
 
     assert directory.exists() is operator_dir  # on_exit removed only the temporary directory
+
+
+def sql_totals(client: FlaskClient, route: str) -> tuple[float, float]:
+    """(requests, statements) recorded for a route so far."""
+    values = {}
+    for line in client.get("/metrics").get_data(as_text=True).splitlines():
+        for kind in ("count", "sum"):
+            if line.startswith(f"luca_http_sql_statements_{kind}") and f'route="{route}"' in line:
+                values[kind] = float(line.rsplit(" ", 1)[1])
+    return values.get("count", 0.0), values.get("sum", 0.0)
+
+
+def test_sql_statements_per_request_are_counted_by_route(app_factory) -> None:
+    app = app_factory()
+    user_id, token = create_user(app, "sql@example.com")
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {token}"}
+    client.post("/api/conversations", json={"title": "x"}, headers=headers)
+    client.get("/api/conversations", headers=headers)
+    before = sql_totals(client, "/api/conversations")
+    client.get("/api/conversations", headers=headers)  # token and page cached: no statement
+    cached = sql_totals(client, "/api/conversations")
+    client.post("/api/conversations", json={"title": "y"}, headers=headers)  # one INSERT
+    client.get("/api/conversations", headers=headers)  # the list query only
+    after = sql_totals(client, "/api/conversations")
+    assert cached == (before[0] + 1, before[1])
+    assert after == (cached[0] + 2, cached[1] + 2)
