@@ -150,8 +150,9 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server.owner
 
     def setup(self) -> None:
-        """Register the connection so stop() can close it."""
+        """Register the connection so stop() can close it; send small writes at once (no Nagle delay)."""
         super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.owner._track(self.connection, True)
 
     def finish(self) -> None:

@@ -5,7 +5,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from flask import Response, current_app, request
@@ -164,7 +164,7 @@ def question_text(body: MessageCreate) -> str:
     return content
 
 
-def context_for(conversation: Conversation, history: list[Message],
+def context_for(conversation: Conversation, history: Sequence[Message | service.Turn],
                 question: str) -> tuple[list[ChatMessage], list[str]]:
     """The messages sent to the provider (documents, earlier complete turns, the question) and file digests."""
     documents, digests = documents_context(conversation)

@@ -4,12 +4,12 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from flask import current_app
-from sqlalchemy import Select, and_, delete, func, select, true, tuple_, type_coerce
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import aliased
+from sqlalchemy import JSON, Select, and_, delete, func, insert, select, tuple_, type_coerce, update
+from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
+from sqlalchemy.orm.attributes import set_committed_value
 
 from luca import search
 from luca.ai.base import Completion
@@ -151,26 +151,43 @@ def delete_conversation(user_id: int, conversation_id: uuid.UUID) -> None:
     get_cache().bump_user(user_id)
 
 
-def load_for_answer(user_id: int, conversation_id: uuid.UUID) -> tuple[Conversation, list[Message]]:
-    """The conversation and its most recent messages (oldest first), in one query."""
-    recent = (
-        select(Message)
-        .where(Message.conversation_id == conversation_id)
-        .order_by(Message.created_at.desc(), Message.id.desc())
-        .limit(current_app.config["AI_CONTEXT_MESSAGES"])
-        .subquery()
-    )
-    recent_message = aliased(Message, recent)
-    rows = db.session.execute(
-        select(Conversation, recent_message)
-        .outerjoin(recent, true())
+class Turn(NamedTuple):
+    """A message of the history, as much of it as the context needs."""
+
+    role: str
+    content: str
+    status: str
+
+
+def recent_turns(conversation_id: uuid.UUID) -> Any:
+    """A scalar subquery: the newest messages as a JSON array of [role, content, status], newest first."""
+    limit = current_app.config["AI_CONTEXT_MESSAGES"]
+    newest = (select(Message.role, Message.content, Message.status, Message.created_at, Message.id)
+              .where(Message.conversation_id == conversation_id)
+              .order_by(Message.created_at.desc(), Message.id.desc()).limit(limit).subquery())
+    if db.engine.dialect.name == "postgresql":
+        aggregate = func.json_agg(aggregate_order_by(
+            func.json_build_array(newest.c.role, newest.c.content, newest.c.status),
+            newest.c.created_at.desc(), newest.c.id.desc()))
+    else:  # SQLite aggregates in the order its subquery yields
+        aggregate = func.json_group_array(func.json_array(newest.c.role, newest.c.content, newest.c.status))
+    return type_coerce(select(aggregate).scalar_subquery(), JSON)
+
+
+def load_for_answer(user_id: int, conversation_id: uuid.UUID) -> tuple[Conversation, list[Turn]]:
+    """The conversation and its most recent messages (oldest first), in one query.
+
+    The messages come back as one JSON array rather than as rows and ORM objects: on the
+    hot path of every question, that is most of the time the query takes in Python.
+    """
+    row = db.session.execute(
+        select(Conversation, recent_turns(conversation_id))
         .where(Conversation.id == conversation_id, Conversation.user_id == user_id)
-    ).all()
-    if not rows:
+    ).first()
+    if row is None:
         raise not_found("conversation")
-    messages = [message for _, message in rows if message is not None]
-    messages.sort(key=lambda m: (m.created_at, m.id))
-    return rows[0][0], messages
+    conversation, newest_first = row
+    return conversation, [Turn(*item) for item in reversed(newest_first or [])]
 
 
 def load_for_retry(user_id: int, conversation_id: uuid.UUID,
@@ -193,14 +210,22 @@ def load_for_retry(user_id: int, conversation_id: uuid.UUID,
     return conversation, question, sorted(earlier, key=lambda m: (m.created_at, m.id))
 
 
+def store_message(conversation: Conversation, **values: Any) -> Message:
+    """INSERT a message with Core (no unit-of-work flush) and return it as a detached Message."""
+    values = {"conversation_id": conversation.id, "user_id": conversation.user_id, "status": "complete",
+              "cached": False, "created_at": utcnow(), **values}
+    message_id = db.session.execute(insert(Message).values(**values).returning(Message.id)).scalar_one()
+    return Message(id=message_id, **{"provider": None, "model": None, "tokens_in": None, "tokens_out": None,
+                                     "latency_ms": None, **values})
+
+
 def add_question(conversation: Conversation, content: str) -> Message:
     """Store the user's question and mark the conversation active; committed before any AI call."""
-    now = utcnow()
-    message = Message(conversation_id=conversation.id, user_id=conversation.user_id, role="user",
-                      content=content, created_at=now)
-    db.session.add(message)
-    conversation.updated_at = now
+    message = store_message(conversation, role="user", content=content)
+    db.session.execute(update(Conversation).where(Conversation.id == conversation.id)
+                       .values(updated_at=message.created_at).execution_options(synchronize_session=False))
     db.session.commit()
+    set_committed_value(conversation, "updated_at", message.created_at)
     get_cache().bump_user(conversation.user_id)
     return message
 
@@ -208,12 +233,9 @@ def add_question(conversation: Conversation, content: str) -> Message:
 def add_answer(conversation: Conversation, completion: Completion, *, status: str = "complete",
                cached: bool = False) -> Message:
     """Store an assistant answer with the provider and model that actually wrote it."""
-    message = Message(
-        conversation_id=conversation.id, user_id=conversation.user_id, role="assistant",
-        content=completion.text, status=status, provider=completion.provider, model=completion.model,
-        tokens_in=completion.tokens_in, tokens_out=completion.tokens_out,
-        latency_ms=completion.latency_ms, cached=cached, created_at=utcnow(),
-    )
-    db.session.add(message)
+    message = store_message(
+        conversation, role="assistant", content=completion.text, status=status, provider=completion.provider,
+        model=completion.model, tokens_in=completion.tokens_in, tokens_out=completion.tokens_out,
+        latency_ms=completion.latency_ms, cached=cached)
     db.session.commit()
     return message

@@ -1,0 +1,513 @@
+"""The processes a fault drill runs against, each of its own, on spare ports, so the drill may kill them.
+
+- ``PostgresServer``: a PostgreSQL instance of its own (initdb in a temporary directory; pg_ctl as
+  the ``postgres`` OS user when running as root, since PostgreSQL refuses to run as root);
+- ``RedisServer``: a redis-server without persistence that can be killed -9 and restarted on its port;
+- ``Process``: any child process whose output goes to a log file (gunicorn, RQ workers);
+- ``Stack``: all of them plus two local OpenAI-compatible providers, "primary" and "backup".
+
+Everything started is registered and stopped at exit, even when a drill fails half-way.
+"""
+from __future__ import annotations
+
+import atexit
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Protocol
+
+from luca.ai.testserver import TestServer
+from tests.processes import flask_command, free_port, luca_env
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+DATABASE = "luca"
+DRILL_USER = "drill@luca.local"
+
+
+# -- finding the binaries -------------------------------------------------------------------------
+def postgres_bin() -> Path | None:
+    """The directory of PostgreSQL's server binaries (LUCA_PG_BIN, else the newest /usr/lib/postgresql/*/bin)."""
+    candidates = [os.environ.get("LUCA_PG_BIN", "")]
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True)
+    which = shutil.which("pg_ctl")
+    candidates.append(str(Path(which).parent) if which else "")
+    return next((Path(c) for c in candidates if c and (Path(c) / "initdb").exists()
+                 and (Path(c) / "pg_ctl").exists()), None)
+
+
+def missing_binaries() -> str | None:
+    """Why the drills cannot run here (no PostgreSQL server binaries, no redis-server), or None."""
+    if postgres_bin() is None:
+        return "PostgreSQL server binaries (initdb, pg_ctl) not found; set LUCA_PG_BIN"
+    if shutil.which("redis-server") is None:
+        return "redis-server not found on PATH"
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        return "running as root needs runuser to start PostgreSQL as the postgres user"
+    return None
+
+
+# -- cleaning up whatever is still running at exit -----------------------------------------------
+class Stoppable(Protocol):
+    """Anything the exit handler can stop."""
+
+    def stop(self) -> None:
+        """Stop it; harmless when it is already stopped."""
+
+
+_LIVE: list[Stoppable] = []
+_LIVE_LOCK = threading.Lock()
+
+
+def track(thing: Stoppable, alive: bool) -> None:
+    """Remember (or forget) something to stop at interpreter exit."""
+    with _LIVE_LOCK:
+        if alive and thing not in _LIVE:
+            _LIVE.append(thing)
+        elif not alive and thing in _LIVE:
+            _LIVE.remove(thing)
+
+
+@atexit.register
+def stop_everything() -> None:
+    """Stop every process a drill left running (a crash, Ctrl-C), newest first."""
+    while _LIVE:
+        thing = _LIVE[-1]
+        try:
+            thing.stop()
+        finally:
+            track(thing, False)
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
+    """Poll check() until it returns something true, and return that; TimeoutError naming what did not happen."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout:g} s")
+        time.sleep(every)
+    return value
+
+
+def port_open(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:port."""
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+# -- processes ----------------------------------------------------------------------------------------
+class Process:
+    """A child process (by its id) whose stdout and stderr go to a log file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None, log: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log
+        self.popen: subprocess.Popen | None = None
+        self.wanted = False  # started and not stopped or killed on purpose since
+
+    def start(self) -> Process:
+        """Start it (again); output is appended to the log."""
+        self.wanted = True
+        with open(self.log_path, "ab") as out:
+            self.popen = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL)
+        track(self, True)
+        return self
+
+    @property
+    def pid(self) -> int:
+        """The process id."""
+        assert self.popen is not None, f"{self.name} was never started"
+        return self.popen.pid
+
+    def running(self) -> bool:
+        """Whether it has not exited."""
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        """Send a signal to this process only."""
+        if self.running():
+            os.kill(self.pid, sig)
+
+    def children(self) -> set[int]:
+        """The ids of its direct children."""
+        if not self.running():
+            return set()
+        found = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True)
+        return {int(p) for p in found.stdout.split()}
+
+    def kill(self) -> None:
+        """SIGKILL its children first (an RQ work horse, gunicorn workers), then it; wait for it."""
+        self.wanted = False
+        if not self.running():
+            return
+        for child in self.children():
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.popen.kill()
+        self.popen.wait()
+        track(self, False)
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM and wait; SIGKILL after timeout."""
+        self.wanted = False
+        if self.popen is None:
+            return
+        if self.running():
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.popen.wait()
+        track(self, False)
+
+    def output(self) -> str:
+        """Everything it wrote so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Gunicorn(Process):
+    """gunicorn with the project's config (gunicorn.conf.py) on its own port."""
+
+    def __init__(self, env: dict[str, str], log: Path, workers: int = 2) -> None:
+        self.port = free_port()
+        self.workers = workers
+        env = {**env, "PORT": str(self.port), "HOST": "127.0.0.1", "WEB_CONCURRENCY": str(workers)}
+        super().__init__("gunicorn", [str(BIN / "gunicorn"), "wsgi:app", "-c", "gunicorn.conf.py"], env, log)
+
+    @property
+    def base(self) -> str:
+        """Its base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def ready(self, timeout: float = 60) -> None:
+        """Wait until /readyz answers 200 (the database answers, at the migration head)."""
+        wait_until(lambda: http_status(self.base + "/readyz") == 200, timeout, "gunicorn ready")
+
+    def hup(self) -> None:
+        """SIGHUP to the master: new workers start, the old ones finish their requests and exit."""
+        self.signal(signal.SIGHUP)
+
+    def worker_pids(self) -> set[int]:
+        """The current worker processes."""
+        return self.children()
+
+
+class Worker(Process):
+    """An RQ worker: python worker.py."""
+
+    def __init__(self, env: dict[str, str], log: Path, *args: str) -> None:
+        super().__init__("worker", [sys.executable, "worker.py", *args], env, log)
+
+    def ready(self, timeout: float = 60) -> None:
+        """Wait until it listens to its queues."""
+        wait_until(lambda: "[Worker] listening to" in self.output() or not self.running(), timeout, "worker start")
+        if not self.running():
+            raise RuntimeError(f"the worker exited at start:\n{self.output()[-3000:]}")
+
+
+class Supervisor:
+    """Restarts a worker that exited by itself, as systemd's Restart=always or a PaaS would, and counts it."""
+
+    def __init__(self, workers: list[Worker], delay: float = 1.0) -> None:
+        self.workers = workers  # the stack's list: workers started later are watched too
+        self.delay = delay
+        self.restarts: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            for worker in list(self.workers):
+                if worker.wanted and not worker.running() and not self._stop.wait(self.delay):
+                    self.restarts.append(f"{worker.log_path.name} exited with {worker.popen.returncode}")
+                    worker.start()
+
+    def start(self) -> Supervisor:
+        """Start watching."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop watching (before the workers are stopped on purpose)."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def http_status(url: str) -> int:
+    """The status of a GET (0 when nothing answers)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return exc.code
+    except OSError:
+        return 0
+
+
+# -- Redis ------------------------------------------------------------------------------------------
+class RedisServer:
+    """A redis-server of the drill's own, without persistence: kill -9 loses everything, like a crash."""
+
+    def __init__(self, log: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.process = Process("redis", ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                         "--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction"],
+                               None, log)
+
+    @property
+    def url(self) -> str:
+        """Its URL (database 0)."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        """Start it on its port and wait for PING."""
+        self.process.start()
+        wait_until(self.answers, 10, f"redis-server on port {self.port}", every=0.05)
+        return self
+
+    def answers(self) -> bool:
+        """Whether it answers PING."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """kill -9: every key is gone."""
+        self.process.kill()
+
+    def jobs_running(self, queues: tuple[str, ...] = ("titles", "files")) -> int:
+        """How many RQ jobs a worker is running now (RQ's started-job registries)."""
+        from redis import Redis
+        from rq.registry import StartedJobRegistry
+
+        with Redis.from_url(self.url, socket_timeout=1) as client:
+            return sum(len(StartedJobRegistry(name, connection=client).get_job_ids(cleanup=False))
+                       for name in queues)
+
+    def restart(self) -> None:
+        """Start it again on the same port (empty)."""
+        self.stop()
+        self.start()
+
+    def stop(self) -> None:
+        """Stop it."""
+        self.process.stop()
+
+    def __enter__(self) -> RedisServer:
+        """Start."""
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        """Stop."""
+        self.stop()
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------------
+class PostgresServer:
+    """A PostgreSQL instance of the drill's own: its data directory, port and socket directory in root."""
+
+    def __init__(self, root: Path, port: int | None = None) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.port = port or free_port()
+        self.bin = postgres_bin()
+        assert self.bin is not None, missing_binaries()
+        self.running = False
+
+    @property
+    def url(self) -> str:
+        """The SQLAlchemy URL of the drill's database."""
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{DATABASE}"
+
+    def dsn(self, database: str = DATABASE) -> str:
+        """A libpq connection string (psycopg)."""
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname={database} connect_timeout=5"
+
+    def _run(self, tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run a PostgreSQL tool, as the postgres OS user when we are root."""
+        assert self.bin is not None
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        result = subprocess.run([*prefix, str(self.bin / tool), *args], capture_output=True, text=True,
+                                timeout=timeout, cwd="/")
+        if result.returncode != 0:
+            raise RuntimeError(f"{tool} {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+        return result
+
+    def init(self) -> None:
+        """initdb (trust authentication, superuser postgres) into a directory the postgres user owns."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            account = pwd.getpwnam("postgres")
+            os.chown(self.root, account.pw_uid, account.pw_gid)
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
+
+    def start(self) -> None:
+        """pg_ctl start, listening on 127.0.0.1 only; wait until it accepts connections."""
+        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=200 "
+                   f"-c shared_buffers=32MB")
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "postgres.log"), "-o", options,
+                  "-w", "-t", "60", "start")
+        self.running = True
+        track(self, True)
+
+    def stop(self, mode: str = "fast") -> None:
+        """pg_ctl stop: `fast` rolls back open transactions, `immediate` is a crash (recovery at the next start)."""
+        if self.running:
+            self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
+            self.running = False
+        track(self, False)
+
+    def kill(self) -> None:
+        """Stop at once, like a crash: connections are cut, nothing is shut down cleanly."""
+        self.stop("immediate")
+
+    def restart(self) -> None:
+        """Stop (if running) and start again on the same port."""
+        self.stop()
+        self.start()
+
+    def create_database(self) -> None:
+        """CREATE DATABASE luca."""
+        import psycopg
+
+        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{DATABASE}"')
+
+    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Run one query on the drill's database and return its rows."""
+        import psycopg
+
+        with psycopg.connect(self.dsn()) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def __enter__(self) -> PostgresServer:
+        """initdb, start, create the database."""
+        self.init()
+        self.start()
+        self.create_database()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Stop at once (the data is thrown away)."""
+        self.stop("immediate")
+
+
+# -- the whole stack ----------------------------------------------------------------------------------
+# What every drill's Luca processes share: short reconciler rounds, budgets no drill reaches.
+BASE_SETTINGS = {
+    "DATABASE_CONNECT_TIMEOUT": "2",
+    "RATE_LIMIT_MESSAGES": "100000 per minute",
+    "RATE_LIMIT_UPLOADS": "100000 per hour",
+    "JOBS_RECONCILE_INTERVAL": "2",
+    "JOBS_RECONCILE_GRACE": "2",
+    "JOBS_RETRY_BACKOFF": "1",
+    "AI_TIMEOUT": "10",
+    "AI_CONNECT_TIMEOUT": "2",
+    "GUNICORN_ACCESS_LOG": "",
+    "LOG_LEVEL": "INFO",
+}
+
+
+class Stack:
+    """Everything one drill runs against: PostgreSQL, Redis, two providers, gunicorn and RQ workers of its own."""
+
+    def __init__(self, name: str, settings: dict[str, str] | None = None, *, web_workers: int = 2,
+                 worker: bool = True, supervise: bool = False, provider_latency_ms: int = 20) -> None:
+        self.name = name
+        self.settings = {**BASE_SETTINGS, **(settings or {})}
+        self.web_workers = web_workers
+        self.start_worker_at_once = worker
+        self.provider_latency_ms = provider_latency_ms
+        self.workers: list[Worker] = []
+        self.supervisor = Supervisor(self.workers) if supervise else None
+        self._exit = ExitStack()
+
+    def __enter__(self) -> Stack:
+        """Start everything; on a failure, stop what was started."""
+        try:
+            self._start()
+        except BaseException:
+            self._exit.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Stop everything, newest first, and remove the temporary directory."""
+        self._exit.close()
+
+    def _start(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix=f"luca-faults-{self.name}-"))
+        self.dir.chmod(0o755)  # the postgres user must reach its data directory inside
+        if not os.environ.get("LUCA_FAULTS_KEEP"):  # keep the logs and data of a drill to look at them
+            self._exit.callback(shutil.rmtree, self.dir, ignore_errors=True)
+        self.postgres = self._exit.enter_context(PostgresServer(self.dir / "pg"))
+        self.redis = self._exit.enter_context(RedisServer(self.dir / "redis.log"))
+        self.primary = self._exit.enter_context(TestServer(name="primary", latency_ms=self.provider_latency_ms))
+        self.backup = self._exit.enter_context(TestServer(name="backup", latency_ms=self.provider_latency_ms))
+        self.env = luca_env(DATABASE_URL=self.postgres.url, REDIS_URL=self.redis.url, TMPDIR=str(self.dir),
+                            **self.provider_settings(), **self.settings)
+        flask_command(self.env, "db", "upgrade")
+        self.web = Gunicorn(self.env, self.dir / "gunicorn.log", self.web_workers).start()
+        self._exit.callback(self.stop_processes)
+        if self.start_worker_at_once:
+            self.start_worker()
+        self.token = flask_command(self.env, "users", "create", DRILL_USER, "--admin").strip().splitlines()[-1]
+        self.web.ready()
+        for worker in self.workers:
+            worker.ready()
+        if self.supervisor is not None:  # stopped before the workers (an ExitStack unwinds newest first)
+            self._exit.callback(self.supervisor.start().stop)
+
+    def provider_settings(self) -> dict[str, str]:
+        """AI_PROVIDERS=primary,backup and each one's base URL, model and key."""
+        settings = {"AI_PROVIDERS": "primary,backup"}
+        for server in (self.primary, self.backup):
+            prefix = server.name.upper()
+            settings.update({f"{prefix}_BASE_URL": server.url, f"{prefix}_MODEL": f"{server.name}-model",
+                             f"{prefix}_API_KEY": "drill-key"})
+        return settings
+
+    def start_worker(self, *args: str, **settings: str) -> Worker:
+        """Start one more RQ worker (python worker.py ARGS) with extra settings."""
+        log = self.dir / f"worker-{len(self.workers) + 1}.log"
+        worker = Worker({**self.env, **settings}, log, *args).start()
+        self.workers.append(worker)
+        return worker
+
+    def stop_processes(self) -> None:
+        """SIGTERM gunicorn and every worker at once, then wait for each (they shut down gracefully)."""
+        processes = [self.web, *self.workers]
+        for process in processes:
+            process.wanted = False
+            process.signal(signal.SIGTERM)
+        for process in processes:
+            process.stop()
+
+    def logs(self) -> str:
+        """The output of gunicorn and of every worker, for a failure report."""
+        parts = [f"== {p.name} ({p.log_path.name})\n{p.output()[-4000:]}" for p in (self.web, *self.workers)]
+        return "\n".join(parts)

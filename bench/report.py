@@ -1,0 +1,196 @@
+"""Render docs/BENCHMARKS.md from docs/benchmarks.json: every figure beside its target and comparison."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+NOTES_MARK = "<!-- notes -->"
+
+
+def verdict(ok: bool | None) -> str:
+    """met / missed / not measured."""
+    return "not measured" if ok is None else "**met**" if ok else "**missed**"
+
+
+def fmt(value: Any, unit: str = "") -> str:
+    """A figure for a table cell."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, float):
+        value = f"{value:,.2f}".rstrip("0").rstrip(".") if abs(value) < 100 else f"{value:,.0f}"
+    elif isinstance(value, int):
+        value = f"{value:,}"
+    return f"{value}{unit}"
+
+
+def header(part: dict[str, Any]) -> str:
+    """When and how a part was measured."""
+    return f"_Measured {part['measured_at']} by `{part['command']}` in {part['seconds']} s._\n"
+
+
+def section_mix(p: dict[str, Any]) -> str:
+    b, a, r = p["before"], p["after"], p["ratios"]
+    rows = [
+        ("average response (all requests)", fmt(b["avg_ms"], " ms"), fmt(a["avg_ms"], " ms"),
+         f"{r['avg_response_before_over_after']}× faster", "≥ 3× faster", r["avg_response_before_over_after"] >= 3),
+        ("p95 response (all requests)", fmt(b["p95_ms"], " ms"), fmt(a["p95_ms"], " ms"), "", "", None),
+        ("average / p95 without AI answers", f"{fmt(b['non_ai_avg_ms'])} / {fmt(b['non_ai_p95_ms'], ' ms')}",
+         f"{fmt(a['non_ai_avg_ms'])} / {fmt(a['non_ai_p95_ms'], ' ms')}", "", "", None),
+        ("SQL statements per request", fmt(b["sql_per_request"]), fmt(a["sql_per_request"]),
+         f"{r['sql_after_over_before']} of before", "≤ ⅓ of before", r["sql_after_over_before"] <= 1 / 3),
+        ("answer calls to the provider per 1,000 messages", fmt(b["answer_calls_per_1000_messages"]),
+         fmt(a["answer_calls_per_1000_messages"]), f"{r['answer_calls_after_over_before']} of before",
+         f"cut by the share of repeats (≤ {1 - p['common_share'] * 0.9:.2f} of before)",
+         r["answer_calls_after_over_before"] <= 1 - p["common_share"] * 0.9),
+        ("all provider calls per 1,000 messages (answers + titles)", fmt(b["provider_calls_per_1000_messages"]),
+         fmt(a["provider_calls_per_1000_messages"]), "", "", None),
+        ("requests served / 5xx", f"{fmt(b['requests'])} / {b['errors_5xx']}", f"{fmt(a['requests'])} / {a['errors_5xx']}",
+         "", "no 5xx", b["errors_5xx"] == 0 and a["errors_5xx"] == 0),
+    ]
+    out = [header(p), f"{p['users']} locust users, {p['think_s']} s think time, {p['seconds']} s per mode; "
+           f"weights list 35, open 20, page 20, search 10, send 15 (a send is a common first question in a new "
+           f"conversation with probability {p['common_share']}, otherwise a new follow-up); provider latency "
+           f"{p['provider_latency_ms']} ms. Before: `DISABLE_CACHE=true DISABLE_QUEUES=true`; after: everything on.\n",
+           "| figure | before | after | comparison | target | verdict |", "| --- | --- | --- | --- | --- | --- |"]
+    out += [f"| {name} | {before} | {after} | {cmp} | {target} | {verdict(ok) if target else ''} |"
+            for name, before, after, cmp, target, ok in rows]
+    out += ["", "Per request (average / p95, ms):", "", "| request | before | after |", "| --- | --- | --- |"]
+    for name in sorted(set(b["per_request"]) | set(a["per_request"])):
+        cell = lambda m: (f"{fmt(m[name]['avg_ms'])} / {fmt(m[name]['p95_ms'])} ({fmt(m[name]['count'])})"  # noqa: E731
+                          if name in m else "—")
+        out.append(f"| {name} | {cell(b['per_request'])} | {cell(a['per_request'])} |")
+    return "\n".join(out)
+
+
+def section_capacity(p: dict[str, Any]) -> str:
+    out = [header(p), f"Locust users with {p['think_s']} s think time, {p['seconds_per_step']} s per step, stepping up "
+           "until the p95 of everything but AI answers reaches 1 s (or a 5xx appears).\n",
+           "| users | before: p95 (ms) | after: p95 (ms) |", "| --- | --- | --- |"]
+    before = {s["users"]: s for s in p["before"]["steps"]}
+    after = {s["users"]: s for s in p["after"]["steps"]}
+    for users in p["steps"]:
+        cell = lambda table: fmt(table[users]["non_ai_p95_ms"]) if users in table else "—"  # noqa: E731
+        out.append(f"| {users} | {cell(before)} | {cell(after)} |")
+    ratio = p["ratio_after_over_before"]
+    out += ["", f"Held at p95 < 1 s: **{p['before']['held_users']}** users before, **{p['after']['held_users']}** "
+            f"after — {ratio}× (target: 10×, {verdict(ratio >= 10)})."]
+    return "\n".join(out)
+
+
+def section_users10k(p: dict[str, Any]) -> str:
+    ok = p["non_ai_p95_ms"] < 1000 and p["errors_5xx"] == 0
+    return "\n".join([header(p), f"{fmt(p['users'])} locust users, {p['think_s']} s think time, {p['seconds']} s, "
+                      "everything on.\n", "| figure | measured | target | verdict |", "| --- | --- | --- | --- |",
+                      f"| p95 without AI answers | {fmt(p['non_ai_p95_ms'], ' ms')} | < 1,000 ms | {verdict(ok)} |",
+                      f"| average without AI answers | {fmt(p['non_ai_avg_ms'], ' ms')} | | |",
+                      f"| requests / 5xx | {fmt(p['requests'])} / {p['errors_5xx']} | no 5xx | |"])
+
+
+def section_overhead(p: dict[str, Any]) -> str:
+    out = [header(p), "Each chat sends unique questions with `\"cache\": false` to a provider that answers after "
+           f"{p['provider_latency_ms']} ms. Overhead = the response time the client saw minus those "
+           f"{p['provider_latency_ms']} ms: everything Luca adds, its SDK call and the loopback hops included. "
+           "The last columns leave out Luca's whole provider call (`latency_ms` of the answer) instead.\n",
+           "| concurrent chats | samples | overhead p50 | overhead p99 | target | verdict | outside the provider call "
+           "p50 / p99 |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for level, figures in p["levels"].items():
+        target = "p50 ≤ 5 ms, p99 ≤ 25 ms" if level == "10" else ""
+        ok = figures["p50_ms"] <= 5 and figures["p99_ms"] <= 25 if level == "10" else None
+        out.append(f"| {level} | {fmt(figures['samples'])} | {fmt(figures['p50_ms'], ' ms')} | "
+                   f"{fmt(figures['p99_ms'], ' ms')} | {target} | {verdict(ok) if target else ''} | "
+                   f"{fmt(figures.get('outside_provider_call_p50_ms'))} / "
+                   f"{fmt(figures.get('outside_provider_call_p99_ms'), ' ms')} |")
+    return "\n".join(out)
+
+
+def section_throughput(p: dict[str, Any]) -> str:
+    return "\n".join([header(p), f"wrk {p['wrk']}, {p['seconds']} s each, same gunicorn config.\n",
+                      "| endpoint | requests/s |", "| --- | --- |",
+                      f"| Luca, cached `GET /api/conversations` (auth included) | {fmt(p['luca_cached_list_rps'])} |",
+                      f"| bare Flask, same JSON | {fmt(p['bare_flask_rps'])} |",
+                      "", f"Ratio **{p['ratio']}** (target ≥ 0.5, {verdict(p['ratio'] >= 0.5)})."])
+
+
+def section_deep(p: dict[str, Any]) -> str:
+    s, h, r = p["sql"], p["http"], p["ratios"]
+    return "\n".join([
+        header(p), f"PostgreSQL, 100,000 conversations and 1,000,000 messages; the user owns 25,000 conversations, "
+        f"the conversation 60,000 messages; medians of {p['runs']} runs.\n",
+        "| list | page 1 | page 1,000 (cursor) | page 1,000 (OFFSET) | page 1,000 / page 1 | target | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| conversations, HTTP | {fmt(h['conversations_page1_ms'], ' ms')} | {fmt(h['conversations_page1000_ms'], ' ms')} | "
+        f"| {r['conversations_http_page1000_over_page1']}× | ≤ 1.5× | "
+        f"{verdict(r['conversations_http_page1000_over_page1'] <= 1.5)} |",
+        f"| messages, HTTP | {fmt(h['messages_page1_ms'], ' ms')} | {fmt(h['messages_page1000_ms'], ' ms')} | "
+        f"| {r['messages_http_page1000_over_page1']}× | ≤ 1.5× | {verdict(r['messages_http_page1000_over_page1'] <= 1.5)} |",
+        f"| conversations, SQL | {fmt(s['conversations_page1_cursor_ms'], ' ms')} | "
+        f"{fmt(s['conversations_page1000_cursor_ms'], ' ms')} | {fmt(s['conversations_page1000_offset_ms'], ' ms')} "
+        f"| OFFSET {r['conversations_offset_over_cursor']}× the cursor | | |",
+        f"| messages, SQL | {fmt(s['messages_page1_cursor_ms'], ' ms')} | {fmt(s['messages_page1000_cursor_ms'], ' ms')} "
+        f"| {fmt(s['messages_page1000_offset_ms'], ' ms')} | OFFSET {r['messages_offset_over_cursor']}× the cursor | | |"])
+
+
+def section_search(p: dict[str, Any]) -> str:
+    ok = p["p95_ms"] <= 50
+    return "\n".join([header(p), f"{fmt(p['queries'])} searches over {fmt(p['messages'])} messages through "
+                      "`GET /api/search` (one- and two-word queries; a third of them by the user with the most "
+                      "messages).\n", "| p50 | p95 | max | target | verdict |", "| --- | --- | --- | --- | --- |",
+                      f"| {fmt(p['p50_ms'], ' ms')} | {fmt(p['p95_ms'], ' ms')} | {fmt(p['max_ms'], ' ms')} | "
+                      f"p95 ≤ 50 ms | {verdict(ok)} |"])
+
+
+def section_breaker(p: dict[str, Any]) -> str:
+    ok = p["wall_over_latency"] < 1.5
+    return "\n".join([header(p), "| answers | answer latency | wall time | wall / latency | provider saw at once "
+                      "| target | verdict |", "| --- | --- | --- | --- | --- | --- | --- |",
+                      f"| {p['answers']} | {p['answer_latency_ms']} ms | {fmt(p['wall_ms'], ' ms')} | "
+                      f"{p['wall_over_latency']}× | {p['provider_max_concurrent']} | < 1.5× | {verdict(ok)} |"])
+
+
+def section_dedup(p: dict[str, Any]) -> str:
+    ok = p["provider_calls"] == p["minimum_calls"]
+    return "\n".join([header(p), f"{p['distinct_questions']} distinct first questions, each asked by 10 users: 5 at "
+                      "the same moment, then 5 one after another.\n",
+                      "| requests | provider calls | minimum possible | target | verdict |", "| --- | --- | --- | --- | --- |",
+                      f"| {p['requests']} | {p['provider_calls']} | {p['minimum_calls']} | exactly the minimum | "
+                      f"{verdict(ok)} |"])
+
+
+SECTIONS = [
+    ("mix", "Before and after, on a realistic mix", section_mix),
+    ("capacity", "Concurrent users held at p95 under 1 s", section_capacity),
+    ("users10k", "10,000 simulated users", section_users10k),
+    ("overhead", "Overhead Luca adds to an AI answer", section_overhead),
+    ("throughput", "Cached list throughput against bare Flask", section_throughput),
+    ("deep", "Deep pages", section_deep),
+    ("search", "Search over 1,000,000 messages", section_search),
+    ("breaker", "Breaker concurrency", section_breaker),
+    ("dedup", "Deduplication", section_dedup),
+]
+
+
+def render(results: dict[str, Any], notes: str = "") -> str:
+    """The whole document."""
+    machine = results.get("machine", {})
+    last = results.get("last_run", {})
+    out = ["# Benchmarks", "",
+           "Every figure here comes from the run named above its table, on the machine below, with its comparison "
+           "measured in the same run. Rerun everything with `make bench` (about 15–25 minutes), or one part with "
+           "`.venv/bin/python -m bench PART` (parts: " + ", ".join(f"`{k}`" for k, _, _ in SECTIONS) + "); add "
+           "`--quick` for shorter, noisier runs. The stack is real: gunicorn with `gunicorn.conf.py` "
+           "(`WEB_CONCURRENCY=2`, `GUNICORN_THREADS=32`), an RQ worker, PostgreSQL, Redis, and local "
+           "OpenAI-compatible providers in their own processes; load comes from other processes (locust, wrk) "
+           "or client threads of the bench process, on loopback.", "",
+           f"Machine: {machine.get('cpus', '?')} CPUs ({machine.get('cpu', '?')}), {machine.get('memory', '?')} "
+           f"memory, Python {machine.get('python', '?')}, {machine.get('postgresql', '?')}, "
+           f"{machine.get('redis', '?')}, Linux {machine.get('kernel', '?')}. Everything — server, database, Redis, "
+           "providers and load generator — shares those CPUs, so figures are lower than on a dedicated server and "
+           "vary between runs; ratios from one run are the figures to trust.", "",
+           f"Last run: `{last.get('command', '?')}` at {last.get('at', '?')} ({last.get('seconds', '?')} s).", ""]
+    for key, title, section in SECTIONS:
+        out += [f"## {title}", ""]
+        part = results["parts"].get(key)
+        out += [section(part) if part else "_Not measured yet._", ""]
+    if notes:
+        out += [notes.strip(), ""]
+    return "\n".join(out)
