@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test install install-test clean
+.PHONY: run test bench faults install install-test install-bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,16 @@ $(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
 	$(BIN)/pip install -q -r requirements-test.txt
 	@touch $@
 
+$(VENV)/.installed-bench: requirements-bench.txt $(VENV)/.installed-test
+	$(BIN)/pip install -q -r requirements-bench.txt
+	@command -v wrk >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk)
+	@touch $@
+
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
+
+install-bench: $(VENV)/.installed-bench
 
 run: install
 	$(BIN)/flask --app wsgi db upgrade
@@ -31,6 +38,12 @@ run: install
 test: install-test
 	$(BIN)/ruff check --select F,E9 luca tests config.py wsgi.py worker.py gunicorn.conf.py
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: install-bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+faults: install-test
+	$(BIN)/python -m bench.faults $(FAULTS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
