@@ -12,7 +12,11 @@ from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 from werkzeug.routing import IntegerConverter, Rule, UUIDConverter
 
-from luca.errors import APIError
+from luca.errors import APIError, not_found
+from luca.schemas import MessageOut
+
+# The largest id a row can have (BIGINT on PostgreSQL, INTEGER on SQLite: both signed 64-bit).
+MAX_ID = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,9 @@ def endpoint(**spec_args: Any) -> Callable[[Callable[..., Any]], Callable[..., A
             if spec.body is not None:
                 empty = spec.optional_body and not request.content_length and not request.is_json
                 kwargs["body"] = spec.body() if empty else parse_body(spec.body)
+            for name, value in (request.view_args or {}).items():
+                if isinstance(value, int) and value > MAX_ID:  # no such row; the database would refuse the number
+                    raise not_found(name.removesuffix("_id"))
             return to_response(view(*args, **kwargs), spec.status)
 
         wrapper.api_spec = spec  # type: ignore[attr-defined]
@@ -100,9 +107,43 @@ ERROR_DESCRIPTIONS = {
     413: "Body larger than the configured limit",
     415: "Body is not JSON",
     422: "Validation error",
-    429: "Too many requests",
+    429: "Too many requests (a budget of this user, or of this address's failed authentications); see Retry-After",
     503: "A dependency is unavailable; see Retry-After",
 }
+# Any endpoint under /api may answer these: it needs a token (401, and 429 once this address has used up its
+# failed-authentication budget), may name an unknown row (404) and needs the database (503).
+API_ERRORS = (401, 404, 429, 503)
+# An endpoint that reads a body may also answer these.
+BODY_ERRORS = (400, 413, 415, 422)
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again", "required": True,
+                               "schema": {"type": "integer", "minimum": 1}}}
+
+
+def event_stream(message: dict[str, Any]) -> dict[str, Any]:
+    """The Server-Sent Events of a streamed answer (see luca.conversations.answers); data is JSON.
+
+    In OpenAPI 3.1 the schema of a text/event-stream response describes one event.
+    """
+    def event(name: str, required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "object", "required": ["event", "data"], "properties": {
+            "event": {"const": name},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": {
+                "type": "object", "required": required, "properties": properties}}}}
+
+    return {"oneOf": [
+        event("start", ["conversation_id", "message", "provider", "model", "cached"], {
+            "conversation_id": {"type": "string", "format": "uuid"}, "message": message,
+            "provider": {"type": "string"}, "model": {"type": "string"}, "cached": {"type": "boolean"}}),
+        event("delta", ["text"], {"text": {"type": "string"}}),
+        event("end", ["message"], {"message": message}),
+        event("error", ["code", "message"], {"code": {"type": "string"}, "message": {"type": "string"},
+                                             "answer": message}),
+    ]}
+
+
+def streams(spec: EndpointSpec) -> bool:
+    """Whether the endpoint answers 200 with Server-Sent Events when its body says "stream": true."""
+    return spec.body is not None and "stream" in spec.body.model_fields
 
 
 def openapi_document(app: Flask) -> dict[str, Any]:
@@ -120,6 +161,8 @@ def openapi_document(app: Flask) -> dict[str, Any]:
     wanted = {(s.body, "validation") for _, _, _, s, _ in specs if s.body is not None}
     wanted |= {(s.response, "serialization") for _, _, _, s, _ in specs if s.response is not None}
     wanted.add((ErrorBody, "serialization"))
+    if any(streams(s) for _, _, _, s, _ in specs):
+        wanted.add((MessageOut, "serialization"))
     refs, schema = models_json_schema(sorted(wanted, key=lambda pair: (pair[0].__name__, pair[1])),
                                       ref_template="#/components/schemas/{model}")
     components = schema.get("$defs", {})
@@ -147,10 +190,20 @@ def openapi_document(app: Flask) -> dict[str, Any]:
         operation["responses"][str(spec.status)] = ok
         for status, description in spec.extra_responses.items():
             operation["responses"][str(status)] = {"description": description}
-        for status in sorted({401, 404, *spec.errors} if path.startswith("/api") else set(spec.errors)):
+        if streams(spec):
+            operation["responses"].setdefault("200", {"description": "With stream: true, Server-Sent Events"})
+            operation["responses"]["200"]["content"] = {"text/event-stream": {
+                "schema": event_stream(refs[(MessageOut, "serialization")])}}
+        errors = set(spec.errors)
+        if path.startswith("/api"):
+            errors.update(API_ERRORS)
+        if spec.body is not None or spec.upload:
+            errors.update(BODY_ERRORS)
+        for status in sorted(errors):
             operation["responses"][str(status)] = {
                 "description": ERROR_DESCRIPTIONS.get(status, "Error"),
                 "content": {"application/json": {"schema": refs[(ErrorBody, "serialization")]}},
+                **({"headers": RETRY_AFTER} if status in (429, 503) else {}),
             }
         paths.setdefault(path, {})[method] = operation
 

@@ -1,11 +1,12 @@
 """The API's request and response models (pydantic v2); the OpenAPI document is built from them."""
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 
 UTCDateTime = Annotated[
     datetime,
@@ -13,10 +14,43 @@ UTCDateTime = Annotated[
 ]
 
 
+def storable(value: Any) -> Any:
+    """Refuse what the databases cannot store: NUL, lone surrogates, NaN and infinities, integers past 64 bits.
+
+    Strings and keys are checked at any depth (metadata is free-form JSON).
+    """
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("must not contain NUL (\\u0000) characters")
+        if any("\ud800" <= char <= "\udfff" for char in value):
+            raise ValueError("must not contain unpaired surrogates")
+    elif isinstance(value, bool):
+        pass
+    elif isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise ValueError("numbers must fit in 64 bits")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("must not contain NaN or infinite numbers")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            storable(key)
+            storable(item)
+    elif isinstance(value, list):
+        for item in value:
+            storable(item)
+    return value
+
+
 class Body(BaseModel):
-    """A request body: strict types, unknown fields rejected."""
+    """A request body: strict types, unknown fields rejected, nothing a database cannot store."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def check_storable(cls, value: Any) -> Any:
+        return storable(value)
 
 
 class Out(BaseModel):

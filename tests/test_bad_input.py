@@ -168,3 +168,38 @@ def test_error_bodies_are_json_everywhere(api: Api, conversation: dict) -> None:
                                headers=api.headers({"Content-Type": "application/json"}))
     assert response.status_code == 400
     assert json.loads(response.get_data())["error"]["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize("value", ['{"a":"b\\u0000"}', '{"a\\u0000":1}', '{"\\ud800":1}',
+                                   '{"k":1180591620717411303424}', '{"k":NaN}', '{"k":1e999}'])
+def test_metadata_filters_the_databases_cannot_compare_are_400(api: Api, value: str) -> None:
+    assert_error(api.get("/api/conversations", query_string={"metadata": value}), 400, "invalid_metadata_filter")
+
+
+@pytest.mark.parametrize("query", [{"to": "0001-01-01"}, {"to": "0"}, {"from": "2026-02-30"}, {"to": "26-1-1"}])
+def test_analytics_days_must_be_real_iso_days(make_api, query: dict) -> None:
+    admin = make_api("root@example.com", admin=True)
+    response = admin.get("/api/admin/analytics", query_string=query)
+    if query == {"to": "0001-01-01"}:
+        assert response.status_code == 200  # the earliest day there is: the range starts there too
+        assert response.get_json()["from"] == "0001-01-01"
+    else:
+        assert_error(response, 422, "validation_error")
+
+
+def test_an_upload_name_with_control_characters_is_cleaned(api: Api, conversation: dict) -> None:
+    from tests.test_jobs import multipart
+
+    body, content_type = multipart({"file": ("bad\x07name\t.csv", b"a,b\n1,2\n")})
+    response = api.client.post(f"/api/conversations/{conversation['id']}/files", headers=api.headers(),
+                               data=body, content_type=content_type)
+    assert response.status_code == 202
+    assert response.get_json()["filename"] == "badname.csv"
+
+
+def test_upload_names_lose_nul_and_lone_surrogates() -> None:
+    from luca.conversations.files import clean_filename
+
+    assert clean_filename("a\x00b\ud800.pdf") == "ab.pdf"
+    assert clean_filename("\x00") == "document"
+    assert clean_filename(None) == "document"

@@ -20,6 +20,7 @@ from luca.schemas import UserOut
 
 ANALYTICS_DEFAULT_DAYS = 14
 ANALYTICS_MAX_DAYS = 366
+DAY = r"^\d{4}-\d{2}-\d{2}$"
 
 
 class UserListQuery(BaseModel):
@@ -45,8 +46,8 @@ def list_users(query: UserListQuery) -> UserList:
 class AnalyticsQuery(BaseModel):
     """Query string of the analytics series; both ends are UTC days and inclusive."""
 
-    from_: date | None = Field(None, alias="from", description="First day (default: `to` minus 13 days)")
-    to: date | None = Field(None, description="Last day (default: today, UTC)")
+    from_: str | None = Field(None, alias="from", pattern=DAY, description="First day, YYYY-MM-DD (default: `to` minus 13 days)")
+    to: str | None = Field(None, pattern=DAY, description="Last day, YYYY-MM-DD (default: today, UTC)")
 
 
 class AnalyticsTotals(BaseModel):
@@ -88,12 +89,24 @@ class AnalyticsSeries(BaseModel):
     totals: AnalyticsTotals
 
 
+def parse_day(value: str | None, field: str) -> date | None:
+    """A YYYY-MM-DD query value as a date; 422 for a day that does not exist."""
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise APIError(422, "validation_error", f"{field} is not a day", [{"field": field,
+                                                                            "message": "not a valid YYYY-MM-DD day"}]) from None
+
+
 @bp.get("/analytics")
 @endpoint(query=AnalyticsQuery, response=AnalyticsSeries, errors=(403, 422))
 def analytics_series(query: AnalyticsQuery) -> AnalyticsSeries:
     """Daily messages, tokens, latency, cached answers and cost per provider and model (admins only)."""
-    end = query.to or utcnow().date()
-    start = query.from_ or end - timedelta(days=ANALYTICS_DEFAULT_DAYS - 1)
+    end = parse_day(query.to, "to") or utcnow().date()
+    start = parse_day(query.from_, "from") or max(date.min, end - timedelta(days=min(
+        ANALYTICS_DEFAULT_DAYS - 1, (end - date.min).days)))
     if start > end:
         raise APIError(422, "validation_error", "from must not be after to",
                        [{"field": "from", "message": "must not be after to"}])

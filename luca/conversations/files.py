@@ -42,7 +42,7 @@ def upload_file(conversation_id: uuid.UUID) -> tuple[FileOut, int]:
     conversation = get_conversation(current_user().id, conversation_id)
     now = utcnow()
     stored = File(conversation_id=conversation.id, user_id=conversation.user_id,
-                  filename=(upload.filename or "document")[:255], size=len(data),
+                  filename=clean_filename(upload.filename), size=len(data),
                   sha256=hashlib.sha256(data).hexdigest(), data=data, created_at=now, updated_at=now)
     db.session.add(stored)
     if not conversation.has_files:
@@ -50,6 +50,12 @@ def upload_file(conversation_id: uuid.UUID) -> tuple[FileOut, int]:
     db.session.commit()
     enqueue_file(stored.id)
     return FileOut.model_validate(stored), 202
+
+
+def clean_filename(name: str | None) -> str:
+    """The upload's name without control characters or unpaired surrogates, at most 255 characters."""
+    cleaned = "".join(c for c in (name or "") if c.isprintable() and not "\ud800" <= c <= "\udfff").strip()
+    return cleaned[:255] or "document"
 
 
 @bp.get("/files/<int:file_id>")

@@ -17,6 +17,7 @@ from luca.cache import get_cache
 from luca.errors import APIError, not_found
 from luca.extensions import db
 from luca.models import Conversation, Message, utcnow
+from luca.schemas import storable
 from luca.pagination import keyset_page
 
 CONVERSATION_KEYS = (Conversation.pinned, Conversation.updated_at, Conversation.id)
@@ -47,9 +48,11 @@ def get_conversation(user_id: int, conversation_id: uuid.UUID) -> Conversation:
 def metadata_filter(raw: str) -> Any:
     """A WHERE clause for 'metadata contains this JSON object' on either database."""
     try:
-        wanted = json.loads(raw)
+        wanted = storable(json.loads(raw))
     except json.JSONDecodeError:
         raise APIError(400, "invalid_metadata_filter", "metadata must be a JSON object") from None
+    except ValueError as exc:
+        raise APIError(400, "invalid_metadata_filter", f"metadata {exc}") from None
     if not isinstance(wanted, dict) or not wanted:
         raise APIError(400, "invalid_metadata_filter", "metadata must be a non-empty JSON object")
     if db.engine.dialect.name == "postgresql":
