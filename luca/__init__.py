@@ -77,13 +77,14 @@ def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    """Mount the conversations API under /api, the admin API under /api/admin, rq-dashboard at /admin/rq."""
+    """Mount the API (/api, /api/admin), rq-dashboard (/admin/rq), docs, health, metrics and the web pages."""
     from luca.admin import bp as admin_bp
     from luca.admin.dashboard import register_dashboard
     from luca.api import register_docs
     from luca.conversations import bp as conversations_bp
     from luca.health import register_health
     from luca.metrics import register_metrics
+    from luca.web import register_web
 
     app.register_blueprint(conversations_bp, url_prefix="/api")
     app.register_blueprint(admin_bp, url_prefix="/api/admin")
@@ -91,6 +92,7 @@ def register_blueprints(app: Flask) -> None:
     register_docs(app)
     register_health(app)
     register_metrics(app)
+    register_web(app)
 
 
 def register_error_handling(app: Flask) -> None:

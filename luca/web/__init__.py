@@ -1,0 +1,21 @@
+"""The web client: the chat page at /, the operator page at /admin, their files under /static/web.
+
+Both pages are static HTML plus one ES module each; every byte of data they show comes from the
+public REST API, called from the browser with the user's API token. register_web() mounts them.
+"""
+from __future__ import annotations
+
+from flask import Blueprint, Flask
+
+STATIC_URL_PATH = "/static/web"
+
+bp = Blueprint("web", __name__, template_folder="templates", static_folder="static",
+               static_url_path=STATIC_URL_PATH)
+
+from luca.web import routes  # noqa: E402,F401  (routes and hooks attach themselves to bp)
+
+
+def register_web(app: Flask) -> None:
+    """Mount the chat page, the operator page and their static files on app (idempotent)."""
+    if bp.name not in app.blueprints:
+        app.register_blueprint(bp)

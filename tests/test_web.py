@@ -1,0 +1,206 @@
+"""The web client's pages and static files: served, with strict security headers and CSP-safe HTML."""
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+
+from luca.web import register_web
+
+PAGES = ["/", "/admin"]
+REQUIRED_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+}
+
+
+@pytest.fixture
+def web(app: Flask) -> Client:
+    """A client of the app (create_app mounts the web blueprint)."""
+    return Client(app.test_client())
+
+
+class Client:
+    """A test client whose responses are read whole and closed at once (static files are open files)."""
+
+    def __init__(self, client: FlaskClient) -> None:
+        self.client = client
+
+    def get(self, path: str) -> TestResponse:
+        """GET path; the body stays readable after the response is closed."""
+        response = self.client.get(path)
+        response.get_data()
+        response.close()
+        return response
+
+
+class PageAudit(HTMLParser):
+    """Collects what a strict Content-Security-Policy would refuse, and the page's scripts and styles."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.problems: list[str] = []
+        self.scripts: list[dict[str, str | None]] = []
+        self.stylesheets: list[str] = []
+        self.ids: list[str] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        """Note inline handlers, style attributes and <style> blocks; record scripts and stylesheets."""
+        attributes = dict(attrs)
+        for name, value in attrs:
+            if name.startswith("on"):
+                self.problems.append(f"<{tag}> has an inline event handler {name}={value!r}")
+            if name == "style":
+                self.problems.append(f"<{tag}> has a style attribute")
+            if name in {"href", "src", "action"} and value and value.strip().lower().startswith("javascript:"):
+                self.problems.append(f"<{tag}> has a javascript: URL")
+        if attributes.get("id"):
+            self.ids.append(attributes["id"] or "")
+        if tag == "style":
+            self.problems.append("a <style> block")
+        if tag == "script":
+            self.scripts.append(attributes)
+            self._in_script = True
+        if tag == "link" and attributes.get("rel") == "stylesheet":
+            self.stylesheets.append(attributes.get("href") or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        """Leave a script element."""
+        if tag == "script":
+            self._in_script = False
+
+    def handle_data(self, data: str) -> None:
+        """Text inside a <script> is an inline script."""
+        if self._in_script and data.strip():
+            self.problems.append(f"an inline script: {data.strip()[:60]!r}")
+
+
+def audit(html: str) -> PageAudit:
+    """Parse a page and return what was found."""
+    parser = PageAudit()
+    parser.feed(html)
+    parser.close()
+    return parser
+
+
+def assert_security_headers(response: TestResponse) -> None:
+    """The headers every response of the web blueprint carries."""
+    for name, value in REQUIRED_HEADERS.items():
+        assert response.headers.get(name) == value, name
+    assert response.headers.get("Referrer-Policy") in {"no-referrer", "strict-origin-when-cross-origin"}
+    csp = response.headers.get("Content-Security-Policy", "")
+    directives = {part.split()[0]: part.split()[1:] for part in csp.split(";") if part.strip()}
+    assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    assert directives["default-src"] == ["'self'"]
+    assert directives["script-src"] == ["'self'"]
+    assert directives["style-src"] == ["'self'"]
+    assert directives["connect-src"] == ["'self'"]
+    assert directives["object-src"] == ["'none'"]
+    assert directives["frame-ancestors"] == ["'none'"]
+    assert directives["base-uri"] == ["'none'"]
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_pages_are_html_with_security_headers(web: Client, path: str) -> None:
+    response = web.get(path)
+    assert response.status_code == 200
+    assert response.mimetype == "text/html" and response.mimetype_params.get("charset") == "utf-8"
+    assert_security_headers(response)
+    assert response.get_data(as_text=True).lstrip().lower().startswith("<!doctype html>")
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_pages_hold_nothing_a_strict_csp_would_block(web: Client, path: str) -> None:
+    page = audit(web.get(path).get_data(as_text=True))
+    assert page.problems == []
+    assert len(page.scripts) == 1
+    script = page.scripts[0]
+    assert script.get("type") == "module" and (script.get("src") or "").startswith("/static/web/")
+    assert page.stylesheets and all(href.startswith("/static/web/") for href in page.stylesheets)
+    assert len(page.ids) == len(set(page.ids)), "duplicate ids"
+
+
+def test_pages_hold_no_user_data_and_load_nothing_from_elsewhere(web: Client) -> None:
+    for path in PAGES:
+        html = web.get(path).get_data(as_text=True)
+        assert not re.search(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", html), "an external resource"
+        assert "luca_" not in html.replace("luca_…", "")  # no token is ever written into a page
+
+
+def test_the_chat_page_is_labelled_and_keyboard_usable(web: Client) -> None:
+    html = web.get("/").get_data(as_text=True)
+    for control in ("token-input", "search-input", "composer-input", "rename-input", "file-input"):
+        assert f'for="{control}"' in html, f"{control} has no label"
+    assert 'aria-live="polite"' in html and 'role="log"' in html
+    assert '<meta name="viewport"' in html
+
+
+def test_the_operator_page_can_say_not_authorised(web: Client) -> None:
+    html = web.get("/admin").get_data(as_text=True)
+    assert "Not authorised" in html
+    assert 'href="/admin/rq/"' in html
+
+
+@pytest.mark.parametrize("filename,mimetype", [
+    ("app.js", "text/javascript"),
+    ("chat.js", "text/javascript"),
+    ("admin.js", "text/javascript"),
+    ("luca.css", "text/css"),
+    ("favicon.svg", "image/svg+xml"),
+])
+def test_static_files_are_served_with_their_types_and_headers(web: Client, filename: str,
+                                                              mimetype: str) -> None:
+    response = web.get(f"/static/web/{filename}")
+    assert response.status_code == 200
+    assert response.mimetype == mimetype
+    assert_security_headers(response)
+    assert response.get_data()
+
+
+def test_page_asset_urls_resolve_and_carry_a_version(web: Client) -> None:
+    html = web.get("/").get_data(as_text=True)
+    urls = re.findall(r'(?:src|href)="(/static/web/[^"]+)"', html)
+    assert urls
+    for url in urls:
+        assert re.search(r"\?v=\d+$", url), url
+        assert web.get(url).status_code == 200, url
+
+
+def test_modules_only_import_each_other(web: Client) -> None:
+    for name in ("chat.js", "admin.js"):
+        source = web.get(f"/static/web/{name}").get_data(as_text=True)
+        imports = re.findall(r'from\s+"([^"]+)"', source)
+        assert imports == ["./app.js"], imports
+        assert "innerHTML" not in source and "insertAdjacentHTML" not in source and "eval(" not in source
+
+
+def test_only_the_snippet_helper_touches_inner_html(web: Client) -> None:
+    source = web.get("/static/web/app.js").get_data(as_text=True)
+    assert source.count("innerHTML =") == 1
+    assert "SAFE_SNIPPET.test(text)" in source
+
+
+def test_a_missing_static_file_is_a_json_404_with_headers(web: Client) -> None:
+    response = web.get("/static/web/nothing-here.js")
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "not_found"
+    assert_security_headers(response)
+
+
+def test_the_api_is_left_alone(web: Client) -> None:
+    response = web.get("/api/openapi.json")
+    assert response.status_code == 200
+    assert "Content-Security-Policy" not in response.headers
+    assert "/" not in response.get_json()["paths"] and "/admin" not in response.get_json()["paths"]
+    assert web.get("/api/me").status_code == 401
+
+
+def test_register_web_is_idempotent(app: Flask) -> None:
+    register_web(app)
+    register_web(app)
+    assert "web" in app.blueprints
