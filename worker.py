@@ -13,13 +13,15 @@ import argparse
 import logging
 import signal
 import threading
+import time
 
+from redis import Redis
 from redis.exceptions import RedisError
 from rq import Worker
 
 from luca import create_app
 from luca.jobs import tasks  # noqa: F401 - preloaded so work horses fork with the jobs imported
-from luca.jobs.queue import get_jobs
+from luca.jobs.queue import Jobs, get_jobs
 from luca.jobs.tasks import bind_app, reconcile
 
 log = logging.getLogger("luca.worker")
@@ -28,18 +30,41 @@ log = logging.getLogger("luca.worker")
 class LucaWorker(Worker):
     """RQ's worker, which also honours a SIGTERM that arrived before RQ installed its handlers."""
 
-    stop_requested_early = False
+    stopping = False  # set by SIGTERM/SIGINT at any moment: start-up, work, or waiting for Redis
 
     def _install_signal_handlers(self) -> None:
         super()._install_signal_handlers()
-        if LucaWorker.stop_requested_early:
+        if LucaWorker.stopping:
             self.log.info("[Worker] SIGTERM arrived during start-up: stopping")
             self._stop_requested = True  # the work loop checks this before taking a job
 
+    def request_stop(self, signum: int, frame: object) -> None:
+        """Note the stop for the supervising loop too, then let RQ stop warmly."""
+        LucaWorker.stopping = True
+        super().request_stop(signum, frame)  # type: ignore[arg-type]
 
-def note_early_stop(signum: int, frame: object) -> None:
-    """A SIGTERM during start-up: stop as soon as the worker loop begins (a deploy, say)."""
-    LucaWorker.stop_requested_early = True
+
+def note_stop(signum: int, frame: object) -> None:
+    """SIGTERM or SIGINT outside RQ's work loop (start-up, waiting for Redis): stop at the next chance."""
+    LucaWorker.stopping = True
+
+
+def wait_for_redis(client: Redis) -> bool:
+    """Wait until Redis answers (False if a stop was requested meanwhile)."""
+    delay, told = 0.5, False
+    while not LucaWorker.stopping:
+        try:
+            client.ping()
+            if told:
+                log.info("[Worker] Redis answers again")
+            return True
+        except (RedisError, OSError) as exc:
+            if not told:
+                log.warning("[Worker] Redis unavailable (%s); waiting for it", type(exc).__name__)
+                told = True
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
+    return False
 
 
 def reconcile_forever(app, stop: threading.Event) -> None:  # noqa: ANN001
@@ -63,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     parser.add_argument("--no-reconcile", action="store_true", help="do not run the periodic reconciler")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, note_early_stop)
+    signal.signal(signal.SIGTERM, note_stop)
 
     app = create_app()
     bind_app(app)
@@ -76,11 +101,35 @@ def main(argv: list[str] | None = None) -> int:
     if not args.burst and not args.no_reconcile:
         threading.Thread(target=reconcile_forever, args=(app, stop), name="reconciler", daemon=True).start()
     try:
-        worker = LucaWorker(queues, connection=jobs.redis.client)
-        worker.work(burst=args.burst, with_scheduler=True, logging_level="INFO")
+        serve(jobs, burst=args.burst)
     finally:
         stop.set()
     return 0
+
+
+def serve(jobs: Jobs, burst: bool) -> None:
+    """Run RQ's worker; start it again whenever it stops because Redis went away, until told to stop.
+
+    RQ quits its work loop on a lost Redis connection (and cannot start without Redis); a
+    worker that died for that would leave every queue unserved until someone restarted it.
+    """
+    while True:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, note_stop)  # RQ's handlers belong to a worker that is gone
+        if not wait_for_redis(jobs.redis.client):
+            return
+        worker = LucaWorker(jobs.queues(), connection=jobs.redis.client)
+        try:
+            worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
+        except (RedisError, OSError) as exc:
+            log.warning("[Worker] lost Redis (%s)", type(exc).__name__)
+        else:
+            if burst or LucaWorker.stopping:
+                return
+        if LucaWorker.stopping:
+            return
+        log.warning("[Worker] RQ stopped working (Redis lost?); starting again once Redis answers")
+        time.sleep(1)
 
 
 if __name__ == "__main__":

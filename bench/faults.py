@@ -37,7 +37,7 @@ def summary(reports: list[tuple[Report, float]]) -> str:
     """The table printed at the end: drill, sent, statuses, lost, fault latency, duration, result."""
     header = f"{'drill':<17} {'sent':>6}  {'statuses':<40} {'lost':>9}  {'fault max':>9}  {'took':>6}  result"
     rows = [f"{r.drill:<17} {r.sent:>6}  {r.status_text():<40} {f'{r.lost}/{r.tracked}':>9}  "
-            f"{r.fault_latency:>7.2f} s  {seconds:>4.0f} s  {'PASS' if r.passed else 'FAIL'}"
+            f"{r.fault_latency:>7.2f} s  {seconds:>4.0f} s  {r.verdict}"
             for r, seconds in reports]
     return "\n".join([header, "-" * len(header), *rows])
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import Any, Self
 
 from bench.faults_load import (
     Client,
@@ -34,10 +34,8 @@ from bench.faults_stack import Stack, wait_until
 
 # Requests that wait for a database connection may take the connect timeout plus this much.
 LATENCY_MARGIN = 1.0
-# The redis drill's condition that worker.py, as it is, misses (see the README of the drills: bench/faults.py).
 WORKER_SURVIVED = "the worker survived the Redis outage (no restart by the supervisor)"
-
-
+ONLY_503 = "every failure was a 503 (no 500, no hung or dropped request)"
 @dataclass(frozen=True)
 class Profile:
     """How long each phase of the drills lasts, and how much work they send."""
@@ -59,8 +57,8 @@ class Profile:
 
 FULL = Profile("full", warmup=5, outage=10, provider_outage=60, recovery=5, ai_breaker_reset=10,
                db_breaker_reset=10, files=8, pages=10, hups=5, hup_every=3, threads=8, settle=120)
-FAST = Profile("fast", warmup=2, outage=4, provider_outage=6, recovery=3, ai_breaker_reset=2,
-               db_breaker_reset=2, files=4, pages=6, hups=3, hup_every=1.5, threads=6, settle=60)
+FAST = Profile("fast", warmup=2, outage=4, provider_outage=6, recovery=2, ai_breaker_reset=2,
+               db_breaker_reset=2, files=4, pages=6, hups=3, hup_every=1, threads=6, settle=60)
 
 
 @dataclass
@@ -84,6 +82,11 @@ class Report:
         """Nothing lost and every condition held."""
         return self.lost == 0 and all(self.checks.values())
 
+    @property
+    def verdict(self) -> str:
+        """PASS or FAIL."""
+        return "PASS" if self.passed else "FAIL"
+
     def status_text(self) -> str:
         """Status counts, e.g. `201:310 202:40 503:12`."""
         return " ".join(f"{status}:{count}" for status, count in sorted(self.statuses.items()))
@@ -97,7 +100,7 @@ class Report:
                  f"   max latency during the fault: {self.fault_latency:.2f} s"]
         lines += [f"   note: {note}" for note in self.notes]
         lines += [f"   [{'ok' if held else 'FAILED'}] {check}" for check, held in self.checks.items()]
-        lines.append(f"   {'PASS' if self.passed else 'FAIL'}")
+        lines.append(f"   {self.verdict}")
         if with_logs and not self.passed and self.logs:
             lines.append(self.logs)
         return "\n".join(lines)
@@ -105,9 +108,10 @@ class Report:
 
 # -- shared pieces ---------------------------------------------------------------------------------------
 @contextmanager
-def load(stack: Stack, rec: Recorder, session: Session, profile: Profile, pause: float = 0.05) -> Iterator[Load]:
+def load(stack: Stack, rec: Recorder, session: Session, profile: Profile, pause: float = 0.05,
+         keep_alive: bool = False) -> Iterator[Load]:
     """Drive `session` at the stack's gunicorn from profile.threads clients until the block ends."""
-    clients = [Client(stack.web.base, stack.token)]
+    clients = [Client(stack.web.base, stack.token, keep_alive=keep_alive)]
     with Load(session, clients, rec, threads=profile.threads, pause=pause, limit=900) as running:
         yield running
     rec.mark("load stopped")
@@ -128,6 +132,15 @@ def count_where(stack: Stack, table: str, ids: list[Any], condition: str = "TRUE
 def missing(stack: Stack, table: str, ids: list[Any], condition: str = "TRUE") -> int:
     """How many of these acknowledged ids the database does not show (meeting condition)."""
     return len(set(ids)) - count_where(stack, table, list(set(ids)), condition)
+
+
+def eventually(check: Callable[[], Any], timeout: float, every: float = 0.1) -> bool:
+    """Whether check() turns true within timeout (polled every `every` seconds)."""
+    try:
+        wait_until(check, timeout, "the condition", every)
+    except TimeoutError:
+        return False
+    return True
 
 
 def settle(unfinished: Callable[[], int], timeout: float) -> int:
@@ -173,10 +186,13 @@ def no_server_errors(rec: Recorder) -> bool:
 
 def make_report(drill: str, title: str, stack: Stack, rec: Recorder, lost: dict[str, int],
                 tracked: dict[str, int], checks: dict[str, bool], notes: list[str] | None = None) -> Report:
-    """Assemble a drill's report; lost and tracked are counted per kind of work."""
+    """Assemble a drill's report (every drill also checks gunicorn's workers); lost and tracked are per kind."""
+    troubles = stack.web.troubles()
+    checks = {**checks, "no gunicorn worker timed out, crashed or was killed": not troubles}
+    notes = [*(notes or []), *(f"gunicorn: {line}" for line in troubles[:5])]
     report = Report(drill, title, len(rec.outcomes), rec.statuses(), sum(lost.values()), sum(tracked.values()),
                     ", ".join(f"{kind} {lost[kind]}/{tracked[kind]}" for kind in tracked),
-                    fault_latency(rec) if "restored" in rec.marks else 0.0, checks, notes or [])
+                    fault_latency(rec) if "restored" in rec.marks else 0.0, checks, notes)
     if not report.passed:
         report.logs = stack.logs()
     return report
@@ -224,35 +240,35 @@ def redis_killed(profile: Profile = FULL) -> Report:
         with load(stack, rec, session, replace(profile, threads=3), pause=1.0):
             time.sleep(profile.warmup)
             # The harder moment: while the worker runs a job (RQ watches its work horse through Redis).
-            mid_job = wait_until(stack.redis.jobs_running, 10, "a job running", every=0.01) > 0
+            mid_job = eventually(stack.redis.jobs_running, 10, every=0.01)
             rec.mark("fault")
             stack.redis.kill()
             time.sleep(profile.outage)
-            stack.redis.start()
+            stack.redis.restart()
             rec.mark("restored")
             time.sleep(profile.recovery)
-        answered, files = rec.acknowledged("answered"), rec.acknowledged("files")
+        work = {"untitled conversations": ("conversations", rec.acknowledged("answered"), "title IS NOT NULL"),
+                "files not ready": ("files", rec.acknowledged("files"), "status = 'ready'")}
 
-        def unfinished() -> int:
-            return (missing(stack, "conversations", answered, "title IS NOT NULL")
-                    + missing(stack, "files", files, "status = 'ready'"))
+        def unfinished() -> dict[str, int]:
+            return {kind: missing(stack, table, ids, done) for kind, (table, ids, done) in work.items()}
 
-        settle(unfinished, profile.settle)
-        lost = {"untitled conversations": missing(stack, "conversations", answered, "title IS NOT NULL"),
-                "files not ready": missing(stack, "files", files, "status = 'ready'")}
+        settle(lambda: sum(unfinished().values()), profile.settle)
         asks = [o for o in rec.outcomes if o.op == "ask"]
         checks = {
             "no 5xx and no unanswered request during the whole drill": no_server_errors(rec),
             "every question answered (201)": bool(asks) and all(o.status == 201 for o in asks),
-            "work was enqueued while Redis was down": any(o.start > rec.marks["fault"] and o.ok and o.op == "ask"
-                                                          and o.end < rec.marks["restored"] for o in asks),
+            "questions were answered while Redis was down (their titles left for the reconciler)":
+                any(rec.marks["fault"] < o.start and o.end < rec.marks["restored"] for o in asks),
             WORKER_SURVIVED: not stack.supervisor.restarts,
         }
-        notes = [f"killed while a job was running: {'yes' if mid_job else 'no'}"]
+        rounds = sum(worker.output().count("[Reconciler] enqueued") for worker in stack.workers)
+        notes = [f"killed while a job was running: {'yes' if mid_job else 'no'}",
+                 f"reconciler rounds that enqueued work: {rounds}"]
         notes += [f"supervisor: {restart}" for restart in stack.supervisor.restarts]
         return make_report("redis-killed", f"Redis killed -9 under load, restarted {profile.outage:g} s later",
-                           stack, rec, lost, {"untitled conversations": len(set(answered)),
-                                              "files not ready": len(set(files))}, checks, notes)
+                           stack, rec, unfinished(), {kind: len(set(ids)) for kind, (_, ids, _) in work.items()},
+                           checks, notes)
 
 
 # -- 2. PostgreSQL stopped -----------------------------------------------------------------------------
@@ -262,7 +278,6 @@ def postgres_stopped(profile: Profile = FULL) -> Report:
     with Stack("postgres", settings) as stack:
         rec = Recorder()
         connect_timeout = float(stack.settings["DATABASE_CONNECT_TIMEOUT"])
-        workers_before = stack.web.worker_pids()
         with load(stack, rec, partial(chat, questions=2), profile):
             time.sleep(profile.warmup)
             rec.mark("fault")
@@ -279,11 +294,10 @@ def postgres_stopped(profile: Profile = FULL) -> Report:
                  for _ in range(10)]
         checks = {
             "requests failed while PostgreSQL was down (the fault was felt)": bool(failures(during)),
-            "every failure was a 503 (no 500, no hung or dropped request)": not unexpected,
+            ONLY_503: not unexpected,
             f"no request took longer than the connect timeout + {LATENCY_MARGIN:g} s during the outage":
                 fault_latency(rec) < connect_timeout + LATENCY_MARGIN,
             "service came back by itself (a clean stretch of 2xx after the restart)": clean_from is not None,
-            "the same gunicorn workers serve afterwards": stack.web.worker_pids() == workers_before,
             "10 requests after the drill: all 200": final == [200] * 10,
         }
         notes = [f"back {clean_from - rec.marks['restored']:.1f} s after PostgreSQL started"
@@ -316,7 +330,7 @@ class BreakerWatch:
         """Whether it was seen open, and closed at some point after that."""
         return "open" in self.states and "closed" in self.states[self.states.index("open"):]
 
-    def __enter__(self) -> BreakerWatch:
+    def __enter__(self) -> Self:
         """Start watching."""
         self._thread.start()
         return self
@@ -340,7 +354,7 @@ def provider_down(profile: Profile = FULL) -> Report:
             time.sleep(profile.provider_outage)
             stack.primary.configure(status=None)
             rec.mark("restored")
-            closed = settle(lambda: not watch.opened_and_closed(), 3 * profile.ai_breaker_reset + 30) == 0
+            closed = eventually(watch.opened_and_closed, 3 * profile.ai_breaker_reset + 30)
             time.sleep(profile.recovery)
         asks = [o for o in rec.outcomes if o.op == "ask"]
         by_phase = {phase: Counter(o.provider for o in asks if start <= o.start < end) for phase, start, end in
@@ -356,10 +370,13 @@ def provider_down(profile: Profile = FULL) -> Report:
                 "[CircuitBreaker] AI-primary OPEN" in log and "[CircuitBreaker] AI-primary CLOSED" in log,
             "primary answers again afterwards": by_phase["after"]["primary"] > 0,
         }
-        notes = [f"AI-primary states seen: {' -> '.join(watch.states)}",
+        transitions = {state: log.count(f"[CircuitBreaker] AI-primary {state}") for state in
+                       ("OPEN", "HALF-OPEN", "CLOSED")}
+        notes = [f"AI-primary states seen through the admin API: {' -> '.join(watch.states)}",
+                 f"AI-primary transitions in gunicorn's log: {transitions}",
                  f"answers by provider during the outage: {dict(by_phase['during'])}, after: {dict(by_phase['after'])}",
-                 f"primary answered 500 to {stack.primary.stats()['by_status'].get('500', 0)} calls (the others "
-                 "were skipped by the open breaker)"]
+                 (f"primary answered 500 to {stack.primary.stats()['by_status'].get('500', 0)} calls "
+                  "(the others were skipped by the open breaker)")]
         return make_report("provider-down", f"primary provider answering 500 for {profile.provider_outage:g} s",
                            stack, rec, lost, tracked, checks, notes)
 
@@ -428,20 +445,24 @@ def hup_and_wait(stack: Stack) -> bool:
     """SIGHUP gunicorn; wait until none of the old workers is left and a full set of new ones serves."""
     old = stack.web.worker_pids()
     stack.web.hup()
-    try:
-        wait_until(lambda: not (stack.web.worker_pids() & old) and len(stack.web.worker_pids()) == stack.web_workers,
-                   40, "gunicorn workers replaced")
-    except TimeoutError:
-        return False
-    return True
+
+    def replaced() -> bool:
+        current = stack.web.worker_pids()
+        return not current & old and len(current) == stack.web_workers
+
+    return eventually(replaced, 40)
 
 
 def gunicorn_hup(profile: Profile = FULL) -> Report:
-    """SIGHUP to gunicorn's master, several times, under load: every request answered 2xx."""
+    """SIGHUP to gunicorn's master, several times, under load: every request answered 2xx.
+
+    The clients keep their connections alive, so a request sent on a connection to a worker that
+    is shutting down must be answered too.
+    """
     with Stack("hup") as stack:
         rec = Recorder()
         replaced = []
-        with load(stack, rec, partial(chat, questions=1), profile):
+        with load(stack, rec, partial(chat, questions=1), profile, keep_alive=True):
             time.sleep(profile.warmup)
             rec.mark("fault")
             for _ in range(profile.hups):
@@ -469,5 +490,5 @@ DRILLS: dict[str, Callable[[Profile], Report]] = {
     "hup": gunicorn_hup,
 }
 
-__all__ = ["DRILLS", "FAST", "FULL", "WORKER_SURVIVED", "Profile", "Report", "gunicorn_hup", "postgres_stopped", "provider_down",
-           "redis_killed", "worker_killed"]
+__all__ = ["DRILLS", "FAST", "FULL", "Profile", "Report", "gunicorn_hup", "postgres_stopped",
+           "provider_down", "redis_killed", "worker_killed"]

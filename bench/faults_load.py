@@ -1,7 +1,9 @@
 """Load for the fault drills: HTTP clients on a bounded thread pool; every request timed, every id kept.
 
-A ``Client`` opens one loopback connection per request (so a worker restarted by gunicorn never
-leaves the client a dead kept-alive connection: every failure seen is the server's), with a timeout.
+A ``Client`` talks to loopback only, with a timeout: one connection per request, or, with
+keep_alive, one kept-alive connection per thread that is reopened only when the server announced
+it closes it (so a request dropped on a kept-alive connection counts as a failure, as it would for
+a client that does not retry).
 A ``Recorder`` keeps each request's outcome and the ids the API acknowledged (conversations,
 messages, files), so a drill can check afterwards that each of them is in the database.
 ``Load`` runs a session function on N threads until it is stopped or its time is up.
@@ -16,7 +18,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 REQUEST_TIMEOUT = 30.0
@@ -54,31 +56,56 @@ class Reply:
 
 
 class Client:
-    """A signed HTTP client for one Luca user, one connection per request."""
+    """A signed HTTP client for one Luca user; safe to share between threads."""
 
-    def __init__(self, base: str, token: str, timeout: float = REQUEST_TIMEOUT) -> None:
+    def __init__(self, base: str, token: str, timeout: float = REQUEST_TIMEOUT, keep_alive: bool = False) -> None:
         parts = urlsplit(base)
         assert parts.hostname in {"127.0.0.1", "localhost"}, "drills talk to loopback only"
         self.host, self.port = parts.hostname, parts.port or 80
         self.token = token
         self.timeout = timeout
+        self.keep_alive = keep_alive
+        self._local = threading.local()  # this thread's kept-alive connection
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            if self.keep_alive:
+                self._local.conn = conn
+        return conn
+
+    def _drop(self, conn: http.client.HTTPConnection) -> None:
+        """Close a connection; the next request of this thread opens a new one."""
+        conn.close()
+        if getattr(self._local, "conn", None) is conn:
+            self._local.conn = None
+
+    def close(self) -> None:
+        """Close this thread's kept-alive connection, if any."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            self._drop(conn)
 
     def call(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
              content_type: str = "application/json") -> Reply:
         """Send one request and read the whole answer."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        headers = {"Authorization": f"Bearer {self.token}", "Connection": "close"}
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if not self.keep_alive:
+            headers["Connection"] = "close"
         if data is not None:
             headers["Content-Type"] = content_type
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        conn = self._connection()
         try:
             conn.request(method, path, body=data, headers=headers)
             response = conn.getresponse()
             payload = response.read()
         except (OSError, http.client.HTTPException) as exc:
+            self._drop(conn)
             return Reply(0, error=type(exc).__name__)
-        finally:
-            conn.close()
+        if not self.keep_alive or response.will_close:
+            self._drop(conn)
         try:
             decoded = json.loads(payload) if payload else None
         except ValueError:
@@ -154,7 +181,7 @@ class Load:
     _threads: list[threading.Thread] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
-    def __enter__(self) -> Load:
+    def __enter__(self) -> Self:
         """Start the threads."""
         deadline = time.monotonic() + self.limit
         for n in range(self.threads):
@@ -175,12 +202,15 @@ class Load:
             thread.join(timeout=REQUEST_TIMEOUT * 4)
 
     def _run(self, client: Client, deadline: float) -> None:
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                self.session(client, self.recorder)
-            except Exception as exc:  # noqa: BLE001 - a bug in a session must show, not kill the thread silently
-                self.errors.append(f"{type(exc).__name__}: {exc}")
-            self._stop.wait(self.pause)
+        try:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                try:
+                    self.session(client, self.recorder)
+                except Exception as exc:  # noqa: BLE001 - a bug in a session must show, not kill the thread silently
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+                self._stop.wait(self.pause)
+        finally:
+            client.close()
 
 
 # -- sessions: what one simulated user does --------------------------------------------------------

@@ -25,9 +25,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from luca.ai.testserver import TestServer
 from tests.processes import flask_command, free_port, luca_env
@@ -86,10 +86,9 @@ def stop_everything() -> None:
     """Stop every process a drill left running (a crash, Ctrl-C), newest first."""
     while _LIVE:
         thing = _LIVE[-1]
-        try:
+        with suppress(Exception):  # one that cannot be stopped must not keep the others running
             thing.stop()
-        finally:
-            track(thing, False)
+        track(thing, False)
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
@@ -100,13 +99,6 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float
             raise TimeoutError(f"{what} did not happen within {timeout:g} s")
         time.sleep(every)
     return value
-
-
-def port_open(port: int) -> bool:
-    """Whether something accepts TCP connections on 127.0.0.1:port."""
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 # -- processes ----------------------------------------------------------------------------------------
@@ -149,7 +141,7 @@ class Process:
         """The ids of its direct children."""
         if not self.running():
             return set()
-        found = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True)
+        found = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True, check=False)
         return {int(p) for p in found.stdout.split()}
 
     def kill(self) -> None:
@@ -190,7 +182,6 @@ class Gunicorn(Process):
 
     def __init__(self, env: dict[str, str], log: Path, workers: int = 2) -> None:
         self.port = free_port()
-        self.workers = workers
         env = {**env, "PORT": str(self.port), "HOST": "127.0.0.1", "WEB_CONCURRENCY": str(workers)}
         super().__init__("gunicorn", [str(BIN / "gunicorn"), "wsgi:app", "-c", "gunicorn.conf.py"], env, log)
 
@@ -210,6 +201,11 @@ class Gunicorn(Process):
     def worker_pids(self) -> set[int]:
         """The current worker processes."""
         return self.children()
+
+    def troubles(self) -> list[str]:
+        """The master's lines about workers that timed out, crashed or were killed."""
+        signs = ("WORKER TIMEOUT", "exited with code", "was sent", "terminated due to signal", "failed to boot")
+        return [line for line in self.output().splitlines() if any(sign in line for sign in signs)]
 
 
 class Worker(Process):
@@ -317,7 +313,7 @@ class RedisServer:
         """Stop it."""
         self.process.stop()
 
-    def __enter__(self) -> RedisServer:
+    def __enter__(self) -> Self:
         """Start."""
         return self.start()
 
@@ -352,7 +348,7 @@ class PostgresServer:
         assert self.bin is not None
         prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         result = subprocess.run([*prefix, str(self.bin / tool), *args], capture_output=True, text=True,
-                                timeout=timeout, cwd="/")
+                                timeout=timeout, cwd="/", check=False)
         if result.returncode != 0:
             raise RuntimeError(f"{tool} {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
         return result
@@ -404,7 +400,7 @@ class PostgresServer:
         with psycopg.connect(self.dsn()) as conn:
             return conn.execute(sql, params).fetchall()
 
-    def __enter__(self) -> PostgresServer:
+    def __enter__(self) -> Self:
         """initdb, start, create the database."""
         self.init()
         self.start()
@@ -446,7 +442,7 @@ class Stack:
         self.supervisor = Supervisor(self.workers) if supervise else None
         self._exit = ExitStack()
 
-    def __enter__(self) -> Stack:
+    def __enter__(self) -> Self:
         """Start everything; on a failure, stop what was started."""
         try:
             self._start()
@@ -507,7 +503,11 @@ class Stack:
         for process in processes:
             process.stop()
 
-    def logs(self) -> str:
-        """The output of gunicorn and of every worker, for a failure report."""
-        parts = [f"== {p.name} ({p.log_path.name})\n{p.output()[-4000:]}" for p in (self.web, *self.workers)]
+    def logs(self, lines: int = 40) -> str:
+        """The last warnings, errors and tracebacks of gunicorn and of every worker, for a failure report."""
+        parts = []
+        for process in (self.web, *self.workers):
+            kept = [line for line in process.output().splitlines() if " INFO " not in line and " DEBUG " not in line]
+            parts.append(f"   -- {process.log_path.name}, last {lines} lines that are not INFO:\n"
+                         + "\n".join(kept[-lines:]))
         return "\n".join(parts)

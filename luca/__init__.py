@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Flask
 from sqlalchemy import event
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.engine import Engine
 
 from config import Config
@@ -63,6 +64,19 @@ def register_database(app: Flask) -> None:
                      compare_type=True, render_as_batch=True)
     with app.app_context():
         guard_database(db.engine, get_breakers(app).database)
+
+    @app.teardown_appcontext
+    def end_session(_exc: BaseException | None) -> None:
+        """End the request's session even when the database dropped its connection meanwhile.
+
+        Runs before Flask-SQLAlchemy's own teardown (teardowns run last-registered first),
+        whose ROLLBACK on a dead connection would escape the app as a bare 500.
+        """
+        try:
+            db.session.remove()
+        except SQLAlchemyError as exc:
+            log.warning("[Database] a session could not end cleanly: %s", type(exc).__name__)
+            db.session.registry.clear()
 
 
 @event.listens_for(Engine, "connect")

@@ -51,6 +51,16 @@ def error_response(status: int, code: str, message: str, details: Any = None,
     return response
 
 
+def rollback_quietly() -> None:
+    """Roll the request's session back; a connection the database already dropped is just discarded."""
+    from luca.extensions import db
+
+    try:
+        db.session.rollback()
+    except SQLAlchemyError:
+        db.session.registry.clear()
+
+
 def is_database_unavailable(exc: BaseException) -> bool:
     """Tell a database that cannot be reached (or timed out) from a bug in a query."""
     return isinstance(exc, OperationalError) or (
@@ -76,18 +86,15 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(CircuitBreakerError)
     def handle_open_breaker(exc: CircuitBreakerError) -> ResponseReturnValue:
         from luca.breakers import get_breakers
-        from luca.extensions import db
 
-        db.session.rollback()
+        rollback_quietly()
         wait = max(1, math.ceil(get_breakers().database.seconds_until_half_open()))
         return error_response(503, "database_unavailable", "the database is not answering; try again shortly",
                               headers={"Retry-After": str(wait)})
 
     @app.errorhandler(SQLAlchemyError)
     def handle_database_error(exc: SQLAlchemyError) -> ResponseReturnValue:
-        from luca.extensions import db
-
-        db.session.rollback()
+        rollback_quietly()
         if is_database_unavailable(exc):
             log.warning("database unavailable: %s", type(exc.orig if isinstance(exc, DBAPIError) else exc).__name__)
             return error_response(503, "database_unavailable", "the database is not answering; try again shortly",

@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from luca.breakers import get_breakers
+from luca.errors import rollback_quietly
 from luca.extensions import db
 from luca.jobs.queue import get_jobs
 
@@ -39,7 +40,7 @@ def check_database() -> dict[str, Any]:
     try:
         current = set(db.session.execute(text("SELECT version_num FROM alembic_version")).scalars())
     except (SQLAlchemyError, CircuitBreakerError) as exc:
-        db.session.rollback()
+        rollback_quietly()
         return {"status": "down", "error": type(exc).__name__}
     finally:
         db.session.remove()

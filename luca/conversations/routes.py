@@ -21,8 +21,7 @@ from luca.auth import current_user
 from luca.cache import cache_key, get_cache
 from luca.conversations import answers, bp, service
 from luca.conversations.files import documents_context
-from luca.errors import APIError, is_database_unavailable
-from luca.extensions import db
+from luca.errors import APIError, is_database_unavailable, rollback_quietly
 from luca.limits import rate_limit
 from luca.models import Conversation, Message
 from luca.schemas import (
@@ -79,7 +78,7 @@ def cached_for_user(kind: str, user_id: int, parts: tuple[Any, ...], build: Call
         if keep_stale and (isinstance(exc, CircuitBreakerError) or is_database_unavailable(exc)):
             stale = cache.get(stale_key)
             if stale is not None:
-                db.session.rollback()
+                rollback_quietly()
                 return json_response(stale, "stale")
         raise
     cache.set(key, body)
