@@ -212,3 +212,20 @@ def test_a_redis_killed_mid_test_never_fails_a_request_and_is_used_again_when_ba
     lines = [r.getMessage() for r in caplog.records]
     assert any(line.startswith("[Cache] Redis unavailable") for line in lines)
     assert any(line.startswith("[Redis] Connected successfully") for line in lines)
+
+
+def test_message_pages_and_searches_are_cached_until_the_next_message(tier_app) -> None:
+    api = signed(tier_app)
+    conversation = api.new_conversation(title="x")
+    api.ask(conversation["id"], "What is goodwill impairment?")
+    path = f"/api/conversations/{conversation['id']}/messages"
+    assert api.get(path).headers["X-Cache"] == "miss"
+    assert api.get("/api/search?q=impairment").headers["X-Cache"] == "miss"
+    with count_statements(tier_app) as statements:
+        assert api.get(path).headers["X-Cache"] == "hit"
+        assert api.get("/api/search?q=impairment").headers["X-Cache"] == "hit"
+    assert statements == []
+    api.ask(conversation["id"], "And how is impairment tested?")
+    assert len(api.get(path).get_json()["items"]) == 4
+    hits = api.get("/api/search?q=tested").get_json()["items"]
+    assert any("tested" in h["snippet"] for h in hits)

@@ -143,11 +143,17 @@ def delete_conversation(conversation_id: uuid.UUID) -> tuple[str, int]:
 
 @bp.get("/conversations/<uuid:conversation_id>/messages")
 @endpoint(query=MessageListQuery, response=MessagePage, errors=(400, 422))
-def list_messages(conversation_id: uuid.UUID, query: MessageListQuery) -> MessagePage:
+def list_messages(conversation_id: uuid.UUID, query: MessageListQuery) -> Response:
     """A conversation's messages, a page at a time (newest first unless order=asc)."""
-    items, next_cursor = service.message_page(current_user().id, conversation_id, limit=query.limit,
-                                              cursor=query.cursor, descending=query.order == "desc")
-    return MessagePage(items=[MessageOut.model_validate(m) for m in items], next_cursor=next_cursor)
+    user_id = current_user().id
+
+    def build() -> MessagePage:
+        items, next_cursor = service.message_page(user_id, conversation_id, limit=query.limit,
+                                                  cursor=query.cursor, descending=query.order == "desc")
+        return MessagePage(items=[MessageOut.model_validate(m) for m in items], next_cursor=next_cursor)
+
+    parts = (conversation_id, hash_parts((query.limit, query.cursor or "", query.order)))
+    return cached_for_user("messages", user_id, parts, build)
 
 
 def question_text(body: MessageCreate) -> str:
@@ -202,7 +208,12 @@ def retry_message(conversation_id: uuid.UUID, message_id: int, body: RetryReques
 
 @bp.get("/search")
 @endpoint(query=SearchQuery, response=SearchResults, errors=(422,))
-def search_messages(query: SearchQuery) -> SearchResults:
+def search_messages(query: SearchQuery) -> Response:
     """Full-text search over the user's conversation titles and messages, best first."""
-    hits = search.search(current_user().id, query.q, query.limit)
-    return SearchResults(query=query.q, items=[SearchHit.model_validate(h, from_attributes=True) for h in hits])
+    user_id = current_user().id
+
+    def build() -> SearchResults:
+        hits = search.search(user_id, query.q, query.limit)
+        return SearchResults(query=query.q, items=[SearchHit.model_validate(h, from_attributes=True) for h in hits])
+
+    return cached_for_user("search", user_id, (hash_parts((query.q, query.limit)),), build)

