@@ -50,12 +50,30 @@ class LogListener(pybreaker.CircuitBreakerListener):
 class FallbackStorage(pybreaker.CircuitBreakerStorage):
     """pybreaker's Redis storage while Redis answers; in-process memory while it does not."""
 
-    def __init__(self, name: str, redis: GuardedRedis, namespace: str) -> None:
+    def __init__(self, name: str, redis: GuardedRedis, namespace: str, read_seconds: float = 1.0) -> None:
         super().__init__(name)
         self._redis = redis
         self._namespace = namespace
         self._shared: pybreaker.CircuitRedisStorage | None = None
         self._memory = pybreaker.CircuitMemoryStorage(STATE_CLOSED)
+        # The state and the failure count are read from Redis at most this often: every AI call
+        # asks for them, and another process's change may take this long to be seen here.
+        self._read_seconds = read_seconds
+        self._reads: dict[str, tuple[float, Any]] = {}
+
+    def _read(self, name: str, read: Callable[[], T]) -> T:
+        """A shared value, from the last read if it is recent enough."""
+        now = time.monotonic()
+        last = self._reads.get(name)
+        if last is not None and now - last[0] < self._read_seconds:
+            return last[1]
+        value = read()
+        self._reads[name] = (now, value)
+        return value
+
+    def _forget(self, *names: str) -> None:
+        for name in names:
+            self._reads.pop(name, None)
 
     def _storage(self) -> pybreaker.CircuitBreakerStorage:
         """The Redis storage, created on first use (Redis may be down at start-up)."""
@@ -79,17 +97,20 @@ class FallbackStorage(pybreaker.CircuitBreakerStorage):
 
     @property
     def state(self) -> str:
-        return self._do(lambda s: s.state)
+        return self._read("state", lambda: self._do(lambda s: s.state))
 
     @state.setter
     def state(self, state: str) -> None:
         self._do(lambda s: setattr(s, "state", state))
+        self._forget("state", "counter")
 
     def increment_counter(self) -> None:
         self._do(lambda s: s.increment_counter())
+        self._forget("counter")
 
     def reset_counter(self) -> None:
         self._do(lambda s: s.reset_counter())
+        self._reads["counter"] = (time.monotonic(), 0)
 
     def increment_success_counter(self) -> None:
         self._do(lambda s: s.increment_success_counter())
@@ -99,7 +120,7 @@ class FallbackStorage(pybreaker.CircuitBreakerStorage):
 
     @property
     def counter(self) -> int:
-        return self._do(lambda s: s.counter)
+        return self._read("counter", lambda: self._do(lambda s: s.counter))
 
     @property
     def success_counter(self) -> int:
@@ -308,7 +329,8 @@ class Breakers:
                 name = f"AI-{provider}"
                 redis = self.guarded_redis()
                 namespace = f"{self.config['REDIS_KEY_PREFIX']}breaker:{name}"
-                storage = FallbackStorage(name, redis, namespace) if redis else None
+                storage = (FallbackStorage(name, redis, namespace, self.config["AI_BREAKER_SHARED_READ"])
+                           if redis else None)
                 self._ai[provider] = Breaker(
                     name, fail_max=self.config["AI_BREAKER_FAIL_MAX"],
                     reset_timeout=self.config["AI_BREAKER_RESET_TIMEOUT"],
