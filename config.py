@@ -102,6 +102,7 @@ class Config:
     REDIS_CACHE_URL = os.environ.get("REDIS_CACHE_URL") or None
     CACHE_TTL = env_int("CACHE_TTL", 300)
     CACHE_FALLBACK_TTL = env_int("CACHE_FALLBACK_TTL", 30)
+    CACHE_NEAR_TTL = env_int("CACHE_NEAR_TTL", 5)
     CACHE_STALE_TTL = env_int("CACHE_STALE_TTL", 24 * 3600)
     CACHE_MEMORY_ITEMS = env_int("CACHE_MEMORY_ITEMS", 10_000)
     AI_DEDUP_TTL = env_int("AI_DEDUP_TTL", 24 * 3600)

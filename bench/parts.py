@@ -162,6 +162,14 @@ def titled_since(ctx: Context, since: float) -> int:
             "AND title IS NOT NULL AND NOT title_set_by_user"), {"t": since}).scalar_one()
 
 
+def common_questions_since(ctx: Context, since: float) -> tuple[int, int]:
+    """How many common questions were asked since a moment, and how many distinct ones."""
+    with ctx.engine.connect() as conn:
+        return tuple(conn.execute(sa.text(
+            "SELECT count(*), count(DISTINCT content) FROM messages WHERE role = 'user' AND content = ANY(:common) "
+            "AND created_at >= to_timestamp(:t) AT TIME ZONE 'UTC'"), {"common": COMMON_QUESTIONS, "t": since}).one())
+
+
 def run_mix(ctx: Context, prov: Provider, before: bool, users: int, seconds: int) -> dict[str, Any]:
     """One mode of the mix: latency, statements per request, provider calls per 1,000 messages."""
     with Luca(ctx, prov, before=before) as luca:
@@ -173,9 +181,15 @@ def run_mix(ctx: Context, prov: Provider, before: bool, users: int, seconds: int
         time.sleep(5)  # let the worker finish the titles of the last conversations
         calls = prov.stats()["requests"]
         titles = titled_since(ctx, since)
+        common, distinct_common = common_questions_since(ctx, since)
     figures = summarise(raw)
     messages = figures["per_request"].get("send", {}).get("count", 0)
     answer_calls = max(0, calls - titles)
+    figures.update(
+        common_questions=common, distinct_common_questions=distinct_common,
+        # Every message needs a provider call except a repeat of a common question already answered.
+        minimum_answer_calls_per_1000_messages=round(1000 * (messages - (common - distinct_common))
+                                                     / max(1, messages), 1))
     figures.update(
         sql_per_request=round((statements_after - statements_before) / max(1, requests_after - requests_before), 2),
         messages=messages, provider_calls=calls, title_calls=titles,

@@ -40,8 +40,9 @@ def section_mix(p: dict[str, Any]) -> str:
          f"{r['sql_after_over_before']} of before", "≤ ⅓ of before", r["sql_after_over_before"] <= 1 / 3),
         ("answer calls to the provider per 1,000 messages", fmt(b["answer_calls_per_1000_messages"]),
          fmt(a["answer_calls_per_1000_messages"]), f"{r['answer_calls_after_over_before']} of before",
-         f"cut by the share of repeats (≤ {1 - p['common_share'] * 0.9:.2f} of before)",
-         r["answer_calls_after_over_before"] <= 1 - p["common_share"] * 0.9),
+         f"cut by the share of repeats: ≤ {fmt(a['minimum_answer_calls_per_1000_messages'])} (+2 % for titles "
+         "still running)",
+         a["answer_calls_per_1000_messages"] <= a["minimum_answer_calls_per_1000_messages"] * 1.02 + 1),
         ("all provider calls per 1,000 messages (answers + titles)", fmt(b["provider_calls_per_1000_messages"]),
          fmt(a["provider_calls_per_1000_messages"]), "", "", None),
         ("requests served / 5xx", f"{fmt(b['requests'])} / {b['errors_5xx']}", f"{fmt(a['requests'])} / {a['errors_5xx']}",

@@ -27,6 +27,13 @@ log = logging.getLogger(__name__)
 STATS_FLUSH_SECONDS = 2.0
 
 
+# Reads a user's data version and the value stored under that version, in one round trip.
+VERSIONED_GET = """
+local version = redis.call('GET', KEYS[1]) or '0'
+return {version, redis.call('GET', ARGV[1] .. version .. ARGV[2])}
+"""
+
+
 def cache_key(kind: str, *parts: Any) -> str:
     """The one place cache keys are made: kind, then the parts, colon-separated."""
     return ":".join([kind, *(str(p) for p in parts)])
@@ -41,6 +48,7 @@ class CacheService:
         self.prefix = f"{config['REDIS_KEY_PREFIX']}cache:"
         self.ttl: int = config["CACHE_TTL"]
         self.fallback_ttl: int = config["CACHE_FALLBACK_TTL"]
+        self.near_ttl: int = config["CACHE_NEAR_TTL"]
         breakers = get_breakers(app)
         self.redis = breakers.guarded_redis("REDIS_CACHE_URL" if config.get("REDIS_CACHE_URL") else "REDIS_URL")
         self.memory = Cache(config={"CACHE_TYPE": "SimpleCache", "CACHE_THRESHOLD": config["CACHE_MEMORY_ITEMS"],
@@ -57,6 +65,7 @@ class CacheService:
         self._flushed_at = time.monotonic()
         self._lock = threading.Lock()
         self._memory_versions: dict[str, int] = {}
+        self._script: Any = None
 
     # -- tiers -----------------------------------------------------------------------
     def _redis_call(self, operation: Callable[[Cache], Any]) -> tuple[bool, Any]:
@@ -107,11 +116,22 @@ class CacheService:
                 self._unflushed.update(pending)
 
     # -- the API the rest of Luca uses -------------------------------------------------------
-    def get(self, key: str, tier_stats: str = "cache") -> Any:
-        """The cached value, or None; counts a hit or a miss for the tier that answered."""
+    def get(self, key: str, near: bool = False) -> Any:
+        """The cached value, or None; counts a hit or a miss for the tier that answered.
+
+        near: also keep a copy in this process for CACHE_NEAR_TTL seconds and answer from it
+        (for values read on every request, where another process's change may show that late).
+        """
         if self.disabled:
             return None
+        if near and self.near_ttl and self.shared is not None:
+            value = self.memory.get(key)
+            if value is not None:
+                self.count("memory.hits")
+                return value
         ok, value = self._redis_call(lambda c: c.get(key))
+        if ok and near and value is not None and self.near_ttl:
+            self.memory.set(key, value, timeout=self.near_ttl)
         tier = "redis" if ok else "memory"
         if not ok:
             value = self.memory.get(key)
@@ -143,6 +163,29 @@ class CacheService:
             return int(value or 0)
         with self._lock:
             return self._memory_versions.get(key, 0)
+
+    def get_for_user(self, kind: str, user_id: int, *parts: Any) -> tuple[str, Any]:
+        """The key of a per-user value at the user's current version, and the value if cached.
+
+        With Redis, the version and the value come back in one round trip (a Lua script),
+        since every cached list or page would otherwise wait for two.
+        """
+        if self.shared is not None and self.redis is not None:
+            stem, tail = cache_key(kind, user_id, "v\x00", *parts).split("\x00")  # around the version
+            script = self._versioned_get_script()
+            ok, found = self._redis_call(lambda c: self.redis.breaker.call_redis(
+                script, keys=[self.prefix + cache_key("ver", user_id)], args=[self.prefix + stem, tail]))
+            if ok:
+                value = self.shared.cache.serializer.loads(found[1])
+                self.count(f"redis.{'hits' if value is not None else 'misses'}")
+                return stem + (found[0] or b"0").decode() + tail, value
+        key = cache_key(kind, user_id, f"v{self.user_version(user_id)}", *parts)
+        return key, self.get(key)
+
+    def _versioned_get_script(self) -> Any:
+        if self._script is None:
+            self._script = self.redis.client.register_script(VERSIONED_GET)
+        return self._script
 
     def bump_user(self, user_id: int) -> None:
         """Invalidate every cached list and detail of the user, in every process sharing Redis."""

@@ -67,8 +67,7 @@ def cached_for_user(kind: str, user_id: int, parts: tuple[Any, ...], build: Call
     cache = get_cache()
     if cache.disabled:
         return json_response(build().model_dump_json(), "disabled")
-    key = cache_key(kind, user_id, f"v{cache.user_version(user_id)}", *parts)
-    body = cache.get(key)
+    key, body = cache.get_for_user(kind, user_id, *parts)
     if body is not None:
         return json_response(body, "hit")
     stale_key = cache_key("stale", kind, user_id, *parts)
