@@ -223,7 +223,8 @@ def store_message(conversation: Conversation, **values: Any) -> Message:
     """INSERT a message with Core (no unit-of-work flush) and return it as a detached Message."""
     values = {"conversation_id": conversation.id, "user_id": conversation.user_id, "status": "complete",
               "cached": False, "created_at": utcnow(), **values}
-    message_id = db.session.execute(insert(Message).values(**values).returning(Message.id)).scalar_one()
+    table = Message.__table__  # Core, not the ORM's bulk insert: a fifth of a question's CPU in bench
+    message_id = db.session.execute(insert(table).values(**values).returning(table.c.id)).scalar_one()
     return Message(id=message_id, **{"provider": None, "model": None, "tokens_in": None, "tokens_out": None,
                                      "latency_ms": None, **values})
 
@@ -231,8 +232,8 @@ def store_message(conversation: Conversation, **values: Any) -> Message:
 def add_question(conversation: Conversation, content: str) -> Message:
     """Store the user's question and mark the conversation active; committed before any AI call."""
     message = store_message(conversation, role="user", content=content)
-    db.session.execute(update(Conversation).where(Conversation.id == conversation.id)
-                       .values(updated_at=message.created_at).execution_options(synchronize_session=False))
+    table = Conversation.__table__
+    db.session.execute(update(table).where(table.c.id == conversation.id).values(updated_at=message.created_at))
     db.session.commit()
     set_committed_value(conversation, "updated_at", message.created_at)
     get_cache().bump_user(conversation.user_id)
