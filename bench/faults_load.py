@@ -263,21 +263,6 @@ def upload(client: Client, rec: Recorder, conversation_id: str, name: str, data:
 
 def heavy_pdf(pages: int) -> bytes:
     """A valid PDF whose pages take about 0.3 s each to extract (30,000 empty text operators a page)."""
-    contents = [f"BT /F1 12 Tf 72 720 Td (Page {n}) Tj " + "() Tj " * 30_000 + "(end) Tj ET" for n in range(pages)]
-    kids = " ".join(f"{4 + 2 * i} 0 R" for i in range(pages))
-    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>".encode(),
-               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
-    for i, content in enumerate(contents):
-        objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
-                       f"/Resources << /Font << /F1 3 0 R >> >> /Contents {5 + 2 * i} 0 R >>".encode())
-        objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content.encode()))
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, obj in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%s\nendobj\n" % (number, obj)
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
-    return bytes(out)
+    from tests.test_documents import make_pdf
+
+    return make_pdf([f"Page {n}) Tj " + "() Tj " * 30_000 + "(end" for n in range(pages)])

@@ -15,6 +15,7 @@ from flask import Flask
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
+from bench.faults_load import heavy_pdf
 from luca.extensions import db
 from luca.jobs.queue import get_jobs
 from luca.jobs.tasks import generate_title, reconcile
@@ -281,9 +282,8 @@ def test_work_enqueued_while_redis_is_down_is_finished_by_the_reconciler(stack: 
 def test_a_worker_killed_mid_job_leaves_a_file_that_still_ends_ready(stack: Stack) -> None:
     api = signed(stack.app)
     conversation = api.new_conversation()
-    # Pages of 30,000 empty text operators: about 0.3 s each to parse, so the kill lands mid-job.
-    pages = [f"Page {n}) Tj " + "() Tj " * 30_000 + "(end" for n in range(10)]
-    file_id = upload(api, conversation["id"], "annual.pdf", make_pdf(pages))["id"]
+    # Heavy pages take about 0.3 s each to parse, so the kill lands mid-job.
+    file_id = upload(api, conversation["id"], "annual.pdf", heavy_pdf(10))["id"]
     worker = subprocess.Popen([sys.executable, "worker.py", "--no-reconcile"], cwd=ROOT, env=stack.env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
