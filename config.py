@@ -88,7 +88,9 @@ class Config:
     SQLALCHEMY_DATABASE_URI = normalise_database_url(os.environ.get("DATABASE_URL")) or sqlite_url()
     DATABASE_CONNECT_TIMEOUT = env_float("DATABASE_CONNECT_TIMEOUT", 3.0)
     DATABASE_STATEMENT_TIMEOUT_MS = env_int("DATABASE_STATEMENT_TIMEOUT_MS", 5000)
-    DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 10)
+    # One pooled connection per gunicorn thread: a smaller pool opens and closes an overflow
+    # connection (a new PostgreSQL backend) for every request beyond it under load.
+    DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", env_int("GUNICORN_THREADS", 16))
     DATABASE_PING_AFTER = env_float("DATABASE_PING_AFTER", 10.0)
 
     REDIS_URL = os.environ.get("REDIS_URL") or None

@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("parts", nargs="*", help=f"parts to run (default: all): {', '.join(ORDER)}")
     parser.add_argument("--quick", action="store_true", help="shorter runs (noisier figures)")
     parser.add_argument("--latency-ms", type=int, default=800, help="the providers' answer latency")
+    parser.add_argument("--common-share", type=float, default=0.5,
+                        help="share of the mix's sends that are common first questions (0-1)")
     args = parser.parse_args(argv)
     unknown = set(args.parts) - set(ORDER)
     if unknown:
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"parts": {}}
     command = "python -m bench" + (" --quick" if args.quick else "") + \
         (f" --latency-ms {args.latency_ms}" if args.latency_ms != 800 else "") + \
+        (f" --common-share {args.common_share}" if args.common_share != 0.5 else "") + \
         ("" if chosen == ORDER else " " + " ".join(chosen))
     print(f"Luca benchmarks: {', '.join(chosen)}", flush=True)
     started = time.monotonic()
@@ -68,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         stack.start_redis()
         database = stack.create_database()
         engine = sa.create_engine(database)
-        data = parts.seed(engine, big=any(p in chosen for p in ("deep", "search")))
+        data = parts.seed(engine, big=any(p in chosen for p in ("deep", "search")), crowd="users10k" in chosen)
         context = parts.Context(stack=stack, database=database, engine=engine, data=data, quick=args.quick,
-                                latency_ms=args.latency_ms)
+                                latency_ms=args.latency_ms, common_share=args.common_share)
         try:
             for name in chosen:
                 print(f"\n== {name} ==", flush=True)

@@ -6,6 +6,7 @@ BENCH_RAW when the run stops.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -20,6 +21,7 @@ THINK = float(os.environ.get("BENCH_THINK", "1"))
 WEIGHTS = json.loads(os.environ.get("BENCH_WEIGHTS", '{"list": 35, "open": 20, "page": 20, "search": 10, "send": 15}'))
 WORDS = DATA["search_words"]
 RAW: list[tuple[str, float, int]] = []
+ACCOUNTS = itertools.count()
 
 
 @events.request.add_listener
@@ -43,8 +45,8 @@ class Client(FastHttpUser):
     wait_time = between(THINK * 0.5, THINK * 1.5)
 
     def on_start(self) -> None:
-        """Pick one of the seeded users."""
-        user = random.choice(DATA["users"])
+        """Take the next seeded account: each locust user is its own Luca user while accounts last."""
+        user = DATA["users"][next(ACCOUNTS) % len(DATA["users"])]
         self.headers = {"Authorization": f"Bearer {user['token']}"}
         self.conversations = list(user["conversations"])
 

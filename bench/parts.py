@@ -7,6 +7,7 @@ import re
 import subprocess
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,11 @@ AI_NAMES = {"send"}  # requests that wait for an AI answer
 
 @dataclass
 class Data:
-    """What the seed made: mix users with their conversations, and the large data set."""
+    """What the seed made: mix users, the crowd of 10,000, their conversations, and the large data set."""
 
     mix: Tokens
-    mix_conversations: dict[int, list[str]]
+    crowd: Tokens | None
+    conversations: dict[int, list[str]]
     big: Tokens | None
 
 
@@ -40,15 +42,20 @@ class Context:
     data: Data
     quick: bool
     latency_ms: int
+    common_share: float = 0.5
 
 
-def seed(engine: sa.Engine, big: bool) -> Data:
-    """Build the mix data set (and the large one when a part needs it)."""
+def seed(engine: sa.Engine, big: bool, crowd: bool) -> Data:
+    """Build the mix data set (and the crowd and the large one when a part needs them)."""
     print("seeding the mix data set ...", flush=True)
     mix = seed_mix(engine)
+    crowd_tokens = None
+    if crowd:
+        print("seeding 10,000 users with 5 conversations each ...", flush=True)
+        crowd_tokens = seed_mix(engine, users=10_000, conversations=5, messages=6, prefix="crowd")
     with engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT user_id, id FROM conversations WHERE user_id = ANY(:ids)"),
-                            {"ids": mix.user_ids}).all()
+                            {"ids": mix.user_ids + (crowd_tokens.user_ids if crowd_tokens else [])}).all()
     conversations: dict[int, list[str]] = {}
     for user_id, conversation_id in rows:
         conversations.setdefault(user_id, []).append(str(conversation_id))
@@ -56,7 +63,7 @@ def seed(engine: sa.Engine, big: bool) -> Data:
     if big:
         print("seeding 100,000 conversations and 1,000,000 messages ...", flush=True)
         large = seed_big(engine)
-    return Data(mix, conversations, large)
+    return Data(mix, crowd_tokens, conversations, large)
 
 
 # -- running Luca ---------------------------------------------------------------------------------
@@ -116,21 +123,24 @@ def fetch_text(url: str) -> tuple[int, str]:
 
 
 # -- the mix -------------------------------------------------------------------------------------------
-def write_mix_data(ctx: Context) -> Path:
+def write_mix_data(ctx: Context, accounts: Tokens) -> Path:
     """The locustfile's data: tokens, conversation ids, common questions, search words."""
-    path = ctx.stack.tmp / "mix.json"
-    users = [{"token": token, "conversations": ctx.data.mix_conversations[user_id]}
-             for user_id, token in zip(ctx.data.mix.user_ids, ctx.data.mix.tokens, strict=True)]
+    path = ctx.stack.tmp / f"mix-{len(accounts.tokens)}.json"
+    users = [{"token": token, "conversations": ctx.data.conversations[user_id]}
+             for user_id, token in zip(accounts.user_ids, accounts.tokens, strict=True)]
     path.write_text(json.dumps({"users": users, "common_questions": COMMON_QUESTIONS, "search_words": WORDS}))
     return path
 
 
 def locust(ctx: Context, base: str, users: int, seconds: int, think: float, spawn_rate: float | None = None,
-           common_share: float = 0.5) -> list[tuple[str, float, int]]:
-    """Run the mix with locust in its own process; return (name, ms, status) of every request."""
+           common_share: float = 0.5, accounts: Tokens | None = None) -> list[tuple[str, float, int]]:
+    """Run the mix with locust in its own process; return (name, ms, status) of every request.
+
+    Locust users take the accounts (the mix users unless given) in turn.
+    """
     raw = ctx.stack.tmp / f"raw-{uuid.uuid4().hex[:6]}.json"
-    env = {**ctx.stack.env(ctx.database), "BENCH_DATA": str(write_mix_data(ctx)), "BENCH_RAW": str(raw),
-           "BENCH_THINK": str(think), "BENCH_COMMON_SHARE": str(common_share)}
+    env = {**ctx.stack.env(ctx.database), "BENCH_DATA": str(write_mix_data(ctx, accounts or ctx.data.mix)),
+           "BENCH_RAW": str(raw), "BENCH_THINK": str(think), "BENCH_COMMON_SHARE": str(common_share)}
     command = [str(BIN / "locust"), "-f", str(ROOT / "bench" / "locustfile.py"), "--headless", "--only-summary",
                "-u", str(users), "-r", str(spawn_rate or max(1, users / 5)), "-t", f"{seconds}s",
                "--host", base, "--stop-timeout", "30", "--loglevel", "WARNING"]
@@ -148,8 +158,9 @@ def summarise(raw: list[tuple[str, float, int]], skip_seconds_of: int = 0) -> di
         values = [ms for n, ms in ok if n == name]
         per_name[name] = {"count": len(values), "avg_ms": round(mean(values), 1),
                           "p95_ms": round(percentile(values, 95), 1)}
-    errors = sum(1 for _, _, status in raw if status >= 500 or status == 0)
-    return {"requests": len(raw), "errors_5xx": errors, "avg_ms": round(mean(every), 1),
+    failed = Counter(str(status) for _, _, status in raw if status >= 500 or status == 0)  # 0: no response
+    return {"requests": len(raw), "errors_5xx": sum(failed.values()), "errors_by_status": dict(failed),
+            "avg_ms": round(mean(every), 1),
             "p95_ms": round(percentile(every, 95), 1), "non_ai_avg_ms": round(mean(non_ai), 1),
             "non_ai_p95_ms": round(percentile(non_ai, 95), 1), "per_request": per_name}
 
@@ -176,7 +187,7 @@ def run_mix(ctx: Context, prov: Provider, before: bool, users: int, seconds: int
         prov.reset()
         since = time.time()
         requests_before, statements_before = sql_statements(luca.base)
-        raw = locust(ctx, luca.base, users, seconds, think=1.0)
+        raw = locust(ctx, luca.base, users, seconds, think=1.0, common_share=ctx.common_share)
         requests_after, statements_after = sql_statements(luca.base)
         time.sleep(5)  # let the worker finish the titles of the last conversations
         calls = prov.stats()["requests"]
@@ -202,7 +213,7 @@ def part_mix(ctx: Context) -> dict[str, Any]:
     """Before (DISABLE_CACHE, DISABLE_QUEUES) and after (everything on) on the same request mix."""
     prov = provider(ctx)
     users, seconds = (30, 30) if ctx.quick else (50, 90)
-    result: dict[str, Any] = {"users": users, "seconds": seconds, "think_s": 1.0, "common_share": 0.5,
+    result: dict[str, Any] = {"users": users, "seconds": seconds, "think_s": 1.0, "common_share": ctx.common_share,
                               "provider_latency_ms": ctx.latency_ms}
     for mode, before in (("before", True), ("after", False)):
         print(f"  {mode} ...", flush=True)
@@ -240,13 +251,18 @@ def part_capacity(ctx: Context) -> dict[str, Any]:
 
 
 def part_users10k(ctx: Context) -> dict[str, Any]:
-    """10,000 simulated users with 30 s think time, everything on: p95 of everything but AI answers."""
+    """10,000 simulated users, each with an account of their own, 30 s think time, everything on.
+
+    Figures: p95 of everything but AI answers.
+    """
+    assert ctx.data.crowd is not None
     prov = provider(ctx)
     users = 2000 if ctx.quick else 10_000
     seconds = 60 if ctx.quick else 150
     with Luca(ctx, prov) as luca:
-        figures = summarise(locust(ctx, luca.base, users, seconds, think=30.0, spawn_rate=users / 50))
-    figures.update(users=users, think_s=30, seconds=seconds)
+        figures = summarise(locust(ctx, luca.base, users, seconds, think=30.0, spawn_rate=users / 50,
+                                   accounts=ctx.data.crowd))
+    figures.update(users=users, think_s=30, run_seconds=seconds)
     return figures
 
 
@@ -358,8 +374,9 @@ def part_deep(ctx: Context) -> dict[str, Any]:
     msg_cursor = encode_cursor(list(msg_row))
     keyset_conv = ("SELECT * FROM conversations WHERE user_id = :u {where} "
                    "ORDER BY pinned DESC, updated_at DESC, id DESC LIMIT 21")
-    keyset_msg = ("SELECT * FROM messages WHERE conversation_id = :c AND user_id = :u {where} "
-                  "ORDER BY created_at DESC, id DESC LIMIT 51")
+    keyset_msg = ("SELECT m.* FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+                  "WHERE m.conversation_id = :c AND c.user_id = :u {where} "
+                  "ORDER BY m.created_at DESC, m.id DESC LIMIT 51")
     sql = {
         "conversations_page1_cursor_ms": timed_sql(ctx.engine, keyset_conv.format(where=""), {"u": user}, runs),
         "conversations_page1000_cursor_ms": timed_sql(
@@ -370,7 +387,7 @@ def part_deep(ctx: Context) -> dict[str, Any]:
         "messages_page1_cursor_ms": timed_sql(ctx.engine, keyset_msg.format(where=""), {"c": conversation, "u": user},
                                               runs),
         "messages_page1000_cursor_ms": timed_sql(
-            ctx.engine, keyset_msg.format(where="AND (created_at, id) < (:t, :i)"),
+            ctx.engine, keyset_msg.format(where="AND (m.created_at, m.id) < (:t, :i)"),
             {"c": conversation, "u": user, "t": msg_row[0], "i": msg_row[1]}, runs),
         "messages_page1000_offset_ms": timed_sql(
             ctx.engine, keyset_msg.format(where="").replace("LIMIT 51", "OFFSET 49950 LIMIT 51"),

@@ -70,9 +70,10 @@ def seed_users(engine: sa.Engine, count: int, prefix: str) -> Tokens:
     return Tokens(ids, tokens)
 
 
-def seed_mix(engine: sa.Engine, users: int = 200, conversations: int = 20, messages: int = 10) -> Tokens:
+def seed_mix(engine: sa.Engine, users: int = 200, conversations: int = 20, messages: int = 10,
+             prefix: str = "mix") -> Tokens:
     """The realistic data set for the request mix: users with a history of conversations."""
-    made = seed_users(engine, users, "mix")
+    made = seed_users(engine, users, prefix)
     words = "ARRAY[" + ",".join(f"'{w}'" for w in WORDS) + "]"
     with engine.begin() as conn:
         conn.execute(sa.text(f"""
