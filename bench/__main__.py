@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\n== {name} ==", flush=True)
                 part_started = time.monotonic()
                 figures = getattr(parts, f"part_{name}")(context)
-                figures["seconds"] = round(time.monotonic() - part_started)
+                figures["wall_seconds"] = round(time.monotonic() - part_started)
                 figures["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
                 figures["command"] = command
                 results["parts"][name] = figures

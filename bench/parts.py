@@ -262,7 +262,7 @@ def part_users10k(ctx: Context) -> dict[str, Any]:
     with Luca(ctx, prov) as luca:
         figures = summarise(locust(ctx, luca.base, users, seconds, think=30.0, spawn_rate=users / 50,
                                    accounts=ctx.data.crowd))
-    figures.update(users=users, think_s=30, run_seconds=seconds)
+    figures.update(users=users, think_s=30, seconds=seconds)
     return figures
 
 

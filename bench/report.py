@@ -25,7 +25,7 @@ def fmt(value: Any, unit: str = "") -> str:
 
 def header(part: dict[str, Any]) -> str:
     """When and how a part was measured."""
-    return f"_Measured {part['measured_at']} by `{part['command']}` in {part['seconds']} s._\n"
+    return f"_Measured {part['measured_at']} by `{part['command']}` in {part['wall_seconds']} s._\n"
 
 
 def section_mix(p: dict[str, Any]) -> str:
@@ -83,8 +83,8 @@ def section_users10k(p: dict[str, Any]) -> str:
     return "\n".join([
         header(p),
         f"{fmt(p['users'])} locust users, each signed in as an account of its own (5 conversations of 6 "
-        f"messages), {p['think_s']} s think time, {p['run_seconds']} s of load, everything on; "
-        f"{fmt(p['requests'] / p['run_seconds'])} requests/s served.\n",
+        f"messages), {p['think_s']} s think time, {p['seconds']} s of load, everything on; "
+        f"{fmt(p['requests'] / p['seconds'])} requests/s served.\n",
         "| figure | measured | target | verdict |", "| --- | --- | --- | --- |",
         f"| p95 without AI answers | {fmt(p['non_ai_p95_ms'], ' ms')} | < 1,000 ms | {verdict(ok)} |",
         f"| average without AI answers | {fmt(p['non_ai_avg_ms'], ' ms')} | | |",
