@@ -354,6 +354,28 @@ def test_search_shows_marked_snippets_and_opens_the_result(browsing: Browsing, s
     expect(page.locator("#search-status")).to_contain_text("Nothing matches")
 
 
+def test_typing_in_search_while_a_conversation_opens_keeps_the_focus(browsing: Browsing, site: Site) -> None:
+    page, _ = browsing
+    sign_in(page, site.tokens["alice"])
+    held: list[Any] = []
+    page.route("**/api/conversations/*/messages*", lambda route: held.append(route))  # held until the user types
+    page.locator("#new-conversation").click()
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert held, "the new conversation never asked for its history"
+    search = page.get_by_label("Search conversations")
+    search.fill("invoice")
+    for route in held:
+        route.continue_()
+    page.unroute("**/api/conversations/*/messages*")
+    expect(page.get_by_text("No messages yet")).to_be_visible()
+    page.wait_for_load_state("networkidle")
+    expect(search).to_be_focused()
+    expect(search).to_have_value("invoice")
+    expect(page.get_by_label("Your question")).to_have_value("")
+
+
 def test_rename_pin_and_delete_a_conversation(browsing: Browsing, site: Site) -> None:
     page, _ = browsing
     sign_in(page, site.tokens["alice"])

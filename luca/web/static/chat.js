@@ -432,7 +432,9 @@ async function openConversation(id) {
     await Promise.all([loadHistory(true).finally(historyLoaded), loadFiles()]);
     if (generation !== state.openGeneration) return;
     if (!conversation.title && dom.messageList.querySelector(".from-luca")) pollTitle(conversation.id);
-    if (!NARROW.matches) dom.composerInput.focus({ preventScroll: true });
+    // Not while the user has started typing somewhere else (search) as the conversation loaded.
+    const typingElsewhere = document.activeElement?.matches("input, textarea, select");
+    if (!NARROW.matches && !typingElsewhere) dom.composerInput.focus({ preventScroll: true });
   } catch (err) {
     if (generation !== state.openGeneration || err.status === 401) return;
     showNotice(err.status === 404 ? "That conversation does not exist any more." : err.message);
