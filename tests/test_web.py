@@ -149,6 +149,8 @@ def test_the_operator_page_can_say_not_authorised(web: Client) -> None:
 @pytest.mark.parametrize("filename,mimetype", [
     ("app.js", "text/javascript"),
     ("chat.js", "text/javascript"),
+    *((f"chat/{name}.js", "text/javascript")
+      for name in ("state", "list", "search", "history", "messages", "composer", "header", "files")),
     ("admin.js", "text/javascript"),
     ("luca.css", "text/css"),
     ("favicon.svg", "image/svg+xml"),
@@ -171,11 +173,27 @@ def test_page_asset_urls_resolve_and_carry_a_version(web: Client) -> None:
         assert web.get(url).status_code == 200, url
 
 
+MODULE_IMPORTS = {
+    "chat.js": ["./app.js", "./chat/composer.js", "./chat/files.js", "./chat/header.js",
+                "./chat/history.js", "./chat/list.js", "./chat/search.js", "./chat/state.js"],
+    "chat/state.js": [],
+    "chat/list.js": ["../app.js", "./state.js"],
+    "chat/search.js": ["../app.js", "./history.js", "./list.js", "./state.js"],
+    "chat/history.js": ["../app.js", "./composer.js", "./files.js", "./header.js", "./list.js",
+                        "./messages.js", "./state.js"],
+    "chat/messages.js": ["../app.js", "./state.js"],
+    "chat/composer.js": ["../app.js", "./header.js", "./list.js", "./messages.js", "./state.js"],
+    "chat/header.js": ["../app.js", "./list.js", "./state.js"],
+    "chat/files.js": ["../app.js", "./state.js"],
+    "admin.js": ["./app.js"],
+}
+
+
 def test_modules_only_import_each_other(web: Client) -> None:
-    for name in ("chat.js", "admin.js"):
+    for name, expected in MODULE_IMPORTS.items():
         source = web.get(f"/static/web/{name}").get_data(as_text=True)
         imports = re.findall(r'from\s+"([^"]+)"', source)
-        assert imports == ["./app.js"], imports
+        assert imports == expected, (name, imports)
         assert "innerHTML" not in source and "insertAdjacentHTML" not in source and "eval(" not in source
 
 
@@ -183,6 +201,15 @@ def test_only_the_snippet_helper_touches_inner_html(web: Client) -> None:
     source = web.get("/static/web/app.js").get_data(as_text=True)
     assert source.count("innerHTML =") == 1
     assert "SAFE_SNIPPET.test(text)" in source
+
+
+def test_an_imported_module_is_revalidated_so_a_changed_one_is_never_served_stale(web: Client) -> None:
+    response = web.get("/static/web/chat/state.js")  # imported by relative URL, without ?v=
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert response.headers["ETag"]
+    unchanged = web.client.get("/static/web/chat/state.js", headers={"If-None-Match": response.headers["ETag"]})
+    unchanged.close()
+    assert unchanged.status_code == 304
 
 
 def test_a_missing_static_file_is_a_json_404_with_headers(web: Client) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from flask import Response, render_template, url_for
+from flask import Response, render_template, request, url_for
 
 from luca.web import bp
 
@@ -44,7 +44,7 @@ def admin() -> str:
 
 
 def web_asset(filename: str) -> str:
-    """The URL of a static file of the web client, with its modification time as a cache buster."""
+    """The URL of a static file a template links, with its modification time as a cache buster."""
     path = os.path.join(bp.static_folder or "", filename)
     try:
         version = int(os.stat(path).st_mtime)
@@ -66,4 +66,9 @@ def security_headers(response: Response) -> Response:
         response.headers.setdefault(name, value)
     if response.mimetype == "text/html":
         response.headers.setdefault("Cache-Control", "no-cache")
+    elif request.endpoint == "web.static":
+        # The modules import each other by plain relative URL, without web_asset's ?v= (an import
+        # map would be an inline script, which the CSP forbids), so every static file is
+        # revalidated on use: a 304 while its ETag holds, the new file as soon as it changed.
+        response.headers["Cache-Control"] = "no-cache"
     return response
