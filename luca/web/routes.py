@@ -1,34 +1,11 @@
-"""The two pages and the security headers sent with them and with their static files."""
+"""The two pages and their helpers (luca/headers.py adds the security headers to everything the app serves)."""
 from __future__ import annotations
 
 import os
 
-from flask import Response, render_template, url_for
+from flask import render_template, url_for
 
 from luca.web import bp
-
-# No 'unsafe-inline' anywhere: the pages have no inline scripts, handlers or style attributes.
-CONTENT_SECURITY_POLICY = "; ".join([
-    "default-src 'self'",
-    "script-src 'self'",
-    "style-src 'self'",
-    "img-src 'self' data:",
-    "font-src 'self'",
-    "connect-src 'self'",
-    "object-src 'none'",
-    "base-uri 'none'",
-    "frame-ancestors 'none'",
-    "form-action 'self'",
-])
-
-SECURITY_HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
-}
 
 
 @bp.get("/")
@@ -57,13 +34,3 @@ def web_asset(filename: str) -> str:
 def template_helpers() -> dict[str, object]:
     """Helpers for the blueprint's templates."""
     return {"web_asset": web_asset}
-
-
-@bp.after_request
-def security_headers(response: Response) -> Response:
-    """Add the security headers to every response of the blueprint: pages, static files, errors."""
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
-    if response.mimetype == "text/html":
-        response.headers.setdefault("Cache-Control", "no-cache")
-    return response
