@@ -184,15 +184,21 @@ class FailureBudget:
             self.strategies.append(FixedWindowRateLimiter(limiter.storage))
             if not isinstance(limiter.storage, MemoryStorage):
                 self.strategies.append(FixedWindowRateLimiter(MemoryStorage()))
+        self._failing: set[int] = set()  # the strategies whose storage failed last time (logged once)
 
     def spend(self, address: str) -> int | None:
         """Count one failure of address; None while within budget, else the seconds until it may try again."""
-        for strategy in self.strategies:
+        for index, strategy in enumerate(self.strategies):
             try:
-                return self._spend(strategy, address)
+                wait = self._spend(strategy, address)
             except Exception as exc:  # noqa: BLE001 - a storage failure: count in memory, never a 500
-                log.warning("failed-authentication budget: %s storage failed (%s)",
-                            type(strategy.storage).__name__, type(exc).__name__)
+                if index not in self._failing:
+                    self._failing.add(index)
+                    log.warning("failed-authentication budget: %s storage failed (%s); counting in memory",
+                                type(strategy.storage).__name__, type(exc).__name__)
+                continue
+            self._failing.discard(index)
+            return wait
         return None
 
     def _spend(self, strategy: FixedWindowRateLimiter, address: str) -> int | None:

@@ -193,6 +193,11 @@ def test_without_trusted_proxies_x_forwarded_for_is_ignored(app_factory) -> None
     assert statuses == [401, 401, 429]
 
 
+def test_a_negative_trusted_proxy_hops_fails_at_start_up(app_factory) -> None:
+    with pytest.raises(ValueError, match="TRUSTED_PROXY_HOPS"):
+        app_factory(TRUSTED_PROXY_HOPS=-1)
+
+
 def test_failed_dashboard_sign_ins_count_on_every_path_and_method(app_factory) -> None:
     app = limited_app(app_factory, RATE_LIMIT_AUTH_FAILURES="4 per 15 minutes")
     _, admin_token = create_user(app, "ops@example.com", admin=True)
