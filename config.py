@@ -147,6 +147,9 @@ class Config:
     FILE_MAX_UNCOMPRESSED_BYTES = env_int("FILE_MAX_UNCOMPRESSED_BYTES", 50 * 1024 * 1024)
     FILE_MAX_CHARS = env_int("FILE_MAX_CHARS", 200_000)
 
+    # How many proxies in front set X-Forwarded-For, -Proto and -Host (Render's or Heroku's router: 1).
+    TRUSTED_PROXY_HOPS = env_int("TRUSTED_PROXY_HOPS", 0)
+
     # Operations: logs, metrics, rate limits, alerts.
     LOG_FORMAT = os.environ.get("LOG_FORMAT", "text")
     LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")

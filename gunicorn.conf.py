@@ -5,6 +5,8 @@ import os
 import shutil
 import tempfile
 
+from gunicorn.glogging import Logger
+
 # "<pid> <path>" of the temporary metrics directory a master made for itself.
 METRICS_DIR_OWNER = "LUCA_METRICS_DIR_OWNER"
 
@@ -53,9 +55,30 @@ max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "5000"))
 max_requests_jitter = 500
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None
 errorlog = "-"
+
+
+class LucaLogger(Logger):
+    """gunicorn's logger whose handlers redact and escape every line, also those it makes anew on a reload (HUP)."""
+
+    def setup(self, cfg):  # noqa: ANN001, ANN201 - gunicorn's signature
+        """Set gunicorn's handlers up, then give them Luca's filter (and format)."""
+        super().setup(cfg)
+        from luca.logs import guard_gunicorn_logs
+
+        guard_gunicorn_logs()
+
+
+logger_class = LucaLogger
+
 # Several gunicorns may share a host (web + benchmarks); the per-user control socket would clash.
 control_socket_disable = True
-forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "*")
+# gunicorn believes X-Forwarded-Proto (the scheme) only from these peers; the client's address is
+# the app's business (TRUSTED_PROXY_HOPS, werkzeug's ProxyFix).
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# No header sets SCRIPT_NAME or PATH_INFO, not even from an allowed peer: a client's SCRIPT_NAME
+# would become the prefix of every URL a page links to. Headers with "_" are dropped.
+forwarder_headers = ""
+header_map = "drop"
 
 
 def post_fork(server, worker):  # noqa: ANN001, ANN201 - gunicorn's hook signature

@@ -9,12 +9,14 @@ from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlalchemy.engine import Engine
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import Config
 from luca.alerts import register_alerts
 from luca.breakers import get_breakers, guard_database, register_breakers
 from luca.cache import register_cache
 from luca.extensions import db, migrate
+from luca.headers import register_security_headers
 from luca.jobs.queue import register_jobs
 from luca.limits import register_limits
 from luca.logs import configure_logging
@@ -28,6 +30,7 @@ def create_app(config_class: type[Config] = Config, overrides: dict[str, Any] | 
     app.config.from_object(config_class)
     app.config.update(overrides or {})
     configure_logging(app)
+    register_proxy_fix(app)
     register_breakers(app)
     register_cache(app)
     register_jobs(app)
@@ -35,9 +38,23 @@ def create_app(config_class: type[Config] = Config, overrides: dict[str, Any] | 
     register_limits(app)
     register_database(app)
     register_blueprints(app)
+    register_security_headers(app)
     register_error_handling(app)
     register_commands(app)
     return app
+
+
+def register_proxy_fix(app: Flask) -> None:
+    """Believe X-Forwarded-For, -Proto and -Host from exactly TRUSTED_PROXY_HOPS proxies (werkzeug's ProxyFix).
+
+    With 0 (the default) they are ignored: the client is the socket's peer. Each proxy appends
+    to X-Forwarded-For, so only the last TRUSTED_PROXY_HOPS entries are not the client's own words.
+    """
+    hops = app.config["TRUSTED_PROXY_HOPS"]
+    if hops < 0:
+        raise ValueError(f"TRUSTED_PROXY_HOPS must be 0 or more, not {hops}")
+    if hops:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
 
 
 def engine_options(app: Flask) -> dict[str, Any]:

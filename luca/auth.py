@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 from luca.cache import cache_key, get_cache
 from luca.errors import APIError
 from luca.extensions import db
+from luca.limits import refuse_credentials
 from luca.models import ApiToken, User, utcnow
 
 TOKEN_PREFIX = "luca_"
@@ -76,16 +77,23 @@ def lookup_token(token: str) -> CurrentUser | None:
     token_id, last_used_at, user = row
     now = utcnow()
     if last_used_at is None or now - last_used_at > TOUCH_INTERVAL:
-        db.session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
+        touched = db.session.execute(update(ApiToken).where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
+                                     .values(last_used_at=now))
         db.session.commit()
+        if touched.rowcount == 0:  # revoked since the SELECT (the UPDATE waited for the revocation's lock)
+            return None
     found = CurrentUser(user.id, user.email, user.name, user.is_admin, user.created_at, token_id)
-    cache.set(token_cache_key(token_hash), asdict(found))
+    cache.set(token_cache_key(token_hash), asdict(found), near=True)
     return found
 
 
-def forget_tokens(token_hashes: list[str]) -> None:
-    """Drop revoked tokens from the cache so they stop working at once."""
-    get_cache().delete(*(token_cache_key(h) for h in token_hashes))
+def forget_tokens(token_hashes: list[str]) -> bool:
+    """Drop tokens' cached users: here at once, in other processes within CACHE_NEAR_TTL.
+
+    False when Redis is configured but did not answer: other processes may then go on
+    accepting the tokens from Redis until their entries expire (CACHE_TTL).
+    """
+    return get_cache().delete(*(token_cache_key(h) for h in token_hashes))
 
 
 def unauthorized(message: str) -> APIError:
@@ -100,7 +108,7 @@ def authenticate() -> CurrentUser:
         raise unauthorized("send an API token as 'Authorization: Bearer <token>'")
     user = lookup_token(token)
     if user is None:
-        raise unauthorized("the API token is not valid or was revoked")
+        refuse_credentials(unauthorized("the API token is not valid or was revoked"))
     g.user = user
     return user
 

@@ -138,22 +138,30 @@ class CacheService:
         self.count(f"{tier}.{'hits' if value is not None else 'misses'}")
         return value
 
-    def set(self, key: str, value: Any, ttl: int | None = None) -> None:
-        """Store value under key for ttl seconds (clamped short when Redis is not answering)."""
+    def set(self, key: str, value: Any, ttl: int | None = None, near: bool = False) -> None:
+        """Store value under key for ttl seconds (clamped short when Redis is not answering).
+
+        near: a value read with get(near=True); should it land in this process's memory, it lives
+        there at most CACHE_NEAR_TTL seconds (not CACHE_FALLBACK_TTL), the time the other
+        processes may take to see its deletion.
+        """
         if self.disabled:
             return
         ttl = ttl or self.ttl
         ok, _ = self._redis_call(lambda c: c.set(key, value, timeout=ttl))
         if not ok:
-            self.memory.set(key, value, timeout=min(ttl, self.fallback_ttl))
-        log.debug("[Cache] Set %s (TTL: %ss)", key, ttl if ok else min(ttl, self.fallback_ttl))
+            ttl = min(ttl, self.fallback_ttl, self.near_ttl if near else ttl)
+            if ttl > 0:  # SimpleCache keeps a 0 timeout forever
+                self.memory.set(key, value, timeout=ttl)
+        log.debug("[Cache] Set %s (TTL: %ss)", key, ttl)
 
-    def delete(self, *keys: str) -> None:
-        """Forget keys in both tiers."""
+    def delete(self, *keys: str) -> bool:
+        """Forget keys in both tiers; False when Redis may still hold them (configured, but it did not answer)."""
         if self.disabled or not keys:
-            return
-        self._redis_call(lambda c: c.delete_many(*keys))
+            return True
+        ok, _ = self._redis_call(lambda c: c.delete_many(*keys))
         self.memory.delete_many(*keys)
+        return ok or self.shared is None
 
     def user_version(self, user_id: int) -> int:
         """The user's current data version, part of every per-user key."""

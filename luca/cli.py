@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import time
 
 import click
 from flask import Flask, current_app
@@ -17,13 +19,15 @@ from luca.jobs.tasks import reconcile
 from luca.models import ApiToken, User, utcnow
 
 users_cli = AppGroup("users", help="Create users.")
-tokens_cli = AppGroup("tokens", help="Create and revoke API tokens.")
+tokens_cli = AppGroup("tokens", help="Create, list and revoke API tokens.")
 cache_cli = AppGroup("cache", help="Manage the cache.")
 jobs_cli = AppGroup("jobs", help="Background jobs.")
 queue_cli = AppGroup("queue", help="Queue statistics.")
 breakers_cli = AppGroup("breakers", help="Circuit breakers.")
 
 DEMO_EMAIL = "demo@luca.local"
+# Longer than a request takes from reading a token's row to caching it.
+REVOKE_SETTLE_SECONDS = 1.0
 
 
 def find_user(email: str) -> User:
@@ -78,25 +82,86 @@ def create_token(email: str, name: str) -> None:
     click.echo(token)
 
 
-@tokens_cli.command("revoke")
-@click.argument("token", required=False)
-@click.option("--all", "all_for", metavar="EMAIL", help="Revoke every token of this user instead.")
-def revoke_token(token: str | None, all_for: str | None) -> None:
-    """Revoke one token (given in full), or every token of a user with --all EMAIL."""
-    if bool(token) == bool(all_for):
-        raise click.UsageError("give either a TOKEN or --all EMAIL")
-    stmt = update(ApiToken).where(ApiToken.revoked_at.is_(None)).values(revoked_at=utcnow())
-    if token:
-        stmt = stmt.where(ApiToken.token_hash == hash_token(token.strip()))
+@tokens_cli.command("list")
+@click.argument("email")
+def list_tokens(email: str) -> None:
+    """List a user's live tokens: the id `tokens revoke --id` takes, prefix, name, created, last used."""
+    user = find_user(email)
+    rows = db.session.execute(select(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+                              .order_by(ApiToken.id)).scalars().all()
+    click.echo(f"{'id':>6}  {'prefix':<14}{'name':<24}{'created':<21}last used")
+    for row in rows:
+        last_used = f"{row.last_used_at:%Y-%m-%d %H:%M:%S}" if row.last_used_at else "never"
+        click.echo(f"{row.id:>6}  {row.prefix + '…':<14}{row.name or '-':<24}{row.created_at:%Y-%m-%d %H:%M:%S}  {last_used}")
+    click.echo(f"{len(rows)} live token{'s' if len(rows) != 1 else ''} of {user.email}")
+
+
+def forget_revoked(token_hashes: list[str]) -> bool:
+    """Drop the tokens' cached copies, and with Redis once more a moment later; False if Redis did not answer.
+
+    A request that read a token just before its revocation was committed may write it to
+    Redis just after the first deletion; the second one removes that copy.
+    """
+    if not forget_tokens(token_hashes):
+        return False
+    if get_cache().shared is None:
+        return True
+    time.sleep(REVOKE_SETTLE_SECONDS)
+    return forget_tokens(token_hashes)
+
+
+def read_token(source: str | None) -> str:
+    """The token to revoke: from standard input with "-", else asked for without echo."""
+    if source == "-":
+        token = sys.stdin.read().strip()
     else:
-        stmt = stmt.where(ApiToken.user_id == find_user(all_for or "").id)
-    hashes = list(db.session.execute(stmt.returning(ApiToken.token_hash)).scalars())
+        token = click.prompt("API token to revoke", hide_input=True).strip()
+    if not token:
+        raise click.UsageError("no token was given")
+    return token
+
+
+@tokens_cli.command("revoke")
+@click.argument("source", required=False, metavar="[-]")
+@click.option("--id", "token_id", type=int, help="Revoke the token with this id (see `tokens list EMAIL`).")
+@click.option("--all", "all_for", metavar="EMAIL", help="Revoke every token of this user.")
+def revoke_token(source: str | None, token_id: int | None, all_for: str | None) -> None:
+    """Revoke one token by --id, every token of a user with --all EMAIL, or the token read from standard input (-) or a prompt.
+
+    The token itself is never taken as an argument: arguments end up in shell histories and
+    process lists. Exits non-zero when Redis is configured but could not be reached, because
+    other processes may then accept the token until its cached copy expires (CACHE_TTL).
+    """
+    if source not in (None, "-"):
+        raise click.UsageError("the token is read from standard input (`tokens revoke -`) or a hidden prompt, "
+                               "never from the command line; or give --id N (see `tokens list EMAIL`)")
+    if sum(x is not None for x in (source, token_id, all_for)) > 1:
+        raise click.UsageError("give one of -, --id N or --all EMAIL")
+    target = select(ApiToken.id, ApiToken.token_hash, ApiToken.revoked_at)
+    if token_id is not None:
+        target = target.where(ApiToken.id == token_id)
+    elif all_for is not None:
+        target = target.where(ApiToken.user_id == find_user(all_for).id)
+    else:
+        target = target.where(ApiToken.token_hash == hash_token(read_token(source)))
+    rows = db.session.execute(target).all()
+    if not rows:
+        raise click.ClickException("no token matches")
+    live = [row.id for row in rows if row.revoked_at is None]
+    if live:
+        db.session.execute(update(ApiToken).where(ApiToken.id.in_(live), ApiToken.revoked_at.is_(None))
+                           .values(revoked_at=utcnow()))
     db.session.commit()
-    forget_tokens(hashes)
-    revoked = len(hashes)
-    if token and revoked == 0:
-        raise click.ClickException("no live token matches")
-    click.echo(f"revoked {revoked} token{'s' if revoked != 1 else ''}")
+    # Cached copies of already revoked tokens go too, so running the command again finishes the job.
+    if not forget_revoked([row.token_hash for row in rows]):
+        raise click.ClickException(
+            f"{len(live)} token{'s' if len(live) != 1 else ''} revoked in the database, but Redis could not be "
+            f"reached to drop the cached copies: other processes may accept "
+            f"{'them' if len(rows) != 1 else 'it'} for up to {current_app.config['CACHE_TTL']} seconds "
+            "(CACHE_TTL). Run the same command again once Redis answers.")
+    already = len(rows) - len(live)
+    click.echo(f"revoked {len(live)} token{'s' if len(live) != 1 else ''}"
+               + (f" ({already} already revoked)" if already else ""))
 
 
 @cache_cli.command("clear")

@@ -1,17 +1,22 @@
-"""Rate limits (Flask-Limiter): messages and uploads per user, failed authentication per client address.
+"""Rate limits (Flask-Limiter and limits): messages and uploads per user, failed authentication per client address.
 
 Budgets (config.py):
 - RATE_LIMIT_MESSAGES, per signed-in user, shared by sending a message and retrying an answer;
 - RATE_LIMIT_UPLOADS, per signed-in user, for uploading documents (every call of these counts,
   also one refused afterwards with 4xx or 503);
-- RATE_LIMIT_AUTH_FAILURES, per client address: only answers 401 (a missing, wrong or revoked
-  bearer token on the API, wrong Basic credentials on /admin/rq) use it up. Once an address has
-  used it up, every request from it to an endpoint that needs authentication is 429 until the
-  window ends, even with a valid token: the check runs before the credentials are looked at, so
-  an attacker cannot tell a right guess from a wrong one while blocked.
+- RATE_LIMIT_AUTH_FAILURES, per client address: only credentials that were sent and found wrong
+  (a wrong or revoked bearer token on the API, wrong Basic credentials on any path and method
+  under /admin/rq) use it up, and only they are refused once it is used up — 429 instead of 401.
+  The check and the count happen in refuse_credentials(), where the credentials are found
+  wrong, so a request with valid credentials is never refused by it, whoever failed before it
+  from the same address (behind a router that may be every user). Missing credentials are no
+  attempt and cost nothing. Tokens are 256-bit random, so the budget does not protect them from
+  guessing; it makes a client that keeps failing back off.
 
-Nothing else is limited: requests outside the API's blueprints and rq-dashboard (/healthz,
-/readyz, /metrics, /api/docs...) never reach a limit.
+The client address is request.remote_addr: the socket's peer, or with TRUSTED_PROXY_HOPS the
+address werkzeug's ProxyFix took from X-Forwarded-For (see create_app).
+
+Nothing else is limited: Flask-Limiter looks only at views decorated with @rate_limit.
 
 One Limiter per app (app.extensions["luca.limiter"]): a Limiter keeps one storage, one strategy
 and one `enabled` flag, and init_app() on a second app replaces them, so a module-level
@@ -22,7 +27,9 @@ Storage: Redis at RATE_LIMIT_STORAGE_URL, else REDIS_URL (keys under `<REDIS_KEY
 through a client with short timeouts and the `redis` breaker; "memory://" without Redis. When
 Redis fails, Flask-Limiter switches to an in-memory copy of the same limits (counted per process,
 from zero) and pings Redis now and then to switch back; the ping is skipped while the breaker is
-open, so a dead Redis costs a request at most two REDIS_SOCKET_TIMEOUTs, now and then.
+open, so a dead Redis costs a request at most two REDIS_SOCKET_TIMEOUTs, now and then. The
+failed-authentication budget uses the same storage through limits' fixed-window strategy, and
+process memory for each failure Redis does not take.
 """
 from __future__ import annotations
 
@@ -32,21 +39,22 @@ import threading
 import time
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, current_app, g, request
 from flask.typing import ResponseReturnValue
-from flask_limiter import ApplicationLimit, Limiter, RateLimitExceeded
-from limits import parse_many
-from limits.storage import RedisStorage
+from flask_limiter import Limiter, RateLimitExceeded
+from limits import RateLimitItem, parse_many
+from limits.storage import MemoryStorage, RedisStorage
+from limits.strategies import FixedWindowRateLimiter
 from redis import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from luca.breakers import Breaker, get_breakers
-from luca.errors import error_response
+from luca.errors import APIError, error_response
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +66,8 @@ BUDGETS = {
     "messages": ("RATE_LIMIT_MESSAGES", "too many messages"),
     "uploads": ("RATE_LIMIT_UPLOADS", "too many uploads"),
 }
-# Blueprints whose every request needs credentials (rq_dashboard: Basic auth, see admin/dashboard.py).
-AUTHENTICATED_BLUEPRINTS = frozenset({"conversations", "admin", "rq_dashboard"})
+AUTH_FAILURES_SCOPE = "auth-failures"
+AUTH_FAILURES_MESSAGE = "too many failed authentication attempts from this address"
 REDIS_SCHEMES = ("redis", "rediss", "unix")  # the schemes redis.from_url() takes
 
 
@@ -95,12 +103,7 @@ class GuardedRedisStorage(RedisStorage):
 
 
 def client_address() -> str:
-    """The client's address, which the failed-authentication budget is kept by.
-
-    This is the socket's peer. Behind Render's or Heroku's router that is the router, so all
-    clients would share one budget: the real address needs werkzeug's ProxyFix, set for exactly
-    the number of proxies in front (X-Forwarded-For is forgeable beyond them).
-    """
+    """The client's address: the socket's peer, or with TRUSTED_PROXY_HOPS the one ProxyFix found."""
     return request.remote_addr or "unknown"
 
 
@@ -110,14 +113,10 @@ def user_key() -> str:
     return f"user:{user.id}" if user is not None else f"address:{client_address()}"
 
 
-def needs_authentication() -> bool:
-    """Whether the request is for an endpoint behind a bearer token or rq-dashboard's Basic auth."""
-    return request.blueprint in AUTHENTICATED_BLUEPRINTS
-
-
-def failed_authentication(response: Response) -> bool:
-    """Whether the answer says the credentials were missing or wrong."""
-    return response.status_code == 401
+def unlimited_request() -> bool:
+    """Whether the request's view carries no @rate_limit (Flask-Limiter then does nothing for it)."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    return getattr(view, "rate_limit_budget", None) is None
 
 
 def storage_settings(app: Flask) -> tuple[str, dict[str, Any]]:
@@ -155,21 +154,13 @@ def limits_redis(app: Flask, url: str) -> Redis:
 
 
 def make_limiter(app: Flask) -> Limiter:
-    """A Limiter for app: no default limits, the failed-authentication budget, Redis or memory storage."""
+    """A Limiter for app: no default limits, Redis or memory storage."""
     config = app.config
     for setting in ("RATE_LIMIT_MESSAGES", "RATE_LIMIT_UPLOADS", "RATE_LIMIT_AUTH_FAILURES"):
         parse_many(config[setting])  # a malformed limit fails at start-up, not silently per request
     uri, options = storage_settings(app)
-    auth_failures = ApplicationLimit(
-        limit_provider=config["RATE_LIMIT_AUTH_FAILURES"],
-        key_function=client_address,
-        scope="auth-failures",
-        deduct_when=failed_authentication,  # tested before the request, counted only after a 401
-        error_message="too many failed authentication attempts from this address",
-    )
     limiter = Limiter(
         key_func=client_address,
-        application_limits=[auth_failures],
         strategy="fixed-window",
         storage_uri=uri,
         storage_options=options,
@@ -178,8 +169,65 @@ def make_limiter(app: Flask) -> Limiter:
         headers_enabled=False,  # no X-RateLimit-* headers (each would cost a Redis call); Retry-After on 429
         enabled=bool(config["RATE_LIMITS_ENABLED"]),
     )
-    limiter.request_filter(lambda: not needs_authentication())
+    limiter.request_filter(unlimited_request)
     return limiter
+
+
+class FailureBudget:
+    """The failed-authentication budget of each client address, on the Limiter's storage (memory while that fails)."""
+
+    def __init__(self, app: Flask, limiter: Limiter) -> None:
+        self.setting = app.config["RATE_LIMIT_AUTH_FAILURES"]
+        self.items = parse_many(self.setting)
+        self.strategies: list[FixedWindowRateLimiter] = []
+        if limiter.enabled:  # a disabled Limiter has no storage
+            self.strategies.append(FixedWindowRateLimiter(limiter.storage))
+            if not isinstance(limiter.storage, MemoryStorage):
+                self.strategies.append(FixedWindowRateLimiter(MemoryStorage()))
+        self._failing: set[int] = set()  # the strategies whose storage failed last time (logged once)
+
+    def spend(self, address: str) -> int | None:
+        """Count one failure of address; None while within budget, else the seconds until it may try again."""
+        for index, strategy in enumerate(self.strategies):
+            try:
+                wait = self._spend(strategy, address)
+            except Exception as exc:  # noqa: BLE001 - a storage failure: count in memory, never a 500
+                if index not in self._failing:
+                    self._failing.add(index)
+                    log.warning("failed-authentication budget: %s storage failed (%s); counting in memory",
+                                type(strategy.storage).__name__, type(exc).__name__)
+                continue
+            self._failing.discard(index)
+            return wait
+        return None
+
+    def _spend(self, strategy: FixedWindowRateLimiter, address: str) -> int | None:
+        """Hit every item of the budget; the longest wait among those used up, or None."""
+        waits = [self._wait(strategy, item, address) for item in self.items
+                 if not strategy.hit(item, address, AUTH_FAILURES_SCOPE)]
+        return max(waits) if waits else None
+
+    @staticmethod
+    def _wait(strategy: FixedWindowRateLimiter, item: RateLimitItem, address: str) -> int:
+        """Whole seconds until item's window for address ends (at least 1)."""
+        reset_at = strategy.get_window_stats(item, address, AUTH_FAILURES_SCOPE).reset_time
+        return max(1, math.ceil(reset_at - time.time()))
+
+
+def refuse_credentials(error: APIError) -> NoReturn:
+    """Credentials were sent and are wrong: count it for the client's address and raise error (a 401).
+
+    Once the address has used up RATE_LIMIT_AUTH_FAILURES, the refusal is a 429 instead, with
+    Retry-After. Call this only for credentials found wrong, never for valid ones.
+    """
+    state = current_app.extensions.get(EXTENSION)
+    if state is not None:
+        budget = state.auth_failures
+        wait = budget.spend(client_address())
+        if wait is not None:
+            raise APIError(429, "rate_limited", limited_message(AUTH_FAILURES_MESSAGE, budget.setting, wait),
+                           headers={"Retry-After": str(wait)})
+    raise error
 
 
 class AppLimits:
@@ -187,6 +235,7 @@ class AppLimits:
 
     def __init__(self, app: Flask, limiter: Limiter) -> None:
         self.limiter = limiter
+        self.auth_failures = FailureBudget(app, limiter)
         self._limits = {
             budget: limiter.shared_limit(app.config[setting], scope=budget, key_func=user_key,
                                          error_message=message)
@@ -219,6 +268,7 @@ def rate_limit(budget: str) -> Callable[[F], F]:
                 return view(*args, **kwargs)
             return state.limited(budget, view)(*args, **kwargs)
 
+        limited_view.rate_limit_budget = budget  # type: ignore[attr-defined]  (read by unlimited_request)
         return limited_view  # type: ignore[return-value]
 
     return decorate
@@ -246,11 +296,15 @@ def retry_after(exc: RateLimitExceeded) -> int:
     return max(1, math.ceil(reset_at - time.time()))
 
 
+def limited_message(description: str, limit: object, wait: int) -> str:
+    """What a client is told when a budget is used up: which one, its limit, and how long to wait."""
+    return f"{description} (limit: {limit}); try again in {wait} seconds"
+
+
 def handle_rate_limited(exc: RateLimitExceeded) -> ResponseReturnValue:
     """A used-up budget: 429 in Luca's error shape with Retry-After."""
     wait = retry_after(exc)
-    return error_response(429, "rate_limited",
-                          f"{exc.description} (limit: {exc.limit.limit}); try again in {wait} seconds",
+    return error_response(429, "rate_limited", limited_message(exc.description or "", exc.limit.limit, wait),
                           headers={"Retry-After": str(wait)})
 
 
@@ -259,27 +313,10 @@ def register_limits(app: Flask) -> Limiter:
     if EXTENSION in app.extensions:
         return app.extensions[EXTENSION].limiter
     limiter = make_limiter(app)
-    hooks_before = list(app.before_request_funcs.get(None, []))
     limiter.init_app(app)
-    run_before_dashboard_guard(app, [f for f in app.before_request_funcs.get(None, []) if f not in hooks_before])
     app.extensions[EXTENSION] = AppLimits(app, limiter)
     app.register_error_handler(RateLimitExceeded, handle_rate_limited)
     log.info("rate limits %s (storage %s)", "on" if limiter.enabled else "off",
              type(limiter.storage).__name__ if limiter.enabled else "none")
     return limiter
 
-
-def run_before_dashboard_guard(app: Flask, hooks: list[Callable[..., Any]]) -> None:
-    """Move the Limiter's before_request hooks ahead of rq-dashboard's auth guard when it is already there.
-
-    Otherwise a failed Basic auth would answer 401 before the failed-authentication budget was
-    tested, and would not count.
-    """
-    from luca.admin.dashboard import guard_dashboard
-
-    funcs = app.before_request_funcs.get(None, [])
-    if guard_dashboard not in funcs:
-        return
-    for hook in hooks:
-        funcs.remove(hook)
-        funcs.insert(funcs.index(guard_dashboard), hook)

@@ -9,7 +9,11 @@ configure_logging(app) is called by create_app for every app; it is safe to call
   JSON object per line: time, level, logger, message, exc_info, request_id and extra fields.
 - RedactSecrets, on every handler Luca configures and on the root logger's existing
   handlers, rewrites each record so that API tokens, Authorization values, passwords in
-  URLs and DSNs, provider keys and the app's configured secret values never reach a line.
+  URLs and DSNs, provider keys and the app's configured secret values never reach a line,
+  and so that no value a client sent can start a line: control characters in the message
+  and the extra fields are written as escapes (a newline as \\n), and every line of a
+  traceback is indented (a log line never starts with a space). gunicorn's access log goes
+  through the same filter.
 - Every request gets an id (a sane incoming X-Request-ID, else a new one) in g.request_id,
   echoed in the X-Request-ID response header and added to JSON log lines.
 """
@@ -88,6 +92,7 @@ class _SecretValues:
 
 _secret_values = _SecretValues()
 _handler: logging.Handler | None = None  # the root handler Luca installed, once per process
+_gunicorn_formatter: logging.Formatter | None = None  # the format the last configured app chose
 
 
 def _redact_basic(match: re.Match[str]) -> str:
@@ -145,25 +150,39 @@ def configured_secrets(config: Mapping[str, Any]) -> Iterator[Any]:
 
 _plain_formatter = logging.Formatter()
 
+# C0 controls, DEL, C1 controls and Unicode's line and paragraph separators, as escapes.
+_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))} | {
+    ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def escape_controls(text: str) -> str:
+    """text with its control characters written as escapes (\\n, \\r, \\t, \\x1b, ...), so it stays on one line."""
+    return text.translate(_CONTROL_ESCAPES)
+
+
+def indent_lines(text: str) -> str:
+    """A multi-line text (a traceback) on its own lines, each indented, control characters otherwise escaped."""
+    return "\n".join("  " + escape_controls(line) for line in text.split("\n"))
+
 
 def redact_record(record: logging.LogRecord) -> None:
-    """Redact a record in place, once: its message (args merged in), exception text and stack."""
+    """Redact and escape a record in place, once: its message (args merged in), exception text and stack."""
     if getattr(record, _REDACTED_MARK, False):
         return
     try:
         message = record.getMessage()
     except Exception:  # noqa: BLE001 - a bad format string must not break the log call
         message = f"{record.msg!s} (unformattable arguments: {record.args!r})"
-    record.msg, record.args = redact(message), None
+    record.msg, record.args = escape_controls(redact(message)), None
     if record.exc_info and not record.exc_text:
         try:
             record.exc_text = _plain_formatter.formatException(record.exc_info)
         except Exception:  # noqa: BLE001 - nor may an exception that cannot be printed
             record.exc_text = f"{record.exc_info[0]!r} (traceback could not be formatted)"
     if record.exc_text:
-        record.exc_text = redact(record.exc_text)
+        record.exc_text = indent_lines(redact(record.exc_text))
     if record.stack_info:
-        record.stack_info = redact(record.stack_info)
+        record.stack_info = indent_lines(redact(record.stack_info))
     setattr(record, _REDACTED_MARK, True)
 
 
@@ -189,16 +208,16 @@ class TextFormatter(logging.Formatter):
 
 
 def _jsonable(value: Any) -> Any:
-    """A JSON-ready copy of an extra field's value, with strings redacted."""
+    """A JSON-ready copy of an extra field's value, with strings redacted and escaped like the message."""
     if value is None or isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, str):
-        return redact(value)
+        return escape_controls(redact(value))
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {escape_controls(str(k)): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         return [_jsonable(v) for v in value]
-    return redact(str(value))
+    return escape_controls(redact(str(value)))
 
 
 def current_request_id() -> str | None:
@@ -281,9 +300,24 @@ def _add_request_ids(app: Flask) -> None:
         return response
 
 
+def guard_gunicorn_logs() -> None:
+    """Put the redaction filter, and Luca's format once an app chose it, on gunicorn's handlers.
+
+    configure_logging() calls it; so does gunicorn.conf.py's logger class after every setup,
+    since gunicorn replaces its handlers when it reloads its configuration (HUP).
+    """
+    for name in GUNICORN_LOGGERS:
+        logger = logging.Logger.manager.loggerDict.get(name)
+        if isinstance(logger, logging.Logger):
+            for handler in logger.handlers:
+                if _gunicorn_formatter is not None:
+                    handler.setFormatter(_gunicorn_formatter)
+                _add_redaction(handler)
+
+
 def configure_logging(app: Flask) -> None:
     """Set up logging for app: the stderr handler, format, level, redaction and request ids (idempotent)."""
-    global _handler
+    global _handler, _gunicorn_formatter
     register_secrets(*configured_secrets(app.config))
     log_format = str(app.config.get("LOG_FORMAT") or "text").strip().lower()
     formatter = JsonFormatter() if log_format == "json" else TextFormatter()
@@ -298,12 +332,8 @@ def configure_logging(app: Flask) -> None:
         root.setLevel(level if level is not None else logging.INFO)
     for handler in root.handlers:
         _add_redaction(handler)
-    for name in GUNICORN_LOGGERS:
-        logger = logging.Logger.manager.loggerDict.get(name)
-        if isinstance(logger, logging.Logger):
-            for handler in logger.handlers:
-                handler.setFormatter(formatter)
-                _add_redaction(handler)
+    _gunicorn_formatter = formatter
+    guard_gunicorn_logs()
 
     _add_request_ids(app)
     if log_format not in {"text", "json"}:

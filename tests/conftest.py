@@ -6,6 +6,7 @@ which turns a missing service into a failure.
 """
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import threading
@@ -171,6 +172,27 @@ def redis_target() -> Iterator[RedisTarget]:
     if keys:
         client.delete(*keys)
     client.close()
+
+
+@pytest.fixture
+def rq_queue(redis_target: RedisTarget) -> Iterator[Any]:
+    """A uniquely named RQ queue on the test Redis holding one job; deleted afterwards."""
+    import redis
+    from rq import Queue
+
+    connection = redis.Redis.from_url(redis_target.url)
+    queue = Queue(f"test-{uuid.uuid4().hex[:8]}", connection=connection)
+    try:
+        queue.enqueue("builtins.len", "abc")
+        yield queue
+    finally:
+        queue.delete(delete_jobs=True)
+        connection.close()
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    """An Authorization header with HTTP Basic credentials."""
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 @pytest.fixture

@@ -55,9 +55,13 @@ def wait_for_http(url: str, timeout: float = 30) -> None:
 
 @contextmanager
 def gunicorn(env: dict[str, str], *extra: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Run gunicorn with the project's config on a free port; yield its base URL and process."""
+    """Run gunicorn with the project's config on a free port; yield its base URL and process.
+
+    No access log unless env names one in GUNICORN_ACCESS_LOG (a file: nobody reads the pipe
+    while gunicorn runs).
+    """
     port = free_port()
-    env = {**env, "PORT": str(port), "HOST": "127.0.0.1", "GUNICORN_ACCESS_LOG": ""}
+    env = {"GUNICORN_ACCESS_LOG": "", **env, "PORT": str(port), "HOST": "127.0.0.1"}
     process = subprocess.Popen([str(BIN / "gunicorn"), "wsgi:app", "-c", "gunicorn.conf.py", *extra],
                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"

@@ -120,7 +120,7 @@ def test_changes_in_one_instance_are_seen_at_once_in_another(app_factory, redis_
 def test_a_revoked_token_stops_working_at_once_even_when_cached(tier_app) -> None:
     api = signed(tier_app)
     assert api.get("/api/me").status_code == 200
-    tier_app.test_cli_runner().invoke(args=["tokens", "revoke", api.token])
+    tier_app.test_cli_runner().invoke(args=["tokens", "revoke", "-"], input=api.token)
     assert api.get("/api/me").status_code == 401
 
 

@@ -1,8 +1,7 @@
 """rq-dashboard at /admin/rq: HTTP Basic auth with an admin's email and API token, on the app's Redis."""
 from __future__ import annotations
 
-import base64
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from uuid import uuid4
 
 import pytest
@@ -11,15 +10,10 @@ from flask import Flask
 from rq import Queue
 
 from luca.admin.dashboard import dashboard_redis_url, guard_dashboard, register_dashboard
-from tests.conftest import RedisTarget, create_user
+from tests.conftest import RedisTarget, basic, create_user
 
 ADMIN = "ops@example.com"
 REALM = 'Basic realm="Luca operators", charset="UTF-8"'
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    """An Authorization header with HTTP Basic credentials."""
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 def with_dashboard(app: Flask) -> Flask:
@@ -39,19 +33,6 @@ def dash_app(app_factory: Callable[..., Flask], redis_target: RedisTarget) -> Fl
 def admin_token(dash_app: Flask) -> str:
     """An API token of an admin."""
     return create_user(dash_app, ADMIN, admin=True)[1]
-
-
-@pytest.fixture
-def queue(redis_target: RedisTarget) -> Iterator[Queue]:
-    """A uniquely named RQ queue holding one job; deleted afterwards."""
-    connection = redis.Redis.from_url(redis_target.url)
-    queue = Queue(f"test-{uuid4().hex[:8]}", connection=connection)
-    try:
-        queue.enqueue("builtins.len", "abc")
-        yield queue
-    finally:
-        queue.delete(delete_jobs=True)
-        connection.close()
 
 
 def test_no_credentials_is_401_with_basic_challenge(dash_app: Flask) -> None:
@@ -96,11 +77,11 @@ def test_admin_sees_the_dashboard_page_and_static_files(dash_app: Flask, admin_t
     css.close()
 
 
-def test_admin_queues_json_lists_an_enqueued_queue(dash_app: Flask, admin_token: str, queue: Queue) -> None:
+def test_admin_queues_json_lists_an_enqueued_queue(dash_app: Flask, admin_token: str, rq_queue: Queue) -> None:
     response = dash_app.test_client().get("/admin/rq/0/data/queues.json", headers=basic(ADMIN, admin_token))
     assert response.status_code == 200
     counts = {q["name"]: q["count"] for q in response.get_json()["queues"]}
-    assert counts[queue.name] == 1
+    assert counts[rq_queue.name] == 1
 
 
 def test_unknown_redis_instance_is_404(dash_app: Flask, admin_token: str) -> None:
@@ -109,24 +90,24 @@ def test_unknown_redis_instance_is_404(dash_app: Flask, admin_token: str) -> Non
     assert response.get_json()["error"]["code"] == "not_found"
 
 
-def test_cross_site_write_is_403_and_changes_nothing(dash_app: Flask, admin_token: str, queue: Queue) -> None:
+def test_cross_site_write_is_403_and_changes_nothing(dash_app: Flask, admin_token: str, rq_queue: Queue) -> None:
     headers = {**basic(ADMIN, admin_token), "Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
-    response = dash_app.test_client().post(f"/admin/rq/queue/{queue.name}/queued/empty", headers=headers)
+    response = dash_app.test_client().post(f"/admin/rq/queue/{rq_queue.name}/queued/empty", headers=headers)
     assert response.status_code == 403
-    assert queue.count == 1
+    assert rq_queue.count == 1
 
 
-def test_same_origin_write_works(dash_app: Flask, admin_token: str, queue: Queue) -> None:
+def test_same_origin_write_works(dash_app: Flask, admin_token: str, rq_queue: Queue) -> None:
     headers = {**basic(ADMIN, admin_token), "Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"}
-    response = dash_app.test_client().post(f"/admin/rq/queue/{queue.name}/queued/empty", headers=headers)
+    response = dash_app.test_client().post(f"/admin/rq/queue/{rq_queue.name}/queued/empty", headers=headers)
     assert response.status_code == 200, response.get_data(as_text=True)
-    assert queue.count == 0
+    assert rq_queue.count == 0
 
 
 def test_revoked_token_is_401(dash_app: Flask, admin_token: str) -> None:
     client = dash_app.test_client()
     assert client.get("/admin/rq/", headers=basic(ADMIN, admin_token)).status_code == 200
-    result = dash_app.test_cli_runner().invoke(args=["tokens", "revoke", admin_token])
+    result = dash_app.test_cli_runner().invoke(args=["tokens", "revoke", "-"], input=admin_token)
     assert result.exit_code == 0, result.output
     assert client.get("/admin/rq/", headers=basic(ADMIN, admin_token)).status_code == 401
 

@@ -58,6 +58,12 @@ def test_render_wires_the_database_and_redis_into_both_services() -> None:
         assert {"fromGroup": "luca-ai"} in service["envVars"]
 
 
+def test_render_trusts_one_proxy_hop_on_the_web_service_and_the_readme_says_so_for_heroku() -> None:
+    web = next(s for s in render()["services"] if s["type"] == "web")
+    assert {"key": "TRUSTED_PROXY_HOPS", "value": 1} in web["envVars"]
+    assert "TRUSTED_PROXY_HOPS=1" in (ROOT / "README.md").read_text().split("### Heroku")[1].split("###")[0]
+
+
 def test_the_gunicorn_config_loads_the_app(tmp_path: Path) -> None:
     env = luca_env(DATABASE_URL=f"sqlite:///{tmp_path / 'luca.db'}")
     result = subprocess.run([str(BIN / "gunicorn"), "--check-config", "wsgi:app", "-c", "gunicorn.conf.py"],

@@ -1,7 +1,6 @@
 """Rate limits: messages and uploads per user, failed authentication per client address, Redis or memory."""
 from __future__ import annotations
 
-import base64
 import socket
 import time
 import uuid
@@ -11,10 +10,13 @@ from typing import Any
 import pytest
 from flask import Flask
 from redis.exceptions import RedisError
+from sqlalchemy import select
 
 from luca.breakers import get_breakers
+from luca.extensions import db
 from luca.limits import GuardedRedisStorage, get_limiter, register_limits
-from tests.conftest import Api, RedisTarget, create_user
+from luca.models import ApiToken
+from tests.conftest import Api, RedisTarget, basic, create_user
 
 OTHER_ADDRESS = {"REMOTE_ADDR": "10.0.0.2"}
 
@@ -101,30 +103,60 @@ def test_the_upload_past_the_budget_is_429(app_factory) -> None:
     assert send(api, api.new_conversation()["id"], 1) == [201]  # uploads and messages are separate budgets
 
 
-def test_failed_authentication_is_limited_per_address(app_factory) -> None:
-    app = limited_app(app_factory, RATE_LIMIT_AUTH_FAILURES="3 per 15 minutes")
-    api, revoked = signed(app), signed(app)
-    assert app.test_cli_runner().invoke(args=["tokens", "revoke", revoked.token]).exit_code == 0
-    client = app.test_client()
-    # A missing, a wrong and a revoked token each use up one attempt.
-    assert client.get("/api/me").status_code == 401
-    assert bad_token(client).status_code == 401
-    assert revoked.get("/api/conversations").status_code == 401
-    response = bad_token(client)
+def test_ten_wrong_tokens_then_a_valid_one_from_that_address_is_200_and_an_eleventh_wrong_one_429(
+        app_factory) -> None:
+    app = limited_app(app_factory)  # RATE_LIMIT_AUTH_FAILURES: 10 per 15 minutes
+    api = signed(app)
+    assert [bad_token(api.client).status_code for _ in range(10)] == [401] * 10
+    assert api.get("/api/me").status_code == 200
+    response = bad_token(api.client)
     assert_rate_limited(response)
     assert 800 < int(response.headers["Retry-After"]) <= 900
-    # The address is blocked for every endpoint that needs a token, even with a valid one.
-    assert_rate_limited(api.get("/api/me"))
-    # Another address is not.
+    message = response.get_json()["error"]["message"]
+    assert "failed authentication" in message and "10 per 15 minutes" in message
+
+
+def test_while_an_address_is_blocked_valid_tokens_from_it_still_work(app_factory) -> None:
+    app = limited_app(app_factory, RATE_LIMIT_AUTH_FAILURES="1 per 15 minutes")
+    api, admin = signed(app), Api(app.test_client(), *reversed(create_user(app, "limits-admin@example.com", True)))
+    assert [bad_token(api.client).status_code for _ in range(2)] == [401, 429]
+    assert [api.get(path).status_code for path in ("/api/me", "/api/conversations")] == [200, 200]
+    assert api.get("/api/admin/users").status_code == 403  # refused, but authenticated: neither 429 nor counted
+    assert admin.get("/api/admin/users").status_code == 200
+    assert_rate_limited(bad_token(api.client))
+
+
+def test_a_revoked_token_counts_as_a_failure(app_factory) -> None:
+    app = limited_app(app_factory, RATE_LIMIT_AUTH_FAILURES="1 per 15 minutes")
+    revoked = signed(app)
+    with app.app_context():
+        token_id = db.session.execute(select(ApiToken.id).where(ApiToken.user_id == revoked.user_id)).scalar_one()
+    assert app.test_cli_runner().invoke(args=["tokens", "revoke", "--id", str(token_id)]).exit_code == 0
+    assert revoked.get("/api/me").status_code == 401
+    assert_rate_limited(revoked.get("/api/me"))
+
+
+def test_missing_credentials_are_no_attempt_and_cost_nothing(app_factory) -> None:
+    app = limited_app(app_factory, RATE_LIMIT_AUTH_FAILURES="1 per 15 minutes")
+    client = app.test_client()
+    assert [client.get("/api/me").status_code for _ in range(5)] == [401] * 5
+    assert client.get("/admin/rq/").status_code == 401
+    assert bad_token(client).status_code == 401
+    assert_rate_limited(bad_token(client))
+    assert client.get("/api/me").status_code == 401  # still no attempt, so not refused as one
+
+
+def test_another_address_has_its_own_budget(app_factory) -> None:
+    app = limited_app(app_factory, RATE_LIMIT_AUTH_FAILURES="1 per 15 minutes")
+    client = app.test_client()
+    assert [bad_token(client).status_code for _ in range(2)] == [401, 429]
     assert bad_token(client, environ_base=OTHER_ADDRESS).status_code == 401
-    assert api.get("/api/me", environ_base=OTHER_ADDRESS).status_code == 200
 
 
 def test_successful_requests_never_use_the_failure_budget(app_factory) -> None:
     app = limited_app(app_factory, RATE_LIMIT_AUTH_FAILURES="3 per 15 minutes")
     api = signed(app)
     assert [api.get("/api/me").status_code for _ in range(10)] == [200] * 10
-    assert api.get("/api/admin/users").status_code == 403  # refused, but authenticated: not a failure
     assert [bad_token(api.client).status_code for _ in range(3)] == [401] * 3
     assert_rate_limited(bad_token(api.client))
 
@@ -134,19 +166,60 @@ def test_endpoints_without_authentication_are_never_limited(app_factory) -> None
     client = app.test_client()
     assert bad_token(client).status_code == 401
     assert_rate_limited(bad_token(client))
-    assert client.get("/api/openapi.json").status_code == 200
-    for path in ("/healthz", "/readyz", "/metrics"):
-        assert client.get(path).status_code != 429
+    for path in ("/api/openapi.json", "/api/docs", "/healthz", "/readyz", "/metrics", "/"):
+        assert client.get(path).status_code == 200, path
 
 
-def test_failed_dashboard_sign_ins_use_the_same_budget(app_factory) -> None:
-    app = limited_app(app_factory, RATE_LIMIT_AUTH_FAILURES="3 per 15 minutes")
+def forwarded_for(address: str) -> dict[str, str]:
+    """The header a router adds: the address it got the request from, after whatever the client sent."""
+    return {"Authorization": "Bearer luca_wrong", "X-Forwarded-For": address}
+
+
+def test_with_one_trusted_proxy_the_budget_follows_x_forwarded_for(app_factory) -> None:
+    app = limited_app(app_factory, TRUSTED_PROXY_HOPS=1, RATE_LIMIT_AUTH_FAILURES="2 per 15 minutes")
+    router = app.test_client()  # every request comes from the router's one address
+    assert [router.get("/api/me", headers=forwarded_for("203.0.113.7")).status_code for _ in range(2)] == [401] * 2
+    assert_rate_limited(router.get("/api/me", headers=forwarded_for("203.0.113.7")))
+    # What the client wrote before the router's entry is not believed: still 203.0.113.7.
+    assert_rate_limited(router.get("/api/me", headers=forwarded_for("198.51.100.1, 203.0.113.7")))
+    # A second client behind the same router is not limited.
+    assert router.get("/api/me", headers=forwarded_for("203.0.113.8")).status_code == 401
+
+
+def test_without_trusted_proxies_x_forwarded_for_is_ignored(app_factory) -> None:
+    app = limited_app(app_factory, RATE_LIMIT_AUTH_FAILURES="2 per 15 minutes")  # TRUSTED_PROXY_HOPS=0
     client = app.test_client()
-    wrong = {"Authorization": "Basic " + base64.b64encode(b"ops@example.com:luca_wrong").decode()}
-    assert [client.get("/admin/rq/", headers=wrong).status_code for _ in range(2)] == [401, 401]
-    assert bad_token(client).status_code == 401
+    statuses = [client.get("/api/me", headers=forwarded_for(f"203.0.113.{n}")).status_code for n in range(3)]
+    assert statuses == [401, 401, 429]
+
+
+def test_a_negative_trusted_proxy_hops_fails_at_start_up(app_factory) -> None:
+    with pytest.raises(ValueError, match="TRUSTED_PROXY_HOPS"):
+        app_factory(TRUSTED_PROXY_HOPS=-1)
+
+
+def test_failed_dashboard_sign_ins_count_on_every_path_and_method(app_factory) -> None:
+    app = limited_app(app_factory, RATE_LIMIT_AUTH_FAILURES="4 per 15 minutes")
+    _, admin_token = create_user(app, "ops@example.com", admin=True)
+    client = app.test_client()
+    wrong = basic("ops@example.com", "luca_wrong")
+    assert client.get("/admin/rq/0/view/jobs", headers=wrong).status_code == 401
+    assert client.post("/admin/rq/queue/default/queued/empty", headers=wrong).status_code == 401
+    assert client.get("/admin/rq/no/such/page", headers=wrong).status_code == 401
+    assert bad_token(client).status_code == 401  # the API's failures and the dashboard's share the budget
+    assert_rate_limited(client.delete("/admin/rq/job/x/delete", headers=wrong))
     assert_rate_limited(client.get("/admin/rq/", headers=wrong))
-    assert_rate_limited(bad_token(client))
+    # The admin's own credentials from this address are still let in (no Redis here: 503).
+    assert client.get("/admin/rq/", headers=basic("ops@example.com", admin_token)).status_code == 503
+
+
+def test_failed_authentication_counts_are_shared_through_redis(app_factory, redis_target: RedisTarget) -> None:
+    first = limited_app(app_factory, **redis_target.overrides(), RATE_LIMIT_AUTH_FAILURES="2 per 15 minutes")
+    second = limited_app(app_factory, **redis_target.overrides(), RATE_LIMIT_AUTH_FAILURES="2 per 15 minutes")
+    assert [bad_token(first.test_client()).status_code for _ in range(2)] == [401, 401]
+    assert_rate_limited(bad_token(second.test_client()))
+    keys = [key.decode() for key in redis_target.client.scan_iter(match=f"{redis_target.prefix}limits:*")]
+    assert keys == [f"{redis_target.prefix}limits:LIMITER/127.0.0.1/auth-failures/2/15/minute"]
 
 
 def test_limits_hold_across_processes_sharing_redis(app_factory, redis_target: RedisTarget) -> None:

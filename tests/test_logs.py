@@ -191,6 +191,42 @@ def test_gunicorn_loggers_get_the_format_and_the_filter(
     assert line["message"] == '10.0.0.1 "GET /api/me?token=luca_*** HTTP/1.1" 200'
 
 
+# --- control characters ----------------------------------------------------------------------
+
+def test_control_characters_in_a_message_are_escaped_onto_one_line(
+        luca_owns_root: Callable[[], AbstractContextManager[None]], capsys: pytest.CaptureFixture[str]) -> None:
+    with luca_owns_root():
+        configure_logging(bare_app())
+        log.warning("sign-in by %s", "ops\n2024-01-01 00:00:00,000 INFO luca: forged\r\t\x1b[31m\x85\u2028\x00")
+    [line] = capsys.readouterr().err.splitlines()
+    assert TEXT_LINE.match(line).group(3) == (
+        "sign-in by ops\\n2024-01-01 00:00:00,000 INFO luca: forged\\r\\t\\x1b[31m\\x85\\u2028\\x00")
+
+
+def test_control_characters_in_extra_fields_are_escaped(
+        luca_owns_root: Callable[[], AbstractContextManager[None]], capsys: pytest.CaptureFixture[str]) -> None:
+    with luca_owns_root():
+        configure_logging(bare_app(LOG_FORMAT="json"))
+        log.info("probe", extra={"who": "a\nb", "seen": ["c\rd"]})
+    [line] = json_lines(capsys.readouterr().err)
+    assert line["who"] == "a\\nb" and line["seen"] == ["c\\rd"]
+
+
+def test_a_traceback_keeps_its_lines_but_a_message_in_it_cannot_start_one(
+        luca_owns_root: Callable[[], AbstractContextManager[None]], capsys: pytest.CaptureFixture[str]) -> None:
+    with luca_owns_root():
+        configure_logging(bare_app())
+        try:
+            raise ValueError("bad name\n2024-01-01 00:00:00,000 INFO luca: forged")
+        except ValueError:
+            log.exception("request failed")
+    first, *rest = capsys.readouterr().err.splitlines()
+    assert TEXT_LINE.match(first).group(3) == "request failed"
+    assert rest[0] == "  Traceback (most recent call last):" and len(rest) > 2
+    assert all(line.startswith("  ") for line in rest)  # nothing but the record's first line starts a line
+    assert "  2024-01-01 00:00:00,000 INFO luca: forged" in rest
+
+
 # --- one handler per process -----------------------------------------------------------------
 
 def test_many_apps_install_one_handler_and_a_message_is_written_once(

@@ -227,7 +227,7 @@ def test_rate_limited_answers_conform_to_the_openapi_document(app_factory: Calla
     conversation_id = api.new_conversation()["id"]
     send = schema["/api/conversations/{conversation_id}/messages"]["POST"]
     me = schema["/api/me"]["GET"]
-    # ignored_auth would send token-less probes, which spend the failed-authentication budget
+    # ignored_auth would send probes with a wrong token, which spend the failed-authentication budget
     only = {"excluded_checks": [ignored_auth], "app": app}
 
     def ask() -> Any:
@@ -237,4 +237,5 @@ def test_rate_limited_answers_conform_to_the_openapi_document(app_factory: Calla
     assert ask().status_code == 201
     assert ask().status_code == 429  # the user's message budget
     assert me.Case().call_and_validate(headers={"Authorization": "Bearer wrong"}, **only).status_code == 401
-    assert me.Case().call_and_validate(headers=api.headers(), **only).status_code == 429  # this address's
+    assert me.Case().call_and_validate(headers=api.headers(), **only).status_code == 200  # valid: never refused
+    assert me.Case().call_and_validate(headers={"Authorization": "Bearer wrong"}, **only).status_code == 429

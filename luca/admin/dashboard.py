@@ -14,6 +14,7 @@ from rq_dashboard.web import blueprint, setup_rq_connection
 
 from luca.auth import CurrentUser, lookup_token
 from luca.errors import APIError, not_found
+from luca.limits import refuse_credentials
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def basic_auth_user() -> CurrentUser:
     user = lookup_token(auth.password)
     if user is None or user.email.lower() != auth.username.strip().lower():
         log.info("dashboard sign-in refused from %s", request.remote_addr)
-        raise challenge("the email or API token is wrong, or the token was revoked")
+        refuse_credentials(challenge("the email or API token is wrong, or the token was revoked"))
     return user
 
 
@@ -98,5 +99,5 @@ def is_cross_site_write() -> bool:
     if site is not None and site not in {"same-origin", "none"}:
         return True
     origin = request.headers.get("Origin")
-    # Hosts only: without ProxyFix the scheme seen here is http even when the browser used https.
+    # Hosts only: without TRUSTED_PROXY_HOPS the scheme seen here is http even when the browser used https.
     return origin is not None and urlsplit(origin).netloc != request.host

@@ -1,4 +1,4 @@
-"""The two pages and the security headers sent with them and with their static files."""
+"""The two pages and their helpers (luca/headers.py adds the security headers to everything the app serves)."""
 from __future__ import annotations
 
 import os
@@ -6,29 +6,6 @@ import os
 from flask import Response, render_template, request, url_for
 
 from luca.web import bp
-
-# No 'unsafe-inline' anywhere: the pages have no inline scripts, handlers or style attributes.
-CONTENT_SECURITY_POLICY = "; ".join([
-    "default-src 'self'",
-    "script-src 'self'",
-    "style-src 'self'",
-    "img-src 'self' data:",
-    "font-src 'self'",
-    "connect-src 'self'",
-    "object-src 'none'",
-    "base-uri 'none'",
-    "frame-ancestors 'none'",
-    "form-action 'self'",
-])
-
-SECURITY_HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
-}
 
 
 @bp.get("/")
@@ -60,15 +37,12 @@ def template_helpers() -> dict[str, object]:
 
 
 @bp.after_request
-def security_headers(response: Response) -> Response:
-    """Add the security headers to every response of the blueprint: pages, static files, errors."""
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
-    if response.mimetype == "text/html":
-        response.headers.setdefault("Cache-Control", "no-cache")
-    elif request.endpoint == "web.static":
+def revalidate_static_files(response: Response) -> Response:
+    """Make browsers revalidate the web client's static files on every use (security headers: luca/headers.py)."""
+    if request.endpoint == "web.static":
         # The modules import each other by plain relative URL, without web_asset's ?v= (an import
         # map would be an inline script, which the CSP forbids), so every static file is
         # revalidated on use: a 304 while its ETag holds, the new file as soon as it changed.
         response.headers["Cache-Control"] = "no-cache"
     return response
+
