@@ -114,6 +114,7 @@ class Config:
     MAX_MESSAGE_CHARS = env_int("MAX_MESSAGE_CHARS", 20_000)
     MAX_TITLE_CHARS = 200
     MAX_METADATA_BYTES = env_int("MAX_METADATA_BYTES", 16 * 1024)
+    MAX_METADATA_DEPTH = env_int("MAX_METADATA_DEPTH", 32)
 
     REDIS_TLS_VERIFY = env_bool("REDIS_TLS_VERIFY")
     # Every key Luca writes (cache, breakers, locks) starts with this; RQ keeps its own rq: keys.
