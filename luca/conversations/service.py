@@ -16,6 +16,7 @@ from luca.ai.base import Completion
 from luca.cache import get_cache
 from luca.errors import APIError, not_found
 from luca.extensions import db
+from luca.jobs.tasks import hold_title
 from luca.models import Conversation, Message, utcnow
 from luca.pagination import keyset_page
 from luca.schemas import json_depth, storable
@@ -257,6 +258,8 @@ def add_answer(conversation: Conversation, completion: Completion, *, status: st
         conversation, role="assistant", content=completion.text, status=status, provider=completion.provider,
         model=completion.model, tokens_in=completion.tokens_in, tokens_out=completion.tokens_out,
         latency_ms=completion.latency_ms, cached=cached)
+    if status == "complete":
+        hold_title(conversation)  # only when Redis is known down: then the title job rides this transaction
     db.session.commit()
     get_cache().bump_user(conversation.user_id)  # its message pages and search results changed
     return message
