@@ -2,7 +2,8 @@
 
 The database is the truth; the queue is a reminder. Jobs carry ids only, are idempotent,
 and raise on failure so RQ's retries and failed registry see it. If Redis is down when
-work is enqueued, nothing is lost: the reconciler finds the work in the database later.
+work is enqueued, nothing is lost: the job is kept in the database's outbox (luca.jobs.outbox)
+until Redis answers, and the reconciler finds any work whose enqueue was never recorded.
 """
 from __future__ import annotations
 
@@ -103,7 +104,7 @@ class Jobs:
         """Run func(*args) in the background; priority > 0 puts it ahead of every waiting job.
 
         job_id makes the job unique while it is waiting or running. Returns False when
-        the job could not be queued (Redis down): the reconciler will find the work.
+        the job could not be queued (Redis down); `tasks.submit` then keeps it in the outbox.
         """
         spec = QUEUES[kind]
         job_id = self.config["QUEUE_PREFIX"] + job_id
@@ -117,7 +118,7 @@ class Jobs:
             return self.breakers.redis.call_redis(self._enqueue_rq, spec, kind, func, args, job_id,
                                                   priority, replace_stale)
         except (RedisError, OSError) as exc:
-            log.warning("[Queue] Redis unavailable (%s); %s job %s is left for the reconciler",
+            log.warning("[Queue] Redis unavailable (%s); %s job %s is not queued",
                         type(exc).__name__, kind, job_id)
             return False
 
