@@ -114,6 +114,7 @@ class Config:
     MAX_MESSAGE_CHARS = env_int("MAX_MESSAGE_CHARS", 20_000)
     MAX_TITLE_CHARS = 200
     MAX_METADATA_BYTES = env_int("MAX_METADATA_BYTES", 16 * 1024)
+    MAX_METADATA_DEPTH = env_int("MAX_METADATA_DEPTH", 32)
 
     REDIS_TLS_VERIFY = env_bool("REDIS_TLS_VERIFY")
     # Every key Luca writes (cache, breakers, locks) starts with this; RQ keeps its own rq: keys.
@@ -137,6 +138,7 @@ class Config:
     JOBS_RETRY_BACKOFF = env_float("JOBS_RETRY_BACKOFF", 5.0)
     JOBS_RECONCILE_INTERVAL = env_float("JOBS_RECONCILE_INTERVAL", 60.0)
     JOBS_RECONCILE_GRACE = env_float("JOBS_RECONCILE_GRACE", 60.0)
+    JOBS_OUTBOX_INTERVAL = env_float("JOBS_OUTBOX_INTERVAL", 5.0)
     JOBS_STALE_AFTER = env_float("JOBS_STALE_AFTER", 180.0)
     TITLE_JOB_TIMEOUT = env_int("TITLE_JOB_TIMEOUT", 120)
     FILE_JOB_TIMEOUT = env_int("FILE_JOB_TIMEOUT", 60)

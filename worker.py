@@ -3,9 +3,10 @@
     python worker.py            # work until stopped (SIGTERM finishes the current job first)
     python worker.py --burst    # work until the queues are empty, then exit
 
-Besides the queues it runs RQ's scheduler (retries wait there) and, every
-JOBS_RECONCILE_INTERVAL seconds, the reconciler, which enqueues whatever the database
-says is unfinished. Only one worker at a time reconciles (a Redis lock).
+Besides the queues it runs RQ's scheduler (retries wait there), drains the job outbox (jobs
+that Redis could not take while it was down) every JOBS_OUTBOX_INTERVAL seconds and whenever
+Redis answers again, and, every JOBS_RECONCILE_INTERVAL seconds, the reconciler, which enqueues
+whatever the database says is unfinished. Only one worker at a time reconciles (a Redis lock).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from rq import Worker
 from luca import create_app
 from luca.jobs import tasks  # noqa: F401 - preloaded so work horses fork with the jobs imported
 from luca.jobs.queue import Jobs, get_jobs
-from luca.jobs.tasks import bind_app, reconcile
+from luca.jobs.tasks import bind_app, drain_outbox, reconcile
 
 log = logging.getLogger("luca.worker")
 
@@ -82,6 +83,20 @@ def reconcile_forever(app, stop: threading.Event) -> None:  # noqa: ANN001
             log.exception("[Reconciler] round failed")
 
 
+def drain_forever(app, stop: threading.Event) -> None:  # noqa: ANN001
+    """Every JOBS_OUTBOX_INTERVAL seconds, enqueue what the outbox holds (it is empty while Redis is up)."""
+    while not stop.wait(app.config["JOBS_OUTBOX_INTERVAL"]):
+        drain_quietly(app)
+
+
+def drain_quietly(app) -> None:  # noqa: ANN001
+    """Drain the outbox; a failed round (the database down too) is logged and tried again later."""
+    try:
+        drain_outbox(app)
+    except Exception:  # noqa: BLE001 - the loop must outlive a bad round
+        log.exception("[Outbox] drain failed")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the worker."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -98,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     queues = jobs.queues()
     log.info("[Worker] listening to %s", ", ".join(q.name for q in queues))
     stop = threading.Event()
+    if not args.burst:
+        threading.Thread(target=drain_forever, args=(app, stop), name="outbox", daemon=True).start()
     if not args.burst and not args.no_reconcile:
         threading.Thread(target=reconcile_forever, args=(app, stop), name="reconciler", daemon=True).start()
     try:
@@ -118,6 +135,7 @@ def serve(jobs: Jobs, burst: bool) -> None:
             signal.signal(signum, note_stop)  # RQ's handlers belong to a worker that is gone
         if not wait_for_redis(jobs.redis.client):
             return
+        drain_quietly(jobs.app)  # Redis answers (again): what waited in the outbox goes first
         worker = LucaWorker(jobs.queues(), connection=jobs.redis.client)
         try:
             worker.work(burst=burst, with_scheduler=True, logging_level="INFO")

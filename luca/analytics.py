@@ -136,6 +136,15 @@ def days_needing_rollup(since: date, until: date) -> list[date]:
     return sorted(day for day, latest in newest if day not in computed or computed[day] < latest)
 
 
+def roll_up_stale(since: date, until: date) -> list[date]:
+    """Roll up, here and now, every day in [since, until] whose messages changed since its rollup."""
+    until = min(until, utcnow().date())  # no messages are stamped later (and date.max has no next day)
+    days = days_needing_rollup(since, until) if since <= until else []
+    for day in days:
+        rollup_day(day)
+    return days
+
+
 def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The sums of messages, tokens, cached answers and cost over rows."""
     summed: dict[str, Any] = {name: sum(row[name] for row in rows) for name in TOTAL_FIELDS}

@@ -50,8 +50,10 @@ def parse_body(model: type[BaseModel]) -> BaseModel:
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
-        if any(err["type"] == "json_invalid" for err in exc.errors()):
-            raise APIError(400, "invalid_json", "the request body is not valid JSON") from None
+        invalid = [err for err in exc.errors(include_url=False, include_input=False) if err["type"] == "json_invalid"]
+        if invalid:  # the parser's reason, e.g. "recursion limit exceeded" for JSON nested 200 deep
+            raise APIError(400, "invalid_json", "the request body is not valid JSON",
+                           [{"field": "body", "message": invalid[0]["msg"]}]) from None
         raise APIError(422, "validation_error", "the request body is not valid",
                        validation_details(exc)) from None
 

@@ -173,7 +173,7 @@ def clear_cache() -> None:
 
 @jobs_cli.command("reconcile")
 def reconcile_jobs() -> None:
-    """Enqueue the work the database says is unfinished (titles, files, analytics days)."""
+    """Enqueue the job outbox at once, then the work the database says is unfinished (titles, files, days)."""
     counts = reconcile(current_app._get_current_object())  # type: ignore[attr-defined]
     click.echo("enqueued " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
 

@@ -162,3 +162,15 @@ class AnalyticsRollup(db.Model):
 
     day: Mapped[date] = mapped_column(primary_key=True)
     computed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobOutbox(db.Model):
+    """A job that could not be enqueued (Redis was down), kept until Redis takes it; see luca.jobs.outbox."""
+
+    __tablename__ = "job_outbox"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))  # a queue: titles, files, analytics
+    job_id: Mapped[str] = mapped_column(String(200), unique=True)  # the deterministic RQ job id, unprefixed
+    args: Mapped[list[Any]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

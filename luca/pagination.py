@@ -13,17 +13,45 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from luca.errors import APIError
 
-# How each kind of key column is written into and read back from a cursor.
+# The range of a key column that holds an integer (BIGINT on PostgreSQL, INTEGER on SQLite).
+INT_RANGE = range(-(2**63), 2**63)
+
+
+def _int(value: Any) -> int:
+    if type(value) is not int or value not in INT_RANGE:  # bool is an int subclass: refused here too
+        raise ValueError("not a 64-bit integer")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if type(value) is not bool:
+        raise ValueError("not a boolean")
+    return value
+
+
+def _datetime(value: Any) -> datetime:
+    if type(value) is not str:
+        raise ValueError("not a timestamp")
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is not None:
+        raise ValueError("timestamps are naive UTC")
+    return parsed
+
+
+def _uuid(value: Any) -> uuid.UUID:
+    if type(value) is not str:
+        raise ValueError("not a UUID")
+    return uuid.UUID(value)
+
+
+# How each kind of key column is written into and read back from a cursor. Reading checks the
+# JSON type and range; decode_cursor then insists that the value writes back to the same JSON.
 CODECS: dict[type, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
-    bool: (bool, lambda v: v if isinstance(v, bool) else _bad()),
-    int: (int, lambda v: v if isinstance(v, int) and not isinstance(v, bool) else _bad()),
-    datetime: (lambda v: v.isoformat(), datetime.fromisoformat),
-    uuid.UUID: (str, uuid.UUID),
+    bool: (bool, _bool),
+    int: (int, _int),
+    datetime: (lambda v: v.isoformat(), _datetime),
+    uuid.UUID: (str, _uuid),
 }
-
-
-def _bad() -> Any:
-    raise ValueError("bad cursor value")
 
 
 def invalid_cursor() -> APIError:
@@ -38,14 +66,17 @@ def encode_cursor(values: Sequence[Any]) -> str:
 
 
 def decode_cursor(cursor: str, types: Sequence[type]) -> list[Any]:
-    """Read a cursor back into typed key values; 400 when it was not written by encode_cursor."""
+    """Read a cursor back into typed key values; 400 unless encode_cursor wrote exactly this."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         payload = json.loads(raw)
         if not isinstance(payload, list) or len(payload) != len(types):
             raise ValueError("wrong shape")
-        return [CODECS[t][1](v) for t, v in zip(types, payload)]
-    except (ValueError, TypeError, UnicodeDecodeError, json.JSONDecodeError):
+        values = [CODECS[t][1](v) for t, v in zip(types, payload)]
+        if [CODECS[t][0](v) for t, v in zip(types, values)] != payload:
+            raise ValueError("not written by encode_cursor")  # e.g. "{...}" UUIDs, "2024-01-01" days
+        return values
+    except (ValueError, TypeError, OverflowError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise invalid_cursor() from None
 
 

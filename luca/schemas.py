@@ -42,6 +42,15 @@ def storable(value: Any) -> Any:
     return value
 
 
+def json_depth(value: Any) -> int:
+    """How deeply objects and arrays nest in a JSON value (a scalar is 0, {} and [] are 1); no recursion."""
+    depth, level = 0, [value]
+    while containers := [item for item in level if isinstance(item, (dict, list))]:
+        depth += 1
+        level = [child for item in containers for child in (item.values() if isinstance(item, dict) else item)]
+    return depth
+
+
 class Body(BaseModel):
     """A request body: strict types, unknown fields rejected, nothing a database cannot store."""
 

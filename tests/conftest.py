@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("LUCA_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 POSTGRES_URL = os.environ.get("LUCA_TEST_POSTGRES_URL", "postgresql+psycopg://127.0.0.1:5432/test")
 REQUIRE_SERVICES = os.environ.get("LUCA_REQUIRE_SERVICES", "").lower() in {"1", "true", "yes"}
-TABLES = ["files", "messages", "conversations", "api_tokens", "users", "analytics_daily", "analytics_rollups"]
+TABLES = ["files", "messages", "conversations", "api_tokens", "users", "analytics_daily", "analytics_rollups",
+          "job_outbox"]
 
 
 def service_missing(reason: str) -> None:

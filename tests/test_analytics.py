@@ -1,6 +1,7 @@
 """Daily analytics: the rollup of messages, the days that need one, and the admin series endpoint."""
 from __future__ import annotations
 
+import time as time_module
 import uuid
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -10,8 +11,9 @@ from sqlalchemy import select, update
 
 from luca import analytics
 from luca.extensions import db
+from luca.jobs.queue import get_jobs
 from luca.models import AnalyticsDaily, AnalyticsRollup, Message, utcnow
-from tests.conftest import Api
+from tests.conftest import Api, create_user
 
 DAY1 = date(2026, 3, 1)
 DAY2 = date(2026, 3, 2)
@@ -262,3 +264,38 @@ def test_admin_analytics_rejects_a_malformed_date(make_api) -> None:
     response = admin.get("/api/admin/analytics?from=yesterday")
     assert response.status_code == 422
     assert response.get_json()["error"]["code"] == "validation_error"
+
+
+def today_by_role(body: dict[str, Any]) -> dict[str, int]:
+    """Messages per role on the last day of an analytics series."""
+    return {row["role"]: row["messages"] for row in body["days"][-1]["rows"]}
+
+
+def test_in_the_embedded_mode_todays_analytics_count_the_messages_just_sent(app, make_api) -> None:
+    admin = make_api("root@example.com", admin=True)
+    conversation = admin.new_conversation()
+    with app.app_context():
+        assert get_jobs().mode == "thread"
+    admin.ask(conversation["id"], "What is VAT?")
+    assert today_by_role(admin.get("/api/admin/analytics").get_json()) == {"user": 1, "assistant": 1}
+    admin.ask(conversation["id"], "And input VAT?")
+    body = admin.get("/api/admin/analytics").get_json()
+    assert body["to"] == utcnow().date().isoformat()
+    assert today_by_role(body) == {"user": 2, "assistant": 2}
+    assert body["totals"]["messages"] == 4
+
+
+def test_in_the_embedded_mode_analytics_roll_up_on_their_own(app_factory) -> None:
+    app = app_factory(JOBS_RECONCILE_INTERVAL=0.2)
+    user_id, token = create_user(app, "alice@example.com")
+    api = Api(app.test_client(), token, user_id)
+    conversation = api.new_conversation()
+    api.ask(conversation["id"], "What is VAT?")
+    api.ask(conversation["id"], "And input VAT?")
+    deadline = time_module.monotonic() + 20
+    while {key[2]: row["messages"] for key, row in stored_rows(app, utcnow().date()).items()} != {
+            "user": 2, "assistant": 2}:
+        assert time_module.monotonic() < deadline, "today was never rolled up"
+        time_module.sleep(0.1)
+    with app.app_context():
+        assert get_jobs().stats()["analytics"]["completed"] >= 1

@@ -14,7 +14,7 @@ from luca.breakers import find_breaker, get_circuit_breaker_stats
 from luca.cache import get_cache
 from luca.errors import APIError, not_found
 from luca.extensions import db
-from luca.jobs.queue import get_queue_stats
+from luca.jobs.queue import get_jobs, get_queue_stats
 from luca.models import User, utcnow
 from luca.schemas import UserOut
 
@@ -113,6 +113,8 @@ def analytics_series(query: AnalyticsQuery) -> AnalyticsSeries:
     if (end - start).days + 1 > ANALYTICS_MAX_DAYS:
         raise APIError(422, "validation_error", f"the range may cover at most {ANALYTICS_MAX_DAYS} days",
                        [{"field": "to", "message": f"at most {ANALYTICS_MAX_DAYS} days after from, counting both"}])
+    if get_jobs().mode != "rq":  # no worker keeps the rollups current: bring the range up to date first
+        analytics.roll_up_stale(start, end)
     return AnalyticsSeries.model_validate(analytics.series(start, end))
 
 

@@ -13,7 +13,7 @@ from luca.conversations import bp
 from luca.conversations.service import get_conversation
 from luca.errors import APIError, not_found
 from luca.extensions import db
-from luca.jobs.tasks import enqueue_file
+from luca.jobs.tasks import enqueue_file, hold_file
 from luca.limits import rate_limit
 from luca.models import Conversation, File, utcnow
 from luca.schemas import FileList, FileOut
@@ -47,6 +47,7 @@ def upload_file(conversation_id: uuid.UUID) -> tuple[FileOut, int]:
     db.session.add(stored)
     if not conversation.has_files:
         conversation.has_files = True
+    hold_file(stored)  # only when Redis is known down: then the job rides this transaction
     db.session.commit()
     enqueue_file(stored.id)
     return FileOut.model_validate(stored), 202

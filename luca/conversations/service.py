@@ -16,9 +16,10 @@ from luca.ai.base import Completion
 from luca.cache import get_cache
 from luca.errors import APIError, not_found
 from luca.extensions import db
+from luca.jobs.tasks import hold_title
 from luca.models import Conversation, Message, utcnow
-from luca.schemas import storable
 from luca.pagination import keyset_page
+from luca.schemas import json_depth, storable
 
 CONVERSATION_KEYS = (Conversation.pinned, Conversation.updated_at, Conversation.id)
 CONVERSATION_KEY_TYPES = (bool, datetime, uuid.UUID)
@@ -27,7 +28,10 @@ MESSAGE_KEY_TYPES = (datetime, int)
 
 
 def check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
-    """Refuse metadata larger than the configured cap."""
+    """Refuse metadata nested deeper or larger than the configured caps."""
+    depth, limit = json_depth(metadata), current_app.config["MAX_METADATA_DEPTH"]
+    if depth > limit:
+        raise APIError(422, "metadata_too_deep", f"metadata nests {depth} levels deep; the limit is {limit}")
     size = len(json.dumps(metadata, separators=(",", ":")))
     if size > current_app.config["MAX_METADATA_BYTES"]:
         raise APIError(422, "metadata_too_large",
@@ -47,14 +51,21 @@ def get_conversation(user_id: int, conversation_id: uuid.UUID) -> Conversation:
 
 def metadata_filter(raw: str) -> Any:
     """A WHERE clause for 'metadata contains this JSON object' on either database."""
+    limit = current_app.config["MAX_METADATA_DEPTH"]
     try:
-        wanted = storable(json.loads(raw))
+        wanted = json.loads(raw)
     except json.JSONDecodeError:
         raise APIError(400, "invalid_metadata_filter", "metadata must be a JSON object") from None
-    except ValueError as exc:
-        raise APIError(400, "invalid_metadata_filter", f"metadata {exc}") from None
+    except RecursionError:
+        raise APIError(400, "invalid_metadata_filter", f"metadata nests deeper than the limit of {limit} levels") from None
     if not isinstance(wanted, dict) or not wanted:
         raise APIError(400, "invalid_metadata_filter", "metadata must be a non-empty JSON object")
+    if (depth := json_depth(wanted)) > limit:
+        raise APIError(400, "invalid_metadata_filter", f"metadata nests {depth} levels deep; the limit is {limit}")
+    try:
+        storable(wanted)
+    except ValueError as exc:
+        raise APIError(400, "invalid_metadata_filter", f"metadata {exc}") from None
     if db.engine.dialect.name == "postgresql":
         return type_coerce(Conversation.meta, JSONB).contains(wanted)
     # SQLite has no containment operator: compare each leaf by its JSON path.
@@ -247,6 +258,8 @@ def add_answer(conversation: Conversation, completion: Completion, *, status: st
         conversation, role="assistant", content=completion.text, status=status, provider=completion.provider,
         model=completion.model, tokens_in=completion.tokens_in, tokens_out=completion.tokens_out,
         latency_ms=completion.latency_ms, cached=cached)
+    if status == "complete":
+        hold_title(conversation)  # only when Redis is known down: then the title job rides this transaction
     db.session.commit()
     get_cache().bump_user(conversation.user_id)  # its message pages and search results changed
     return message

@@ -2,7 +2,8 @@
 
 The database is the truth; the queue is a reminder. Jobs carry ids only, are idempotent,
 and raise on failure so RQ's retries and failed registry see it. If Redis is down when
-work is enqueued, nothing is lost: the reconciler finds the work in the database later.
+work is enqueued, nothing is lost: the job is kept in the database's outbox (luca.jobs.outbox)
+until Redis answers, and the reconciler finds any work whose enqueue was never recorded.
 """
 from __future__ import annotations
 
@@ -81,6 +82,8 @@ class Jobs:
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._local = Counter()  # statistics of the thread and inline modes
+        self._ticker: threading.Thread | None = None
+        self._stop = threading.Event()
         self.stats_key = f"{app.config['REDIS_KEY_PREFIX']}jobs:stats"
 
     # -- queues -------------------------------------------------------------------------
@@ -101,7 +104,7 @@ class Jobs:
         """Run func(*args) in the background; priority > 0 puts it ahead of every waiting job.
 
         job_id makes the job unique while it is waiting or running. Returns False when
-        the job could not be queued (Redis down): the reconciler will find the work.
+        the job could not be queued (Redis down); `tasks.submit` then keeps it in the outbox.
         """
         spec = QUEUES[kind]
         job_id = self.config["QUEUE_PREFIX"] + job_id
@@ -115,7 +118,7 @@ class Jobs:
             return self.breakers.redis.call_redis(self._enqueue_rq, spec, kind, func, args, job_id,
                                                   priority, replace_stale)
         except (RedisError, OSError) as exc:
-            log.warning("[Queue] Redis unavailable (%s); %s job %s is left for the reconciler",
+            log.warning("[Queue] Redis unavailable (%s); %s job %s is not queued",
                         type(exc).__name__, kind, job_id)
             return False
 
@@ -179,8 +182,37 @@ class Jobs:
             with self._lock:
                 self._local[f"{spec.name}.active"] -= 1
 
+    def start_ticking(self) -> None:
+        """In the thread mode, reconcile analytics every JOBS_RECONCILE_INTERVAL in a daemon thread.
+
+        Started on the first request of each process (threads do not survive a fork); with Redis,
+        the worker's reconciler does this instead.
+        """
+        if self._ticker is not None:
+            return
+        with self._lock:
+            if self._ticker is None:
+                self._stop = threading.Event()
+                self._ticker = threading.Thread(target=self._tick_forever, args=(self._stop,),
+                                                name="luca-job-ticker", daemon=True)
+                self._ticker.start()
+
+    def _tick_forever(self, stop: threading.Event) -> None:
+        from luca.jobs.tasks import reconcile_analytics  # the tasks import this module
+
+        while not stop.wait(self.config["JOBS_RECONCILE_INTERVAL"]):
+            try:
+                reconcile_analytics(self.app)
+            except Exception:  # noqa: BLE001 - keep ticking; the next round tries again
+                log.exception("[Queue] analytics reconciliation failed")
+
     def shutdown(self) -> None:
-        """Wait for in-process jobs to finish (tests, process exit)."""
+        """Stop the ticker and wait for in-process jobs to finish (tests, process exit)."""
+        with self._lock:
+            ticker, self._ticker = self._ticker, None
+            self._stop.set()
+        if ticker is not None:
+            ticker.join()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -241,5 +273,7 @@ def get_queue_stats() -> dict[str, Any]:
 
 
 def register_jobs(app: Flask) -> None:
-    """Create the app's job runner."""
-    app.extensions["luca.jobs"] = Jobs(app)
+    """Create the app's job runner; in the thread mode, its ticker starts with the first request."""
+    jobs = app.extensions["luca.jobs"] = Jobs(app)
+    if jobs.mode == "thread":
+        app.before_request(jobs.start_ticking)

@@ -24,6 +24,7 @@ from luca.ai.offline import OfflineProvider
 from luca.cache import get_cache
 from luca.documents import DocumentError, Limits, extract
 from luca.extensions import db
+from luca.jobs import outbox
 from luca.jobs.queue import QUEUES, get_jobs, is_final_attempt
 from luca.models import Conversation, File, Message, utcnow
 
@@ -226,10 +227,68 @@ def process_file(file_id: int) -> str:
     return "ready"
 
 
-# -- finding work the queue lost ------------------------------------------------------------------
-def reconcile(app: Flask | None = None) -> dict[str, int]:
-    """Enqueue what the database says is unfinished: untitled conversations, unprocessed files, days."""
+# -- enqueueing, and finding work the queue lost ------------------------------------------------------
+def job_function(kind: str) -> tuple[Callable[..., Any], int]:
+    """The job function of a queue and the priority its jobs are enqueued with."""
+    return {"titles": (generate_title, 0), "files": (process_file, 1), "analytics": (rollup_analytics, 0)}[kind]
+
+
+def submit(kind: str, job_id: str, *args: Any) -> None:
+    """After the work's commit: enqueue its job; if Redis does not take it, keep it in the outbox."""
+    if outbox.held(job_id):
+        return
+    func, priority = job_function(kind)
+    if not get_jobs().enqueue(kind, func, *args, job_id=job_id, priority=priority):
+        outbox.record(kind, job_id, args)
+
+
+def drain_outbox(app: Flask | None = None) -> list[tuple[str, str]]:
+    """Enqueue the jobs in the outbox, oldest first, and delete them; stop at the first that Redis refuses.
+
+    Returns (kind, job_id) of each job enqueued.
+    """
     app = app or job_app()
+    taken: list[tuple[str, str]] = []
+    with app.app_context():
+        jobs = get_jobs(app)
+        if jobs.mode == "rq" and not jobs.breakers.redis.redis_available():
+            return taken
+        try:
+            rows = []
+            for row in outbox.pending():
+                func, priority = job_function(row.kind)
+                if not jobs.enqueue(row.kind, func, *row.args, job_id=row.job_id, priority=priority):
+                    break
+                rows.append(row.id)
+                taken.append((row.kind, row.job_id))
+            if rows:
+                outbox.remove(rows)
+                log.info("[Outbox] enqueued %d kept jobs", len(rows))
+        finally:
+            db.session.remove()
+    return taken
+
+
+def reconcile_analytics(app: Flask) -> int:
+    """Enqueue the rollup of every day of the last week whose messages changed since it was rolled up."""
+    with app.app_context():
+        today = utcnow().date()
+        days = analytics.days_needing_rollup(today - timedelta(days=7), today)
+        db.session.remove()
+        jobs = get_jobs(app)
+        return sum(jobs.enqueue("analytics", rollup_analytics, day.isoformat(), job_id=f"analytics-{day.isoformat()}")
+                   for day in days)
+
+
+def reconcile(app: Flask | None = None) -> dict[str, int]:
+    """Enqueue what the database says is unfinished: the outbox at once; then, after the grace, work
+    whose enqueue state is unknown (untitled conversations, unprocessed files); and stale analytics days."""
+    app = app or job_app()
+    taken = drain_outbox(app)
+    counts = dict.fromkeys(QUEUES, 0)
+    for kind, _ in taken:
+        counts[kind] += 1
+    drained = {job_id for _, job_id in taken}
     with app.app_context():
         jobs = get_jobs(app)
         now = utcnow()
@@ -247,34 +306,52 @@ def reconcile(app: Flask | None = None) -> dict[str, int]:
         stuck = db.session.execute(
             select(File.id).where(File.status == "processing", File.updated_at < now - stale).limit(1000)
         ).scalars().all()
-        days = analytics.days_needing_rollup(now.date() - timedelta(days=7), now.date())
         db.session.remove()
-        counts = {"titles": 0, "files": 0, "analytics": 0}
+
+        def again(kind: str, func: Callable[..., Any], *args: Any, job_id: str) -> None:
+            if job_id not in drained:  # the outbox just gave it to Redis
+                counts[kind] += jobs.enqueue(kind, func, *args, job_id=job_id)
+
         for conversation_id in untitled:
-            counts["titles"] += jobs.enqueue("titles", generate_title, str(conversation_id),
-                                             job_id=f"title-{conversation_id}")
+            again("titles", generate_title, str(conversation_id), job_id=f"title-{conversation_id}")
         for file_id in pending:
-            counts["files"] += jobs.enqueue("files", process_file, file_id, job_id=f"file-{file_id}")
+            again("files", process_file, file_id, job_id=f"file-{file_id}")
         for file_id in stuck:  # its worker died mid-job: run it again
             with app.app_context():
                 set_file(file_id, status="pending")
                 db.session.remove()
             counts["files"] += jobs.enqueue("files", process_file, file_id, job_id=f"file-{file_id}",
                                             replace_stale=True)
-        for day in days:
-            counts["analytics"] += jobs.enqueue("analytics", rollup_analytics, day.isoformat(),
-                                                job_id=f"analytics-{day.isoformat()}")
+        counts["analytics"] += reconcile_analytics(app)
         if any(counts.values()):
             log.info("[Reconciler] enqueued %s", ", ".join(f"{n} {k}" for k, n in counts.items() if n))
         return counts
 
 
+def title_wanted(conversation: Conversation) -> bool:
+    """Whether Luca should name the conversation (nobody has)."""
+    return conversation.title is None and not conversation.title_set_by_user
+
+
+def hold_title(conversation: Conversation) -> None:
+    """Before an answer's commit: with Redis known down, put the title job in the outbox in that transaction."""
+    if title_wanted(conversation):
+        outbox.hold("titles", f"title-{conversation.id}", str(conversation.id))
+
+
 def enqueue_title(conversation: Conversation) -> None:
     """After an answer: name the conversation in the background if nobody has."""
-    if conversation.title is None and not conversation.title_set_by_user:
-        get_jobs().enqueue("titles", generate_title, str(conversation.id), job_id=f"title-{conversation.id}")
+    if title_wanted(conversation):
+        submit("titles", f"title-{conversation.id}", str(conversation.id))
+
+
+def hold_file(file: File) -> None:
+    """Before an upload's commit: with Redis known down, put the file's job in the outbox in that transaction."""
+    if outbox.redis_known_down():
+        db.session.flush()  # the file's INSERT, which the commit would send anyway: the job needs its id
+        outbox.hold("files", f"file-{file.id}", file.id)
 
 
 def enqueue_file(file_id: int) -> None:
     """After an upload: extract the document's text in the background, ahead of waiting work."""
-    get_jobs().enqueue("files", process_file, file_id, job_id=f"file-{file_id}", priority=1)
+    submit("files", f"file-{file_id}", file_id)
