@@ -128,6 +128,9 @@ class Config:
     AI_CONTEXT_TOKENS = env_int("AI_CONTEXT_TOKENS", 3000)
     AI_CONTEXT_MESSAGES = env_int("AI_CONTEXT_MESSAGES", 40)
     AI_MAX_OUTPUT_TOKENS = env_int("AI_MAX_OUTPUT_TOKENS", 1024)
+    # Answers in flight per user (0: no cap), and the lease a slot holds in Redis between renewals.
+    AI_MAX_CONCURRENT_PER_USER = env_int("AI_MAX_CONCURRENT_PER_USER", 3)
+    AI_SLOT_LEASE = env_float("AI_SLOT_LEASE", 30.0)
 
     AI_FILE_CONTEXT_TOKENS = env_int("AI_FILE_CONTEXT_TOKENS", 3000)
     AI_PRICES = json.loads(os.environ.get("AI_PRICES") or "{}")

@@ -418,6 +418,7 @@ BASE_SETTINGS = {
     "DATABASE_CONNECT_TIMEOUT": "2",
     "RATE_LIMIT_MESSAGES": "100000 per minute",
     "RATE_LIMIT_UPLOADS": "100000 per hour",
+    "AI_MAX_CONCURRENT_PER_USER": "1000",  # the drills' clients are all one user
     "JOBS_RECONCILE_INTERVAL": "2",
     "JOBS_RECONCILE_GRACE": "2",
     "JOBS_RETRY_BACKOFF": "1",

@@ -71,17 +71,18 @@ def test_context_stays_within_the_token_budget(app_factory, servers) -> None:
 def test_concurrent_messages_through_one_provider_overlap(chain_app, servers) -> None:
     primary, _ = servers
     primary.configure(latency_ms=300)
-    api = signed(chain_app)
-    conversations = [api.new_conversation()["id"] for _ in range(8)]
+    # Eight users: one user may have only AI_MAX_CONCURRENT_PER_USER (3) answers in flight.
+    users = [signed(chain_app, f"user{i}@example.com") for i in range(8)]
+    conversations = [(api, api.new_conversation()["id"]) for api in users]
     statuses: list[int] = []
 
-    def send(conversation_id: str) -> None:
+    def send(api: Api, conversation_id: str) -> None:
         client = chain_app.test_client()
         response = client.post(f"/api/conversations/{conversation_id}/messages",
                                json={"content": f"question for {conversation_id}"}, headers=api.headers())
         statuses.append(response.status_code)
 
-    threads = [threading.Thread(target=send, args=(c,)) for c in conversations]
+    threads = [threading.Thread(target=send, args=pair) for pair in conversations]
     for t in threads:
         t.start()
     for t in threads:

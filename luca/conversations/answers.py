@@ -1,10 +1,12 @@
-"""Answering a stored question: whole or streamed (Server-Sent Events), deduplicated unless opted out."""
+"""Answering a question: in one of its user's answer slots, whole or streamed (Server-Sent Events),
+deduplicated unless opted out."""
 from __future__ import annotations
 
 import json
 import logging
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -20,8 +22,12 @@ from luca.errors import APIError
 from luca.jobs.tasks import enqueue_title
 from luca.models import Conversation, Message
 from luca.schemas import Exchange, MessageOut
+from luca.slots import get_slots
 
 log = logging.getLogger(__name__)
+
+# Retry-After of a refused answer: answers usually take seconds, and a slot frees as one ends.
+SLOT_RETRY_AFTER = 5
 
 
 def sse(event: str, data: Any) -> str:
@@ -42,6 +48,41 @@ def unavailable(exc: ProvidersUnavailable, question: Message) -> APIError:
         details={"message_id": question.id,
                  "retry": f"/api/conversations/{question.conversation_id}/messages/{question.id}/retry"},
         headers={"Retry-After": str(exc.retry_after)})
+
+
+def too_many_answers(limit: int) -> APIError:
+    """The 429 for 'all of this user's answer slots are in use': nothing was stored."""
+    return APIError(
+        429, "too_many_concurrent_answers",
+        f"at most {limit} answers at a time per user; wait for one to finish, "
+        f"then try again (in {SLOT_RETRY_AFTER} seconds)",
+        details={"limit": limit}, headers={"Retry-After": str(SLOT_RETRY_AFTER)})
+
+
+def within_slot(user_id: int, answer: Callable[[], Any]) -> Any:
+    """Run answer() (store the question, answer it) in one of the user's slots; 429 when all are in use.
+
+    The slot is taken before anything is stored or any provider is called, and given back when
+    answer() returns or fails, or, for a streamed answer, when the server closes the response:
+    after its last event, or when the client went away (the next write fails and the WSGI server
+    closes the response; werkzeug and gunicorn both do). Should a response be dropped unclosed,
+    its garbage collection gives the slot back.
+    """
+    slots = get_slots()
+    slot = slots.acquire(user_id)
+    if slot is None:
+        raise too_many_answers(slots.limit)
+    try:
+        result = answer()
+    except BaseException:
+        slot.release()
+        raise
+    if isinstance(result, Response):
+        result.call_on_close(slot.release)
+        weakref.finalize(result, slot.release).atexit = False
+    else:
+        slot.release()
+    return result
 
 
 def respond(conversation: Conversation, question: Message, context: list[ChatMessage], file_digests: list[str],

@@ -189,9 +189,14 @@ def send_message(conversation_id: uuid.UUID, body: MessageCreate) -> Any:
     """Ask a question: it is stored, the AI answers (whole, or streamed with stream: true)."""
     content = question_text(body)
     conversation, history = service.load_for_answer(current_user().id, conversation_id)
-    question = service.add_question(conversation, content)
-    context, digests = context_for(conversation, history, content)
-    return answers.respond(conversation, question, context, digests, stream=body.stream, use_cache=wants_cache(body))
+
+    def answer() -> Any:
+        question = service.add_question(conversation, content)
+        context, digests = context_for(conversation, history, content)
+        return answers.respond(conversation, question, context, digests, stream=body.stream,
+                               use_cache=wants_cache(body))
+
+    return answers.within_slot(conversation.user_id, answer)
 
 
 @bp.post("/conversations/<uuid:conversation_id>/messages/<int:message_id>/retry")
@@ -201,8 +206,13 @@ def send_message(conversation_id: uuid.UUID, body: MessageCreate) -> Any:
 def retry_message(conversation_id: uuid.UUID, message_id: int, body: RetryRequest) -> Any:
     """Ask again for an answer to a stored question (after a 503, or to get a fresh answer)."""
     conversation, question, history = service.load_for_retry(current_user().id, conversation_id, message_id)
-    context, digests = context_for(conversation, history, question.content)
-    return answers.respond(conversation, question, context, digests, stream=body.stream, use_cache=wants_cache(body))
+
+    def answer() -> Any:
+        context, digests = context_for(conversation, history, question.content)
+        return answers.respond(conversation, question, context, digests, stream=body.stream,
+                               use_cache=wants_cache(body))
+
+    return answers.within_slot(conversation.user_id, answer)
 
 
 @bp.get("/search")
