@@ -53,6 +53,7 @@ PDF_EOF_WINDOW = 1024
 PDF_MAX_TOKENS_PER_STREAM = 500_000  # pypdf allows 2 million, about 5 s of CPU for one page
 PDF_MAX_FORM_DEPTH = 10  # forms drawn by forms: deeper ones are not counted (pypdf caps form invocations)
 MAX_ANCHOR_CHARS = 100  # a heading or sheet name in an anchor (each block repeats it)
+MAX_BLOCKS = 20_000  # as many as a sheet's rows; later pieces join the last block (what the sandbox returns is bounded)
 EXIT_OUT_OF_MEMORY = 3  # the sandbox child's exit status when it ran out of memory
 
 REASONS = {
@@ -229,6 +230,7 @@ class _Text:
         self.separator = separator
         self.parts: list[str] = []
         self.anchors: list[Anchor] = []
+        self.overflow: list[str] = []  # pieces past MAX_BLOCKS, joined to the last block
         self.length = -len(separator)
         self.rows = 0
         self.truncated = False
@@ -237,8 +239,11 @@ class _Text:
         """Add a piece unless it is blank; False once the budget is spent and reading should stop."""
         piece = _clean(piece) if piece else piece
         if piece.strip():
-            self.parts.append(piece)
-            self.anchors.append(anchor)
+            if len(self.parts) < MAX_BLOCKS:
+                self.parts.append(piece)
+                self.anchors.append(anchor)
+            else:
+                self.overflow.append(piece)
             self.length += len(self.separator) + len(piece)
         self.truncated = self.truncated or self.length > self.max_chars
         return not self.truncated
@@ -256,6 +261,9 @@ class _Text:
         """The collected text and its blocks, cut to the budget; DocumentError 'empty' when there is none."""
         if not self.parts:
             raise DocumentError("empty", empty_reason)
+        if self.overflow:
+            self.parts[-1] = self.separator.join([self.parts[-1], *self.overflow])
+            self.overflow = []
         text = self.separator.join(self.parts)[: self.max_chars]
         blocks, start = [], 0
         for part, anchor in zip(self.parts, self.anchors):
@@ -333,15 +341,18 @@ def _sample(text: str) -> str:
 
 def _line_blocks(text: str) -> list[Block]:
     """The paragraphs of a text (runs of lines between blank ones), each anchored to its line range."""
-    blocks: list[Block] = []
-    lines: list[str] = []
-    for number, line in enumerate([*text.split("\n"), ""], start=1):
-        if line.strip():
-            lines.append(line)
-        elif lines:
-            blocks.append(Block("\n".join(lines), {"lines": f"{number - len(lines)}-{number - 1}"}))
-            lines = []
-    return blocks
+    lines = text.split("\n")
+    ranges: list[tuple[int, int]] = []  # [first, end) line indexes
+    first = None
+    for index, line in enumerate([*lines, ""]):
+        if line.strip() and first is None:
+            first = index
+        elif not line.strip() and first is not None:
+            ranges.append((first, index))
+            first = None
+    if len(ranges) > MAX_BLOCKS:
+        ranges[MAX_BLOCKS - 1 :] = [(ranges[MAX_BLOCKS - 1][0], ranges[-1][1])]
+    return [Block("\n".join(lines[first:end]), {"lines": f"{first + 1}-{end}"}) for first, end in ranges]
 
 
 def _csv_delimiter(sample: str) -> str | None:
@@ -398,7 +409,7 @@ def _cell_text(value: Any) -> str:
 # What is not an operator in a content stream: strings (nested one level deep), hex strings, comments.
 _PDF_NOT_OPERATORS = re.compile(rb"\((?:[^()\\]|\\.|\((?:[^()\\]|\\.)*\))*\)|<[0-9A-Fa-f\s]*>|%[^\r\n]*", re.DOTALL)
 _PDF_OPERATOR = re.compile(rb"(?<![^\s()<>\[\]{}])[A-Za-z'\"][^\s()<>\[\]{}/%]*")
-_PDF_SHOW_TEXT = re.compile(rb"(?<![^\s()<>\[\]{}])(?:Tj|TJ|'|\")(?![^\s()<>\[\]{}/%])")
+_PDF_MAY_SHOW_TEXT = re.compile(rb"T[jJ]|Do|['\"]")  # pypdf parses a stream holding these bytes anywhere
 _PDF_DRAW_FORM = re.compile(rb"/([^\s()<>\[\]{}/%]+)\s+Do(?![^\s()<>\[\]{}/%])")
 
 
@@ -439,7 +450,7 @@ def _count_operations(reader: PdfReader, budget: _Budget) -> None:
     pypdf parses a page's content stream (at some 12 µs an operator here) again for every page that shows
     it, so 200 pages sharing one stream of 160,000 operators would take minutes. A regular expression
     counts each stream once, in milliseconds, and a page costs what its stream and the forms it draws hold.
-    Like pypdf, a stream that shows no text costs nothing: its text extraction skips such streams unread.
+    A stream that cannot show text costs nothing: pypdf's text extraction skips it unread.
     """
     counted: dict[int, int] = {}
     for page in reader.pages:
@@ -449,13 +460,16 @@ def _count_operations(reader: PdfReader, budget: _Budget) -> None:
 
 
 def _operations(content: Any, resources: Any, counted: dict[int, int], depth: int) -> int:
-    """The operators of a content stream (or array of streams) that shows text, plus those of the forms it draws."""
+    """The operators of a content stream (or array of streams) that may show text, and of the forms it draws."""
     key = id(content)
     if key not in counted:
         counted[key] = 0  # a form that draws itself counts once
         parts = content if isinstance(content, list) else [content]
-        code = _PDF_NOT_OPERATORS.sub(b" ", b"\n".join(part.get_object().get_data() for part in parts))
-        total = sum(1 for _ in _PDF_OPERATOR.finditer(code)) if _PDF_SHOW_TEXT.search(code) else 0
+        data = b"\n".join(part.get_object().get_data() for part in parts)
+        if not _PDF_MAY_SHOW_TEXT.search(data):
+            return 0
+        code = _PDF_NOT_OPERATORS.sub(b" ", data)
+        total = sum(1 for _ in _PDF_OPERATOR.finditer(code))
         forms = _forms(resources) if depth < PDF_MAX_FORM_DEPTH else {}
         for name in _PDF_DRAW_FORM.findall(code) if forms else ():
             if (form := forms.get(name)) is not None:

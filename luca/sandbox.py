@@ -141,7 +141,8 @@ def _outcome(status: int, answer: Any, in_time: bool, limits: Limits) -> Extract
             result = answer["result"]
             return Extracted(kind=str(result["kind"]), text=str(result["text"]), pages=result["pages"],
                              truncated=bool(result["truncated"]),
-                             blocks=[Block(str(text), dict(anchor)) for text, anchor in result["blocks"]])
+                             blocks=[Block(str(text), anchor) for text, anchor in result["blocks"]
+                                     if isinstance(anchor, dict)])
     except (KeyError, TypeError, ValueError):
         pass
     log.warning("[Sandbox] the document reader ended with status %s and no answer", status)
