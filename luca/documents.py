@@ -195,6 +195,8 @@ def extract(data: bytes, limits: Limits = Limits(), progress: Progress | None = 
     except MemoryError:
         raise out_of_memory(limits) from None
     except Exception as exc:  # the parsing libraries raise all kinds of exceptions on hostile input
+        if isinstance(exc, etree.XMLSyntaxError) and exc.code == etree.ErrorTypes.ERR_NO_MEMORY:
+            raise out_of_memory(limits) from None  # libxml2 reports a failed allocation as a parse error
         log.warning("document parsing failed: %r", exc)
         raise DocumentError("corrupt") from exc
 
@@ -210,9 +212,9 @@ def _extract(data: bytes, limits: Limits, progress: Progress | None) -> Extracte
             if kind == "docx":
                 return _extract_docx(archive, limits, budget)
             return _extract_xlsx(archive, limits, budget, progress)
-    text = _normalise(_decode_text(data) or "")
+    text = _decode_text(data) or ""
     if kind == "csv":
-        return _extract_csv(text, limits)
+        return _extract_csv(_normalise(text), limits)
     text = _clean(text)
     if not text.strip():
         raise DocumentError("empty")
@@ -564,7 +566,7 @@ def _xml(archive: zipfile.ZipFile, name: str, budget: _Budget) -> Iterator[Any]:
     with archive.open(name) as member:
         for _, element in etree.iterparse(member, events=("end",), resolve_entities=False, no_network=True,
                                           load_dtd=False, remove_comments=True, remove_pis=True):
-            budget.used += 1
+            budget.used += 1  # budget.spend(), inlined: this runs for every element
             if budget.used > budget.limit:
                 budget.spend(0)
             yield element

@@ -56,9 +56,13 @@ def extract_isolated(data: bytes, limits: Limits = Limits(), progress: Progress 
     env = {name: os.environ[name] for name in ("LD_LIBRARY_PATH",) if name in os.environ}
     child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              env=env, cwd="/")
+    deadline = time.monotonic() + limits.cpu_seconds + WALL_GRACE_SECONDS
     try:
-        deadline = time.monotonic() + limits.cpu_seconds + WALL_GRACE_SECONDS
         answer, errors, in_time = _exchange(child, request, deadline, progress)
+        if in_time:  # its output is closed: it is exiting (killed now, it would look like the OOM killer's work)
+            child.wait(timeout=max(deadline - time.monotonic(), 0.1))
+    except subprocess.TimeoutExpired:
+        in_time = False
     finally:
         if child.poll() is None:
             child.kill()

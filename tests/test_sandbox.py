@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import random
 import signal
 import threading
 import time
@@ -28,7 +29,8 @@ from luca.jobs.queue import get_jobs
 from luca.sandbox import extract_isolated
 from tests.conftest import create_user
 from tests.processes import gunicorn, luca_env
-from tests.test_documents import PDF, empty_paragraphs_docx, encrypt_pdf, make_docx, make_xlsx, shared_stream_pdf
+from tests.test_documents import (PDF, WORD_NAMESPACE, empty_paragraphs_docx, encrypt_pdf, make_docx, make_xlsx,
+                                  make_zip, shared_stream_pdf)
 from tests.test_jobs import Stack, file_status, multipart, signed, upload
 from tests.test_jobs import stack as stack  # noqa: F401 - the fixture: a real RQ worker's environment
 
@@ -89,12 +91,23 @@ def test_a_document_error_comes_back_as_itself() -> None:
     assert info.value.code == "encrypted" and "password" in info.value.reason
 
 
-def test_a_child_over_its_memory_limit_reports_memory() -> None:
-    """About 40 MB of the 50 are the interpreter, lxml and pypdf; reading 9.5 MB of text needs more."""
-    text = b"word " * 1_900_000
-    assert extract_isolated(text).kind == "txt"
+def big_text_node_docx() -> bytes:
+    """A DOCX whose one paragraph holds 9.6 MB of text (random, so within the ZIP ratio): libxml2 needs more."""
+    text = random.Random(9).randbytes(4_800_000).hex()
+    body = f"<w:body><w:p><w:r><w:t>{text}</w:t></w:r></w:p></w:body>"
+    return make_zip({"word/document.xml": f'<w:document xmlns:w="{WORD_NAMESPACE}">{body}</w:document>'.encode()})
+
+
+@pytest.mark.parametrize("make", [lambda: b"word " * 1_900_000, big_text_node_docx], ids=["python", "libxml2"])
+def test_a_child_over_its_memory_limit_reports_memory(make: Callable[[], bytes]) -> None:
+    """About 40 MB of the 50 are the interpreter, lxml and pypdf; reading 9.5 MB of text needs more.
+
+    Python raises MemoryError; libxml2 reports a failed allocation as a parse error, never "damaged".
+    """
+    data = make()
+    assert len(extract_isolated(data).text) == Limits().max_chars
     with pytest.raises(DocumentError) as info:
-        extract_isolated(text, Limits(memory_mb=50))
+        extract_isolated(data, Limits(memory_mb=50))
     assert info.value.code == "out_of_memory"
     assert info.value.reason == "The file needs more than 50 MB of memory to read."
 
