@@ -151,6 +151,9 @@ class Config:
     FILE_MAX_PAGES = env_int("FILE_MAX_PAGES", 200)
     FILE_MAX_UNCOMPRESSED_BYTES = env_int("FILE_MAX_UNCOMPRESSED_BYTES", 50 * 1024 * 1024)
     FILE_MAX_CHARS = env_int("FILE_MAX_CHARS", 200_000)
+    # Each document is read in a child process with these limits (luca/sandbox.py).
+    DOCUMENT_MEMORY_MB = env_int("DOCUMENT_MEMORY_MB", 256)
+    DOCUMENT_CPU_SECONDS = env_int("DOCUMENT_CPU_SECONDS", 20)
 
     # How many proxies in front set X-Forwarded-For, -Proto and -Host (Render's or Heroku's router: 1).
     TRUSTED_PROXY_HOPS = env_int("TRUSTED_PROXY_HOPS", 0)

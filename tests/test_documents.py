@@ -1,6 +1,7 @@
 """Text extraction from uploaded documents, on real files built in memory, hostile ones included."""
 from __future__ import annotations
 
+import datetime
 import io
 import os
 import pickle
@@ -8,13 +9,16 @@ import random
 import struct
 import time
 import zipfile
+import zlib
 
 import docx
 import openpyxl
 import pytest
+from docx.oxml.ns import qn
+from lxml import etree
 from pypdf import PdfReader, PdfWriter
 
-from luca.documents import DocumentError, Extracted, Limits, detect_kind, extract
+from luca.documents import MAX_BLOCKS, Block, DocumentError, Extracted, Limits, detect_kind, extract
 
 
 def make_pdf(pages: list[str]) -> bytes:
@@ -23,7 +27,7 @@ def make_pdf(pages: list[str]) -> bytes:
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
         f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>".encode(),
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        HELVETICA,
     ]
     for i, text in enumerate(pages):
         content = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
@@ -31,7 +35,20 @@ def make_pdf(pages: list[str]) -> bytes:
             f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
             f"/Resources << /Font << /F1 3 0 R >> >> /Contents {5 + 2 * i} 0 R >>".encode()
         )
-        objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content))
+        objects.append(pdf_stream(content))
+    return pdf_file(objects)
+
+
+HELVETICA = b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"
+
+
+def pdf_stream(content: bytes, entries: bytes = b"") -> bytes:
+    """A stream object's body: its dictionary (with its length) and its bytes."""
+    return b"<< /Length %d %s>>\nstream\n%s\nendstream" % (len(content), entries, content)
+
+
+def pdf_file(objects: list[bytes]) -> bytes:
+    """A PDF of these numbered objects (the first is the catalog), with exact xref offsets."""
     out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
     offsets = []
     for number, body in enumerate(objects, start=1):
@@ -42,6 +59,30 @@ def make_pdf(pages: list[str]) -> bytes:
     out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
     out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
     return bytes(out)
+
+
+def shared_stream_pdf(pages: int = 200, operators: int = 160_000, form: bytes | None = None) -> bytes:
+    """Pages that all show one compressed content stream: a caption, then drawing operators ("0 0 m 1 1 l S").
+
+    With the defaults it is the issue's file: about 33 KB, 200 pages of 160,000 operators each. With
+    form, each page instead draws that form's content once per operator.
+    """
+    drawing = b"BT /F1 12 Tf 72 720 Td (Figure 1) Tj ET\n" + b"0 0 m 1 1 l S\n" * (operators // 3)
+    resources = b"/Font << /F1 3 0 R >>"
+    if form is not None:
+        drawing, resources = b"/Fx Do\n" * operators, resources + b" /XObject << /Fx 5 0 R >>"
+    content = zlib.compress(drawing, 9)
+    kids = b" ".join(b"%d 0 R" % (6 + i) for i in range(pages))
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, pages),
+        HELVETICA,
+        pdf_stream(content, b"/Filter /FlateDecode "),
+        pdf_stream(form or b"", b"/Type /XObject /Subtype /Form /BBox [0 0 10 10] "
+                                b"/Resources << /Font << /F1 3 0 R >> >> "),
+    ]
+    page = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << %s >> /Contents 4 0 R >>" % resources
+    return pdf_file(objects + [page] * pages)
 
 
 def append_revision(pdf: bytes, text: str) -> bytes:
@@ -168,6 +209,42 @@ def test_truncation_to_max_chars() -> None:
     assert calls == [1.0]
 
 
+def test_pdf_blocks_are_its_pages() -> None:
+    assert extract(PDF).blocks == [Block("Hello from page one", {"page": 1}), Block("Totals on page two", {"page": 2})]
+
+
+def test_pdf_of_200_pages_sharing_one_stream_of_160_000_operators_is_too_complex() -> None:
+    """The issue's 33 KB file: pypdf would parse the shared stream once for each page, for minutes."""
+    data = shared_stream_pdf()
+    assert len(data) < 40_000
+    started = time.process_time()
+    with pytest.raises(DocumentError) as info:
+        extract(data)
+    assert info.value.code == "too_complex"
+    assert info.value.reason == "The file is too complex: more than 1,000,000 drawing operations."
+    assert time.process_time() - started < 5  # refused before pypdf parses a page
+
+
+def test_every_page_showing_a_shared_stream_spends_its_operators() -> None:
+    data = shared_stream_pdf(pages=10, operators=300)  # a caption of 5 operators, then 300 drawing
+    assert extract(data, Limits(max_pdf_operations=3050)).pages == 10
+    assert error_code(data, Limits(max_pdf_operations=3049)) == "too_complex"
+
+
+def test_a_form_drawn_many_times_spends_its_operators_each_time() -> None:
+    data = shared_stream_pdf(pages=2, operators=100, form=b"BT /F1 9 Tf (in a form) Tj ET")  # 2 x (100 Do + 100 x 4)
+    assert "in a form" in extract(data, Limits(max_pdf_operations=1000)).text
+    assert error_code(data, Limits(max_pdf_operations=999)) == "too_complex"
+
+
+def test_a_stream_that_shows_no_text_costs_nothing() -> None:
+    """pypdf's text extraction skips it unread."""
+    data = pdf_file([b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [4 0 R] /Count 1 >>", HELVETICA,
+                     b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 5 0 R "
+                     b"/Resources << /Font << /F1 3 0 R >> >> >>", pdf_stream(b"0 0 m 1 1 l S\n" * 1000)])
+    assert error_code(data, Limits(max_pdf_operations=10)) == "empty"
+
+
 # -- Office --------------------------------------------------------------------------------------
 
 
@@ -212,6 +289,28 @@ def make_docx_bomb() -> bytes:
     return out.getvalue()
 
 
+WORD_NAMESPACE = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+
+
+def empty_paragraphs_docx(size: int = 47_000_000) -> bytes:
+    """The issue's DOCX: a word/document.xml of about 47 MB of empty paragraphs (<w:p/>) that deflates to ~2 MB.
+
+    A line break after a random half of the paragraphs keeps it from compressing better than about 27:1,
+    inside every ZIP limit (ratio at most 100 for a part, 50 MB uncompressed in all).
+    """
+    rng = random.Random(47)
+    chunk = b"".join(b"<w:p/>" + rng.choice((b"", b"\n")) for _ in range(150_000))  # 1 MB: beyond deflate's window
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("[Content_Types].xml", "<Types/>")
+        with archive.open("word/document.xml", "w", force_zip64=True) as member:
+            member.write(f'<?xml version="1.0"?><w:document xmlns:w="{WORD_NAMESPACE}"><w:body>'.encode())
+            for _ in range(size // len(chunk)):
+                member.write(chunk)
+            member.write(b"</w:body></w:document>")
+    return out.getvalue()
+
+
 @pytest.fixture(scope="module")
 def docx_bomb() -> bytes:
     """The zip bomb, built once for the module."""
@@ -252,6 +351,101 @@ def test_other_zip_is_unsupported() -> None:
     assert error_code(make_zip({"notes.txt": b"hello", "img/logo.png": b"\x89PNG"})) == "unsupported"
 
 
+@pytest.mark.slow
+def test_docx_made_of_47_mb_of_empty_paragraphs_is_too_complex() -> None:
+    """python-docx built a tree of it: 1.7 GB. Streamed, it stops at the element budget."""
+    data = empty_paragraphs_docx()
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        member = archive.getinfo("word/document.xml")
+    assert len(data) < 2.5e6 and member.file_size > 45e6 and member.file_size / member.compress_size < 100
+    with pytest.raises(DocumentError) as info:
+        extract(data)
+    assert info.value.code == "too_complex"
+    assert info.value.reason == "The file is too complex: more than 2,000,000 XML elements."
+
+
+def test_the_xml_element_budget_covers_every_part_read() -> None:
+    data = make_xlsx()
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        total = sum(len(etree.fromstring(archive.read(name)).xpath("//*")) for name in archive.namelist()
+                    if name.startswith("xl/") and name.endswith((".xml", ".rels")) and "theme" not in name)
+    assert extract(data, Limits(max_xml_elements=total)).pages == 2
+    assert error_code(data, Limits(max_xml_elements=total // 2)) == "too_complex"
+
+
+def test_docx_blocks_carry_the_nearest_heading_and_their_place() -> None:
+    document = docx.Document()
+    document.add_paragraph("Preface")
+    document.add_heading("Results 2024", level=1)
+    document.add_paragraph("Revenue grew")
+    document.add_paragraph("")
+    table = document.add_table(rows=2, cols=2)
+    for cell, text in zip(table._cells, ["a", "b", "c", "d"]):
+        cell.text = text
+    document.add_heading("Costs", level=2)
+    document.add_paragraph("Rent rose")
+    out = io.BytesIO()
+    document.save(out)
+    result = extract(out.getvalue())
+    assert result.text == "Preface\nResults 2024\nRevenue grew\na | b\nc | d\nCosts\nRent rose"
+    assert result.blocks == [
+        Block("Preface", {"heading": None, "paragraph": 1}),
+        Block("Results 2024", {"heading": "Results 2024", "paragraph": 2}),
+        Block("Revenue grew", {"heading": "Results 2024", "paragraph": 3}),
+        Block("a | b", {"heading": "Results 2024", "paragraph": 5, "row": 1}),
+        Block("c | d", {"heading": "Results 2024", "paragraph": 5, "row": 2}),
+        Block("Costs", {"heading": "Costs", "paragraph": 6}),
+        Block("Rent rose", {"heading": "Costs", "paragraph": 7}),
+    ]
+
+
+def test_docx_runs_read_as_python_docx_read_them() -> None:
+    """Tabs, line breaks and hyperlinks are text; a text box and a nested table are not."""
+    document = docx.Document()
+    paragraph = document.add_paragraph("Net\tmargin")
+    paragraph.add_run().add_break()
+    paragraph.add_run("seven")
+    link = paragraph._p.makeelement(qn("w:hyperlink"), {})
+    link.append(paragraph.add_run(" percent")._r)
+    paragraph._p.append(link)
+    table = document.add_table(rows=1, cols=1)
+    table.cell(0, 0).text = "outer"
+    table.cell(0, 0).add_table(rows=1, cols=1).cell(0, 0).text = "inner"
+    out = io.BytesIO()
+    document.save(out)
+    assert extract(out.getvalue()).text == "Net\tmargin\nseven percent\nouter"
+
+
+def test_xlsx_blocks_carry_the_sheet_and_the_cells_of_each_row() -> None:
+    result = extract(make_xlsx())
+    assert result.blocks[:4] == [
+        Block("## Sheet: Income", {"sheet": "Income"}),
+        Block("Month | Amount", {"sheet": "Income", "cells": "A1:B1"}),
+        Block("January | 1200", {"sheet": "Income", "cells": "A2:B2"}),
+        Block("February | 1350.5", {"sheet": "Income", "cells": "A4:B4"}),
+    ]
+    assert result.blocks[-1] == Block("Coffee | 42", {"sheet": "Costs 1", "cells": "A2:B2"})
+
+
+def test_xlsx_values_read_as_openpyxl_read_them() -> None:
+    """Dates by their number format, booleans, formulas by their cached value, inline strings, gaps."""
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    sheet.append([datetime.date(2024, 1, 2), datetime.datetime(2024, 1, 3, 14, 30), True, 1e20, -0.25])
+    sheet["C3"] = "far"
+    sheet["A4"] = "=1+1"  # openpyxl stores no cached value: an empty cell for data_only readers
+    out = io.BytesIO()
+    workbook.save(out)
+    with zipfile.ZipFile(io.BytesIO(out.getvalue())) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members["xl/worksheets/sheet1.xml"] = members["xl/worksheets/sheet1.xml"].replace(
+        b"</sheetData>", b'<row r="5"><c r="B5" t="inlineStr"><is><t>inline</t></is></c></row></sheetData>')
+    result = extract(make_zip(members))
+    assert result.text == ("## Sheet: Sheet\n2024-01-02 | 2024-01-03 14:30:00 | True | 1e+20 | -0.25\n"
+                           " |  | far\n | inline")
+    assert result.blocks[2].anchor == {"sheet": "Sheet", "cells": "C3:C3"}
+
+
 # -- text ----------------------------------------------------------------------------------------
 
 
@@ -268,6 +462,31 @@ def test_other_zip_is_unsupported() -> None:
 def test_csv(content: bytes, expected: str) -> None:
     result = extract(content)
     assert (result.kind, result.text, result.pages) == ("csv", expected, None)
+
+
+def test_csv_blocks_carry_their_row_number() -> None:
+    result = extract(b"date,amount\n2024-01-02,12.50\n,\n2024-01-03,7.00\n")
+    assert [block.anchor for block in result.blocks] == [{"row": 1}, {"row": 2}, {"row": 4}]
+    assert result.blocks[2].text == "2024-01-03 | 7.00"
+
+
+def test_text_blocks_are_paragraphs_with_their_line_range() -> None:
+    result = extract(b"# Budget\n\nrent 800\nsalaries 5000\n\n\n- tax\n")
+    assert result.blocks == [Block("# Budget", {"lines": "1-1"}), Block("rent 800\nsalaries 5000", {"lines": "3-4"}),
+                             Block("- tax", {"lines": "7-7"})]
+
+
+def test_blocks_are_cut_with_the_text() -> None:
+    result = extract(PDF, Limits(max_chars=25))
+    assert result.text == "Hello from page one\n\nTota"
+    assert result.blocks == [Block("Hello from page one", {"page": 1}), Block("Tota", {"page": 2})]
+
+
+def test_blocks_past_the_block_limit_join_the_last_one() -> None:
+    result = extract("".join(f"{n % 10}\n\n" for n in range(MAX_BLOCKS + 10)).encode())
+    assert len(result.blocks) == MAX_BLOCKS
+    assert result.blocks[-1].anchor == {"lines": f"{2 * MAX_BLOCKS - 1}-{2 * MAX_BLOCKS + 19}"}
+    assert result.blocks[-1].text == "\n\n".join(str(n % 10) for n in range(MAX_BLOCKS - 1, MAX_BLOCKS + 10))
 
 
 @pytest.mark.parametrize(

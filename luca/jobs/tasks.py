@@ -22,11 +22,12 @@ from luca.ai import chain
 from luca.ai.chain import ProvidersUnavailable
 from luca.ai.offline import OfflineProvider
 from luca.cache import get_cache
-from luca.documents import DocumentError, Limits, extract
+from luca.documents import DocumentError, Limits
 from luca.extensions import db
 from luca.jobs import outbox
 from luca.jobs.queue import QUEUES, get_jobs, is_final_attempt
 from luca.models import Conversation, File, Message, utcnow
+from luca.sandbox import extract_isolated
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -193,7 +194,8 @@ def document_limits(app: Flask) -> Limits:
     """The extraction limits from the app's settings."""
     return Limits(max_bytes=app.config["FILE_MAX_BYTES"], max_pages=app.config["FILE_MAX_PAGES"],
                   max_uncompressed_bytes=app.config["FILE_MAX_UNCOMPRESSED_BYTES"],
-                  max_chars=app.config["FILE_MAX_CHARS"])
+                  max_chars=app.config["FILE_MAX_CHARS"], memory_mb=app.config["DOCUMENT_MEMORY_MB"],
+                  cpu_seconds=app.config["DOCUMENT_CPU_SECONDS"])
 
 
 def set_file(file_id: int, **values: Any) -> None:
@@ -204,7 +206,7 @@ def set_file(file_id: int, **values: Any) -> None:
 
 @task("files")
 def process_file(file_id: int) -> str:
-    """Extract a document's text; a file that cannot be read ends `failed` with the reason."""
+    """Extract a document's text in the sandbox; a file that cannot be read ends `failed` with the reason."""
     row = db.session.execute(select(File.status, File.data).where(File.id == file_id)).first()
     if row is None or row.status in ("ready", "failed"):
         return "nothing to do"
@@ -217,7 +219,7 @@ def process_file(file_id: int) -> str:
             set_file(file_id, progress=min(99, int(fraction * 100)))
 
     try:
-        extracted = extract(row.data, document_limits(current_app), progress)
+        extracted = extract_isolated(row.data, document_limits(current_app), progress)
     except DocumentError as exc:
         set_file(file_id, status="failed", error=exc.reason[:500], progress=100)
         log.info("[FileQueue] file %s failed: %s", file_id, exc.code)
