@@ -10,20 +10,24 @@ is one), `database`, `external-api` and `redis` (in-process).
 """
 from __future__ import annotations
 
+import calendar
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pybreaker
-from flask import Flask, current_app
+from flask import Flask
 from pybreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, CircuitBreakerError
-from redis.exceptions import RedisError
 
-from luca.redis_conn import GuardedRedis, get_redis
+from luca.extensions import redis_gateway
+from luca.redis import REDIS_ERRORS
+
+if TYPE_CHECKING:
+    from luca.redis import GuardedRedis, RedisGateway
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,14 +51,85 @@ class LogListener(pybreaker.CircuitBreakerListener):
             log.info("[CircuitBreaker] %s CLOSED - service recovered", cb.name)
 
 
-class FallbackStorage(pybreaker.CircuitBreakerStorage):
-    """pybreaker's Redis storage while Redis answers; in-process memory while it does not."""
+# Sets KEYS[1] to ARGV[1] unless it holds a later time already (pybreaker's opened_at, atomically).
+SET_IF_LATER = """
+local current = redis.call('GET', KEYS[1])
+if not current or tonumber(ARGV[1]) > tonumber(current) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+"""
 
-    def __init__(self, name: str, redis: GuardedRedis, namespace: str, read_seconds: float = 1.0) -> None:
+
+class SharedStorage(pybreaker.CircuitBreakerStorage):
+    """A breaker's state in Redis, under pybreaker's CircuitRedisStorage keys, raising Redis errors.
+
+    pybreaker's own Redis storage logs and swallows every Redis error, so its caller cannot
+    tell a failed read from a real value; this one lets FallbackStorage switch to memory.
+    """
+
+    def __init__(self, name: str, redis: GuardedRedis, key: Callable[[str], str]) -> None:
         super().__init__(name)
         self._redis = redis
-        self._namespace = namespace
-        self._shared: pybreaker.CircuitRedisStorage | None = None
+        self._key = key
+        self._set_if_later = redis.register_script(SET_IF_LATER)
+
+    def _int(self, name: str) -> int:
+        return int(self._redis.get(self._key(name)) or 0)
+
+    @property
+    def state(self) -> str:
+        found = self._redis.get(self._key("state"))
+        if found is None:  # never set, or lost with Redis's data: start again closed
+            for name, value in (("fail_counter", 0), ("success_counter", 0), ("state", STATE_CLOSED)):
+                self._redis.setnx(self._key(name), value)
+            return STATE_CLOSED
+        return found.decode()
+
+    @state.setter
+    def state(self, state: str) -> None:
+        self._redis.set(self._key("state"), str(state))
+
+    def increment_counter(self) -> None:
+        self._redis.incr(self._key("fail_counter"))
+
+    def reset_counter(self) -> None:
+        self._redis.set(self._key("fail_counter"), 0)
+
+    def increment_success_counter(self) -> None:
+        self._redis.incr(self._key("success_counter"))
+
+    def reset_success_counter(self) -> None:
+        self._redis.set(self._key("success_counter"), 0)
+
+    @property
+    def counter(self) -> int:
+        return self._int("fail_counter")
+
+    @property
+    def success_counter(self) -> int:
+        return self._int("success_counter")
+
+    @property
+    def opened_at(self) -> datetime | None:
+        timestamp = self._int("opened_at")
+        return datetime(*time.gmtime(timestamp)[:6], tzinfo=UTC) if timestamp else None
+
+    @opened_at.setter
+    def opened_at(self, value: datetime) -> None:
+        self._set_if_later(keys=[self._key("opened_at")], args=[calendar.timegm(value.timetuple())])
+
+
+class FallbackStorage(pybreaker.CircuitBreakerStorage):
+    """A breaker's state shared through Redis while Redis answers; in-process memory while it does not."""
+
+    def __init__(self, name: str, gateway: RedisGateway, read_seconds: float = 1.0) -> None:
+        super().__init__(name)
+        assert gateway.client is not None, "shared breaker state needs REDIS_URL"
+        self._redis = gateway.client
+        self._trial_key = gateway.key("breaker", name, "trial")
+        # pybreaker's CircuitRedisStorage keys, so every process (of any version) reads the same state.
+        self._shared = SharedStorage(name, gateway.client,
+                                     lambda part: gateway.key("breaker", name, "pybreaker", part))
         self._memory = pybreaker.CircuitMemoryStorage(STATE_CLOSED)
         # The state and the failure count are read from Redis at most this often: every AI call
         # asks for them, and another process's change may take this long to be seen here.
@@ -75,25 +150,12 @@ class FallbackStorage(pybreaker.CircuitBreakerStorage):
         for name in names:
             self._reads.pop(name, None)
 
-    def _storage(self) -> pybreaker.CircuitBreakerStorage:
-        """The Redis storage, created on first use (Redis may be down at start-up)."""
-        if self._shared is None:
-            self._shared = QuietRedisStorage(STATE_CLOSED, self._redis, namespace=self._namespace)
-        return self._shared
-
     def _do(self, operation: Callable[[pybreaker.CircuitBreakerStorage], T]) -> T:
-        """Run operation on Redis; after a Redis error (which pybreaker swallows) run it in memory."""
-        breaker = self._redis.breaker
-        if breaker.redis_available():
-            trouble_before = breaker.failures + breaker.rejections
-            try:
-                result = operation(self._storage())
-            except RedisError:
-                pass
-            else:
-                if breaker.failures + breaker.rejections == trouble_before:
-                    return result
-        return operation(self._memory)
+        """Run operation on the shared state; while Redis fails (or its breaker is open), in memory."""
+        try:
+            return operation(self._shared)
+        except REDIS_ERRORS:
+            return operation(self._memory)
 
     @property
     def state(self) -> str:
@@ -137,23 +199,16 @@ class FallbackStorage(pybreaker.CircuitBreakerStorage):
     def claim_trial(self, name: str) -> bool:
         """Take the one half-open trial slot across every process sharing Redis."""
         try:
-            return bool(self._redis.set(f"{self._namespace}:trial", name, nx=True, ex=TRIAL_SLOT_SECONDS))
-        except RedisError:
+            return bool(self._redis.set(self._trial_key, name, nx=True, ex=TRIAL_SLOT_SECONDS))
+        except REDIS_ERRORS:
             return True  # Redis is gone: the in-process slot alone decides
 
     def release_trial(self) -> None:
         """Free the trial slot."""
         try:
-            self._redis.delete(f"{self._namespace}:trial")
-        except RedisError:
+            self._redis.delete(self._trial_key)
+        except REDIS_ERRORS:
             pass
-
-
-class QuietRedisStorage(pybreaker.CircuitRedisStorage):
-    """pybreaker's Redis storage without a stack trace per call while Redis is down."""
-
-    logger = logging.getLogger(__name__ + ".redis_storage")
-    logger.setLevel(logging.CRITICAL)
 
 
 class Breaker(pybreaker.CircuitBreaker):
@@ -262,14 +317,6 @@ class Breaker(pybreaker.CircuitBreaker):
         with self.guard():
             return func(*args, **kwargs)
 
-    # -- redis breaker helpers ----------------------------------------------
-    def call_redis(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a Redis command through this breaker; an open breaker looks like a Redis error."""
-        try:
-            return self.call(func, *args, **kwargs)
-        except CircuitBreakerError as exc:
-            raise RedisError(str(exc)) from None
-
     def redis_available(self) -> bool:
         """Whether calls would be let through now (without taking a trial slot)."""
         return self.current_state != STATE_OPEN or self.seconds_until_half_open() == 0
@@ -302,7 +349,7 @@ class Breaker(pybreaker.CircuitBreaker):
 
 
 class Breakers:
-    """The app's breakers, made on first use from its configuration."""
+    """The app's breakers; an `AI-<provider>` breaker is made on its first use."""
 
     def __init__(self, app: Flask) -> None:
         self.config = app.config
@@ -311,26 +358,20 @@ class Breakers:
         self._ai: dict[str, Breaker] = {}
         self.redis = Breaker("redis", fail_max=app.config["REDIS_BREAKER_FAIL_MAX"],
                              reset_timeout=app.config["REDIS_BREAKER_RESET_TIMEOUT"],
-                             is_failure=lambda exc: isinstance(exc, (RedisError, OSError)))
+                             is_failure=lambda exc: isinstance(exc, REDIS_ERRORS))
         self.database = Breaker("database", fail_max=app.config["DB_BREAKER_FAIL_MAX"],
                                 reset_timeout=app.config["DB_BREAKER_RESET_TIMEOUT"])
         self.external = Breaker("external-api", fail_max=app.config["EXTERNAL_BREAKER_FAIL_MAX"],
                                 reset_timeout=app.config["EXTERNAL_BREAKER_RESET_TIMEOUT"])
-
-    def guarded_redis(self, setting: str = "REDIS_URL") -> GuardedRedis | None:
-        """The app's Redis client (for a URL setting) behind the `redis` breaker, or None without one."""
-        client = get_redis(self._app, setting)
-        return GuardedRedis(client, self.redis) if client is not None else None
 
     def ai(self, provider: str, is_failure: Callable[[BaseException], bool] | None = None) -> Breaker:
         """The breaker `AI-<provider>`, its state shared through Redis when there is one."""
         with self._lock:
             if provider not in self._ai:
                 name = f"AI-{provider}"
-                redis = self.guarded_redis()
-                namespace = f"{self.config['REDIS_KEY_PREFIX']}breaker:{name}"
-                storage = (FallbackStorage(name, redis, namespace, self.config["AI_BREAKER_SHARED_READ"])
-                           if redis else None)
+                gateway = redis_gateway.of(self._app)
+                storage = (FallbackStorage(name, gateway, self.config["AI_BREAKER_SHARED_READ"])
+                           if gateway.client is not None else None)
                 self._ai[provider] = Breaker(
                     name, fail_max=self.config["AI_BREAKER_FAIL_MAX"],
                     reset_timeout=self.config["AI_BREAKER_RESET_TIMEOUT"],
@@ -341,40 +382,21 @@ class Breakers:
         """Every breaker made so far."""
         return [self.database, self.external, self.redis, *self._ai.values()]
 
-    def by_name(self, name: str) -> Breaker | None:
-        """A breaker by its name (`database`, `external-api`, `redis`, `AI-<provider>`)."""
-        return next((b for b in self.all() if b.name == name), None)
+    def find(self, name: str) -> Breaker | None:
+        """A breaker by name (`database`, `external-api`, `redis`, `AI-<provider>`); a configured provider's is made."""
+        found = next((b for b in self.all() if b.name == name), None)
+        if found is None and name.startswith("AI-") and name[3:] in self.config["AI_PROVIDERS"]:
+            found = self.ai(name[3:])
+        return found
 
-
-def get_breakers(app: Flask | None = None) -> Breakers:
-    """The app's breakers."""
-    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
-    return app.extensions["luca.breakers"]
-
-
-def find_breaker(name: str) -> Breaker | None:
-    """A breaker by name; `AI-<provider>` breakers of configured providers are made on demand."""
-    breakers = get_breakers()
-    found = breakers.by_name(name)
-    if found is None and name.startswith("AI-") and name[3:] in current_app.config["AI_PROVIDERS"]:
-        found = breakers.ai(name[3:])
-    return found
-
-
-def get_circuit_breaker_stats() -> dict[str, Any]:
-    """Every breaker's state and counts: database, externalAPI, redis and one per AI provider."""
-    breakers = get_breakers()
-    return {
-        "database": breakers.database.stats(),
-        "externalAPI": breakers.external.stats(),
-        "redis": breakers.redis.stats(),
-        "aiProviders": {b.name: b.stats() for b in breakers._ai.values()},
-    }
-
-
-def register_breakers(app: Flask) -> None:
-    """Create the app's breakers."""
-    app.extensions["luca.breakers"] = Breakers(app)
+    def stats(self) -> dict[str, Any]:
+        """Every breaker's state and counts: database, externalAPI, redis and one per AI provider."""
+        return {
+            "database": self.database.stats(),
+            "externalAPI": self.external.stats(),
+            "redis": self.redis.stats(),
+            "aiProviders": {b.name: b.stats() for b in self._ai.values()},
+        }
 
 
 def guard_database(engine: Any, breaker: Breaker) -> None:

@@ -85,10 +85,10 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(CircuitBreakerError)
     def handle_open_breaker(exc: CircuitBreakerError) -> ResponseReturnValue:
-        from luca.breakers import get_breakers
+        from luca.extensions import breakers
 
         rollback_quietly()
-        wait = max(1, math.ceil(get_breakers().database.seconds_until_half_open()))
+        wait = max(1, math.ceil(breakers.database.seconds_until_half_open()))
         return error_response(503, "database_unavailable", "the database is not answering; try again shortly",
                               headers={"Retry-After": str(wait)})
 

@@ -9,7 +9,8 @@ import pytest
 
 import config
 from config import normalise_database_url
-from tests.conftest import ROOT
+from luca.extensions import SERVICES, cache, openapi
+from tests.conftest import ROOT, create_user
 
 
 @pytest.mark.parametrize("given,expected", [
@@ -52,6 +53,21 @@ def test_wsgi_module_exposes_the_app() -> None:
                             env={"PATH": "/usr/bin:/bin", "DATABASE_URL": "sqlite://"}, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "'admin'" in result.stdout and "'conversations'" in result.stdout
+
+
+def test_two_apps_built_in_one_process_each_serve_with_services_of_their_own(app_factory) -> None:
+    first, second = app_factory(), app_factory()  # the same settings, twice
+    for extension in (*SERVICES, openapi):
+        assert extension.of(first) is not extension.of(second), extension
+    for app in (first, second):  # every hook once, though the web and rq-dashboard blueprints are shared
+        for hooks in (app.before_request_funcs[None], app.after_request_funcs[None]):
+            assert len(hooks) == len(set(hooks))
+    cache.of(first).set("only-in-first", "x")
+    assert cache.of(second).get("only-in-first") is None
+    for number, app in enumerate((first, second)):
+        _, token = create_user(app, f"user{number}@example.com")
+        response = app.test_client().get("/api/me", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200 and response.get_json()["email"] == f"user{number}@example.com"
 
 
 def test_unexpected_errors_are_json_500(app, client) -> None:

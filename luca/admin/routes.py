@@ -6,15 +6,11 @@ from datetime import date, timedelta
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from luca import analytics
+from luca import analytics, extensions
 from luca.admin import bp
 from luca.api import endpoint
-from luca.alerts import get_alerts
-from luca.breakers import find_breaker, get_circuit_breaker_stats
-from luca.cache import get_cache
 from luca.errors import APIError, not_found
-from luca.extensions import db
-from luca.jobs.queue import get_jobs, get_queue_stats
+from luca.extensions import cache, db, jobs
 from luca.models import User, utcnow
 from luca.schemas import UserOut
 
@@ -113,7 +109,7 @@ def analytics_series(query: AnalyticsQuery) -> AnalyticsSeries:
     if (end - start).days + 1 > ANALYTICS_MAX_DAYS:
         raise APIError(422, "validation_error", f"the range may cover at most {ANALYTICS_MAX_DAYS} days",
                        [{"field": "to", "message": f"at most {ANALYTICS_MAX_DAYS} days after from, counting both"}])
-    if get_jobs().mode != "rq":  # no worker keeps the rollups current: bring the range up to date first
+    if jobs.mode != "rq":  # no worker keeps the rollups current: bring the range up to date first
         analytics.roll_up_stale(start, end)
     return AnalyticsSeries.model_validate(analytics.series(start, end))
 
@@ -128,7 +124,7 @@ class QueueStats(BaseModel):
 @endpoint(response=QueueStats, errors=(403,))
 def queue_stats() -> QueueStats:
     """Background queues: depth, activity, outcomes and failure rate per queue (admins only)."""
-    return QueueStats.model_validate(get_queue_stats())
+    return QueueStats.model_validate(jobs.stats())
 
 
 class Stats(BaseModel):
@@ -141,21 +137,21 @@ class Stats(BaseModel):
 @endpoint(response=Stats, errors=(403,))
 def cache_stats() -> Stats:
     """Cache hits and misses per tier, deduplication's saved calls, Redis status (admins only)."""
-    return Stats.model_validate(get_cache().get_stats())
+    return Stats.model_validate(cache.get_stats())
 
 
 @bp.get("/breakers")
 @endpoint(response=Stats, errors=(403,))
 def breakers() -> Stats:
     """Every circuit breaker's state and counts (admins only)."""
-    return Stats.model_validate(get_circuit_breaker_stats())
+    return Stats.model_validate(extensions.breakers.stats())  # (this module's breakers() is the view)
 
 
 @bp.post("/breakers/<name>/reset")
 @endpoint(response=Stats, errors=(403, 404))
 def reset_breaker(name: str) -> Stats:
     """Close a breaker by hand, e.g. after fixing a provider's key (admins only)."""
-    breaker = find_breaker(name)
+    breaker = extensions.breakers.find(name)
     if breaker is None:
         raise not_found("breaker")
     breaker.reset()
@@ -166,5 +162,5 @@ def reset_breaker(name: str) -> Stats:
 @endpoint(response=Stats, errors=(403,))
 def alerts() -> Stats:
     """The four alert rules, evaluated now (admins only)."""
-    evaluated = get_alerts().evaluate()
+    evaluated = extensions.alerts.evaluate()
     return Stats.model_validate({"firing": sum(a["firing"] for a in evaluated), "alerts": evaluated})
