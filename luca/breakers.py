@@ -23,6 +23,7 @@ import pybreaker
 from flask import Flask
 from pybreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, CircuitBreakerError
 
+from luca.ai.providers import is_provider_failure
 from luca.extensions import redis_gateway
 from luca.redis import REDIS_ERRORS
 
@@ -211,6 +212,15 @@ class FallbackStorage(pybreaker.CircuitBreakerStorage):
             pass
 
 
+class BreakerOpen(CircuitBreakerError):
+    """A call refused by an open breaker (or a half-open one whose trial is in flight), naming the breaker."""
+
+    def __init__(self, breaker: str, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.breaker = breaker
+        self.retry_after = retry_after  # seconds until the breaker lets a trial through
+
+
 class Breaker(pybreaker.CircuitBreaker):
     """A pybreaker breaker whose guarded calls run outside its lock, with statistics."""
 
@@ -238,19 +248,20 @@ class Breaker(pybreaker.CircuitBreaker):
         return max(0.0, opened_at.timestamp() + self.reset_timeout - time.time())
 
     def allow(self) -> bool:
-        """Admit a call or raise CircuitBreakerError; True means the call is the half-open trial."""
+        """Admit a call or raise BreakerOpen; True means the call is the half-open trial."""
         with self._lock:
             state = self.state.name  # syncs with a change made by another process
             if state == STATE_CLOSED:
                 return False
             if state == STATE_OPEN:
-                if self.seconds_until_half_open() > 0:
+                wait = self.seconds_until_half_open()
+                if wait > 0:
                     self.rejections += 1
-                    raise CircuitBreakerError(f"{self.name} is open")
+                    raise BreakerOpen(self.name, f"{self.name} is open", wait)
                 self.half_open()
             if self._trial_local or not self._claim_trial():
                 self.rejections += 1
-                raise CircuitBreakerError(f"{self.name} is half-open and its trial call is in flight")
+                raise BreakerOpen(self.name, f"{self.name} is half-open and its trial call is in flight", 0.0)
             self._trial_local = True
             return True
 
@@ -265,7 +276,22 @@ class Breaker(pybreaker.CircuitBreaker):
             release()
 
     # -- outcome -----------------------------------------------------------
-    def record_success(self, trial: bool) -> None:
+    def record(self, trial: bool, exc: BaseException | None = None) -> None:
+        """Record how a call that allow() admitted ended: the one place a failure is told from a success.
+
+        No exception is a success. GeneratorExit (a stream closed early, the call given up) is no
+        verdict: it only frees the trial slot. Any other exception is a failure when the breaker's
+        is_failure says so (every exception, for a breaker declared without one), else a success:
+        the service answered, the fault was the caller's.
+        """
+        if isinstance(exc, GeneratorExit):
+            self._record_nothing(trial)
+        elif exc is not None and self.is_system_error(exc):  # type: ignore[arg-type]
+            self._record_failure(exc, trial)
+        else:
+            self._record_success(trial)
+
+    def _record_success(self, trial: bool) -> None:
         """A guarded call succeeded: reset the failure count; a successful trial closes the breaker."""
         with self._lock:
             self.successes += 1
@@ -275,7 +301,7 @@ class Breaker(pybreaker.CircuitBreaker):
             elif self._state_storage.counter:
                 self._state_storage.reset_counter()
 
-    def record_failure(self, exc: BaseException, trial: bool) -> None:
+    def _record_failure(self, exc: BaseException, trial: bool) -> None:
         """A guarded call failed: count it; at the threshold, or on a failed trial, open."""
         with self._lock:
             self.failures += 1
@@ -288,7 +314,7 @@ class Breaker(pybreaker.CircuitBreaker):
             elif self.current_state == STATE_CLOSED and self._state_storage.counter >= self.fail_max:
                 self.open()
 
-    def record_nothing(self, trial: bool) -> None:
+    def _record_nothing(self, trial: bool) -> None:
         """The call ended without a verdict (cancelled): just free the trial slot."""
         if trial:
             with self._lock:
@@ -300,17 +326,10 @@ class Breaker(pybreaker.CircuitBreaker):
         trial = self.allow()
         try:
             yield
-        except GeneratorExit:
-            self.record_nothing(trial)
-            raise
         except BaseException as exc:
-            if self.is_system_error(exc):  # type: ignore[arg-type]
-                self.record_failure(exc, trial)
-            else:
-                self.record_success(trial)
+            self.record(trial, exc)
             raise
-        else:
-            self.record_success(trial)
+        self.record(trial)
 
     def call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """pybreaker's call(), but concurrent."""
@@ -364,8 +383,12 @@ class Breakers:
         self.external = Breaker("external-api", fail_max=app.config["EXTERNAL_BREAKER_FAIL_MAX"],
                                 reset_timeout=app.config["EXTERNAL_BREAKER_RESET_TIMEOUT"])
 
-    def ai(self, provider: str, is_failure: Callable[[BaseException], bool] | None = None) -> Breaker:
-        """The breaker `AI-<provider>`, its state shared through Redis when there is one."""
+    def ai(self, provider: str) -> Breaker:
+        """The breaker `AI-<provider>`, its state shared through Redis when there is one.
+
+        A provider fails when it does not answer or answers 429 or 5xx (is_provider_failure); a
+        4xx caused by our own request is an answer.
+        """
         with self._lock:
             if provider not in self._ai:
                 name = f"AI-{provider}"
@@ -375,12 +398,12 @@ class Breakers:
                 self._ai[provider] = Breaker(
                     name, fail_max=self.config["AI_BREAKER_FAIL_MAX"],
                     reset_timeout=self.config["AI_BREAKER_RESET_TIMEOUT"],
-                    is_failure=is_failure, storage=storage)
+                    is_failure=is_provider_failure, storage=storage)
             return self._ai[provider]
 
     def all(self) -> list[Breaker]:
         """Every breaker made so far."""
-        return [self.database, self.external, self.redis, *self._ai.values()]
+        return [self.database, self.external, self.redis, *self.providers()]
 
     def find(self, name: str) -> Breaker | None:
         """A breaker by name (`database`, `external-api`, `redis`, `AI-<provider>`); a configured provider's is made."""
@@ -389,13 +412,17 @@ class Breakers:
             found = self.ai(name[3:])
         return found
 
+    def providers(self) -> list[Breaker]:
+        """The `AI-<provider>` breakers made so far."""
+        return list(self._ai.values())
+
     def stats(self) -> dict[str, Any]:
         """Every breaker's state and counts: database, externalAPI, redis and one per AI provider."""
         return {
             "database": self.database.stats(),
             "externalAPI": self.external.stats(),
             "redis": self.redis.stats(),
-            "aiProviders": {b.name: b.stats() for b in self._ai.values()},
+            "aiProviders": {b.name: b.stats() for b in self.providers()},
         }
 
 
@@ -416,4 +443,4 @@ def guard_database(engine: Any, breaker: Breaker) -> None:
     @event.listens_for(engine, "handle_error")
     def count_disconnects(context: Any) -> None:
         if context.is_disconnect and context.connection is not None:
-            breaker.record_failure(context.original_exception, trial=False)
+            breaker.record(False, context.original_exception)  # (the database breaker counts every error)

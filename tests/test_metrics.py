@@ -108,7 +108,7 @@ def test_an_open_breaker_and_its_failures(app: Flask, client: FlaskClient) -> No
     with app.app_context():
         breaker = breakers.external
         for _ in range(breaker.fail_max):
-            breaker.record_failure(RuntimeError("webhook down"), trial=False)
+            breaker.record(False, RuntimeError("webhook down"))
         assert breaker.current_state == "open"
     after = scrape(client)
 

@@ -13,7 +13,7 @@ from pybreaker import CircuitBreakerError
 
 from luca.ai.base import ChatMessage, Completion, Provider, StreamEnd
 from luca.ai.offline import OfflineProvider
-from luca.ai.providers import OpenAICompatibleProvider, is_provider_failure
+from luca.ai.providers import OpenAICompatibleProvider
 from luca.breakers import Breaker
 from luca.extensions import breakers, providers
 from luca.metrics import record_ai_call
@@ -73,7 +73,7 @@ def breaker_for(provider: Provider) -> Breaker | None:
     """The provider's breaker; the offline provider cannot fail and has none."""
     if isinstance(provider, OfflineProvider):
         return None
-    return breakers.ai(provider.name, is_provider_failure)
+    return breakers.ai(provider.name)
 
 
 def guarded(provider: Provider) -> AbstractContextManager[Any]:
@@ -152,21 +152,16 @@ class AnswerStream:
                     break
                 yield item
                 item = next(self.rest)
-        except GeneratorExit:
-            self.rest.close()  # type: ignore[attr-defined]
-            if self.breaker:
-                self.breaker.record_nothing(self.trial)
-            raise
         except BaseException as exc:
+            if isinstance(exc, GeneratorExit):  # closed early: no verdict on the provider
+                self.rest.close()  # type: ignore[attr-defined]
+            else:
+                record_failure(self.provider, exc, self.started)
             if self.breaker:
-                if is_provider_failure(exc):
-                    self.breaker.record_failure(exc, self.trial)
-                else:
-                    self.breaker.record_success(self.trial)
-            record_failure(self.provider, exc, self.started)
+                self.breaker.record(self.trial, exc)
             raise
         if self.breaker:
-            self.breaker.record_success(self.trial)
+            self.breaker.record(self.trial)
         record_ai_call(self.provider.name, self.provider.model, "ok", time.perf_counter() - self.started,
                        self.end.tokens_in if self.end else 0, self.end.tokens_out if self.end else 0)
 
@@ -192,10 +187,7 @@ def open_stream(messages: list[ChatMessage]) -> AnswerStream:
                         provider.name, type(exc).__name__)
             record_failure(provider, exc, started)
             if breaker:
-                if is_provider_failure(exc):
-                    breaker.record_failure(exc, trial)
-                else:
-                    breaker.record_success(trial)
+                breaker.record(trial, exc)
             continue
         return AnswerStream(provider, breaker, trial, first, rest, started)
     raise ProvidersUnavailable(retry_after(), errors)
