@@ -97,6 +97,37 @@ def test_openapi_document_describes_every_endpoint(client) -> None:
     assert body_ref["content"]["application/json"]["schema"]["$ref"].split("/")[-1] in spec["components"]["schemas"]
 
 
+def test_openapi_document_describes_the_admin_statistics_fields(client) -> None:
+    spec = client.get("/api/openapi.json").get_json()
+    schemas = spec["components"]["schemas"]
+
+    def resolve(schema: dict) -> dict:
+        return schemas[schema["$ref"].split("/")[-1]] if "$ref" in schema else schema
+
+    def answer(path: str, method: str = "get") -> dict:
+        return resolve(spec["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"])
+
+    def fields(schema: dict, *path: str) -> set[str]:
+        for name in path:
+            schema = resolve(schema["properties"][name]) if name != "*" else resolve(schema["additionalProperties"])
+        return set(resolve(schema)["properties"])
+
+    queues = answer("/api/admin/queue-stats")
+    assert set(queues["properties"]) == {"titleGeneration", "fileProcessing", "analytics", "redis", "mode"}
+    assert {"waiting", "active", "completed", "failed", "failureRate"} <= fields(queues, "titleGeneration")
+    breakers = answer("/api/admin/breakers")
+    assert set(breakers["properties"]) == {"database", "externalAPI", "redis", "aiProviders"}
+    assert {"consecutiveFailures", "failMax", "retryAfter"} <= fields(breakers, "database", "stats")
+    assert fields(breakers, "aiProviders", "*") == {"state", "stats"}
+    assert fields(answer("/api/admin/breakers/{name}/reset", "post")) == {"name", "state", "stats"}
+    cache = answer("/api/admin/cache-stats")
+    assert {"hitRate", "memory", "redis", "dedup"} <= set(cache["properties"])
+    assert {"savedCalls", "hitRate"} <= fields(cache, "dedup")
+    alerts = answer("/api/admin/alerts")
+    assert {"name", "firing", "value", "threshold", "message", "since"} == set(
+        resolve(alerts["properties"]["alerts"]["items"])["properties"])
+
+
 def test_docs_page_lists_the_endpoints(client) -> None:
     page = client.get("/api/docs")
     assert page.status_code == 200
