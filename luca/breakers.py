@@ -3,7 +3,8 @@
 pybreaker's own call() holds the breaker's lock for the whole guarded call, so every
 call through one breaker would wait for the previous one. Breaker.guard() takes the
 lock only to read the state and to record the outcome; in half-open exactly one trial
-call goes through and the others fail fast.
+call goes through and the others fail fast. Breaker.record() is the one place an outcome is
+judged (a failure, a success or no verdict), for guarded calls and streamed answers alike.
 
 Every breaker is declared here: `AI-<provider>` (state shared through Redis when there
 is one), `database`, `external-api` and `redis` (in-process).
@@ -386,8 +387,9 @@ class Breakers:
     def ai(self, provider: str) -> Breaker:
         """The breaker `AI-<provider>`, its state shared through Redis when there is one.
 
-        A provider fails when it does not answer or answers 429 or 5xx (is_provider_failure); a
-        4xx caused by our own request is an answer.
+        Its failure rule is fixed here, whoever asks for it first: a provider fails when it does not
+        answer or answers 401, 403, 408, 429 or 5xx (is_provider_failure); a 4xx that our own
+        request caused is an answer.
         """
         with self._lock:
             if provider not in self._ai:

@@ -105,7 +105,7 @@ def reopen_after_fork(app: Flask) -> None:
 
 
 def shutdown(app: Flask) -> None:
-    """Release what app holds: job threads and tickers, the alert and slot threads, provider and Redis clients, database connections."""
+    """Release what app holds: job, alert and slot threads, provider and Redis clients, database connections."""
     for extension in reversed(SERVICES):  # a service is closed before the ones it uses
         close = getattr(extension.of(app), "close", None)
         if close is not None:
