@@ -82,12 +82,11 @@ header_map = "drop"
 
 
 def post_fork(server, worker):  # noqa: ANN001, ANN201 - gunicorn's hook signature
-    """Give each worker its own database connections (the preloaded app's pool is not fork-safe)."""
-    from luca.extensions import db
+    """Give each worker its own database connections and provider clients (the preloaded app's are not fork-safe)."""
+    from luca.extensions import reopen_after_fork
     from wsgi import app
 
-    with app.app_context():
-        db.engine.dispose(close=False)
+    reopen_after_fork(app)
 
 
 def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn's hook signature
@@ -104,3 +103,11 @@ def child_exit(server, worker):  # noqa: ANN001, ANN201 - gunicorn's hook signat
 
     multiprocess.mark_process_dead(worker.pid)
 
+
+
+def worker_exit(server, worker):  # noqa: ANN001, ANN201 - gunicorn's hook signature
+    """Release what the worker's app holds: in-process jobs finish, threads stop, clients and connections close."""
+    from luca.extensions import shutdown
+    from wsgi import app
+
+    shutdown(app)

@@ -17,13 +17,14 @@ import threading
 import time
 
 from redis import Redis
-from redis.exceptions import RedisError
 from rq import Worker
 
 from luca import create_app
+from luca.extensions import jobs, redis_gateway, shutdown
 from luca.jobs import tasks  # noqa: F401 - preloaded so work horses fork with the jobs imported
-from luca.jobs.queue import Jobs, get_jobs
+from luca.jobs.queue import Jobs
 from luca.jobs.tasks import bind_app, drain_outbox, reconcile
+from luca.redis import REDIS_ERRORS
 
 log = logging.getLogger("luca.worker")
 
@@ -59,7 +60,7 @@ def wait_for_redis(client: Redis) -> bool:
             if told:
                 log.info("[Worker] Redis answers again")
             return True
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             if not told:
                 log.warning("[Worker] Redis unavailable (%s); waiting for it", type(exc).__name__)
                 told = True
@@ -70,14 +71,14 @@ def wait_for_redis(client: Redis) -> bool:
 
 def reconcile_forever(app, stop: threading.Event) -> None:  # noqa: ANN001
     """Every interval, if no other worker holds the lock, reconcile."""
-    jobs = get_jobs(app)
+    redis = jobs.of(app).redis
     interval = app.config["JOBS_RECONCILE_INTERVAL"]
-    lock = f"{app.config['REDIS_KEY_PREFIX']}reconcile-lock"
+    lock = redis_gateway.of(app).key("reconcile-lock")
     while not stop.wait(interval):
         try:
-            if jobs.redis is not None and jobs.redis.set(lock, "1", nx=True, ex=max(1, int(interval * 0.9))):
+            if redis is not None and redis.set(lock, "1", nx=True, ex=max(1, int(interval * 0.9))):
                 reconcile(app)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             log.warning("[Reconciler] skipped: Redis unavailable (%s)", type(exc).__name__)
         except Exception:  # noqa: BLE001 - the loop must outlive a bad round
             log.exception("[Reconciler] round failed")
@@ -107,24 +108,30 @@ def main(argv: list[str] | None = None) -> int:
 
     app = create_app()
     bind_app(app)
-    jobs = get_jobs(app)
-    if jobs.mode != "rq":
+    runner = jobs.of(app)
+    if runner.mode != "rq":
         parser.error("the worker needs REDIS_URL (without it, jobs run inside the web process)")
-    queues = jobs.queues()
+    queues = runner.queues()
     log.info("[Worker] listening to %s", ", ".join(q.name for q in queues))
     stop = threading.Event()
+    threads = []
     if not args.burst:
-        threading.Thread(target=drain_forever, args=(app, stop), name="outbox", daemon=True).start()
+        threads.append(threading.Thread(target=drain_forever, args=(app, stop), name="outbox", daemon=True))
     if not args.burst and not args.no_reconcile:
-        threading.Thread(target=reconcile_forever, args=(app, stop), name="reconciler", daemon=True).start()
+        threads.append(threading.Thread(target=reconcile_forever, args=(app, stop), name="reconciler", daemon=True))
+    for thread in threads:
+        thread.start()
     try:
-        serve(jobs, burst=args.burst)
+        serve(runner, burst=args.burst)
     finally:
         stop.set()
+        for thread in threads:  # a round in progress finishes before the app's clients close
+            thread.join()
+        shutdown(app)
     return 0
 
 
-def serve(jobs: Jobs, burst: bool) -> None:
+def serve(runner: Jobs, burst: bool) -> None:
     """Run RQ's worker; start it again whenever it stops because Redis went away, until told to stop.
 
     RQ quits its work loop on a lost Redis connection (and cannot start without Redis); a
@@ -133,13 +140,13 @@ def serve(jobs: Jobs, burst: bool) -> None:
     while True:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, note_stop)  # RQ's handlers belong to a worker that is gone
-        if not wait_for_redis(jobs.redis.client):
+        if not wait_for_redis(runner.redis.raw):
             return
-        drain_quietly(jobs.app)  # Redis answers (again): what waited in the outbox goes first
-        worker = LucaWorker(jobs.queues(), connection=jobs.redis.client)
+        drain_quietly(runner.app)  # Redis answers (again): what waited in the outbox goes first
+        worker = LucaWorker(runner.queues(), connection=runner.redis.raw)
         try:
             worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             log.warning("[Worker] lost Redis (%s)", type(exc).__name__)
         else:
             if burst or LucaWorker.stopping:

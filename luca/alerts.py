@@ -9,6 +9,7 @@ webhook never slows a request.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -18,12 +19,11 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Flask, current_app
-from redis.exceptions import RedisError
+from flask import Flask
 
-from luca.breakers import get_breakers, get_circuit_breaker_stats
-from luca.cache import get_cache
-from luca.jobs.queue import QUEUES, get_queue_stats
+from luca.extensions import breakers, cache, jobs, redis_gateway
+from luca.jobs.queue import QUEUES
+from luca.redis import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +44,16 @@ def redis_failures(config: dict[str, Any]) -> Alert:
     threshold = config["ALERT_REDIS_FAILURES"]
     if not config.get("REDIS_URL"):
         return Alert("redis_connection_failures", False, 0, threshold, "Redis is not configured")
-    breakers = get_breakers()
-    redis = breakers.guarded_redis()
+    redis = redis_gateway.client
     try:
         if redis is not None:
             redis.ping()
         answered = True
-    except (RedisError, OSError):
+    except REDIS_ERRORS:
         answered = False
-    failures = breakers.redis.fail_counter
-    down = not answered and (failures >= threshold or breakers.redis.current_state == "open")
+    breaker = breakers.redis
+    failures = breaker.fail_counter
+    down = not answered and (failures >= threshold or breaker.current_state == "open")
     return Alert("redis_connection_failures", down, failures, threshold,
                  f"Redis connections are failing ({failures} in a row); Luca is serving from memory"
                  if down else "Redis answers")
@@ -62,7 +62,7 @@ def redis_failures(config: dict[str, Any]) -> Alert:
 def job_failure_rate(config: dict[str, Any]) -> Alert:
     """Jobs that failed for good, as a share of finished jobs, across every queue."""
     threshold = config["ALERT_JOB_FAILURE_RATE"]
-    stats = get_queue_stats()
+    stats = jobs.stats()
     names = [spec.stats_name for spec in QUEUES.values()]
     failed = sum(stats[n]["failed"] for n in names)
     done = failed + sum(stats[n]["completed"] for n in names)
@@ -73,10 +73,7 @@ def job_failure_rate(config: dict[str, Any]) -> Alert:
 
 def breakers_open(config: dict[str, Any]) -> Alert:
     """Any circuit breaker open."""
-    stats = get_circuit_breaker_stats()
-    flat = {"database": stats["database"], "external-api": stats["externalAPI"], "redis": stats["redis"],
-            **stats["aiProviders"]}
-    opened = sorted(name for name, entry in flat.items() if entry["state"] == "open")
+    opened = sorted(breaker.name for breaker in breakers.all() if breaker.current_state == "open")
     return Alert("breaker_open", bool(opened), len(opened), 1,
                  f"open: {', '.join(opened)}" if opened else "every breaker is closed")
 
@@ -84,7 +81,7 @@ def breakers_open(config: dict[str, Any]) -> Alert:
 def cache_hit_rate(config: dict[str, Any]) -> Alert:
     """The cache's hit rate, once there have been enough lookups to judge it."""
     threshold = config["ALERT_CACHE_HIT_RATE"]
-    stats = get_cache().get_stats()
+    stats = cache.get_stats()
     lookups = sum(stats[t]["hits"] + stats[t]["misses"] for t in ("redis", "memory"))
     rate = stats["hitRate"]
     low = rate is not None and lookups >= config["ALERT_MIN_SAMPLES"] and rate < threshold
@@ -105,10 +102,13 @@ class AlertMonitor:
         self._states: dict[str, bool] = {}
         self._since: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._outbox: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=100)
+        self._outbox: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=100)
         self._sender: threading.Thread | None = None
         self._ticker: threading.Thread | None = None
+        self._stop = threading.Event()
         self.sent = 0
+        if self.url and not app.config.get("TESTING"):  # evaluated from the first request of each process on
+            app.before_request(self.start_ticking)
 
     def evaluate(self) -> list[dict[str, Any]]:
         """Every rule's current verdict; transitions are queued for the webhook."""
@@ -136,18 +136,18 @@ class AlertMonitor:
 
     def _claim(self, alert: Alert) -> bool:
         """Claim the announcement of a transition across processes (every process sees it on its own)."""
-        redis = get_breakers(self.app).guarded_redis()
+        gateway = redis_gateway.of(self.app)
+        redis = gateway.client
         if redis is None:
             return True
-        base = f"{self.app.config['REDIS_KEY_PREFIX']}alerts:{alert.name}"
         state, other = ("firing", "resolved") if alert.firing else ("resolved", "firing")
         window = int(2 * self.app.config["ALERT_CHECK_INTERVAL"] + 30)
         try:
-            claimed = redis.set(f"{base}:{state}", "1", nx=True, ex=window)
+            claimed = redis.set(gateway.key("alerts", alert.name, state), "1", nx=True, ex=window)
             if claimed:
-                redis.delete(f"{base}:{other}")
+                redis.delete(gateway.key("alerts", alert.name, other))
             return bool(claimed)
-        except (RedisError, OSError):
+        except REDIS_ERRORS:
             return True  # without Redis each process announces what it sees
 
     def _notify(self, alert: Alert) -> None:
@@ -172,10 +172,13 @@ class AlertMonitor:
                 self._sender.start()
 
     def _send_forever(self) -> None:
+        external = breakers.of(self.app).external
         while True:
             payload = self._outbox.get()
+            if payload is None or self._stop.is_set():  # close() was called
+                return
             try:
-                get_breakers(self.app).external.call(self._post, payload)
+                external.call(self._post, payload)
                 self.sent += 1
             except Exception as exc:  # noqa: BLE001 - the webhook is best effort; the breaker counts it
                 log.warning("[Alerts] webhook post failed: %s", type(exc).__name__)
@@ -194,24 +197,20 @@ class AlertMonitor:
             self._ticker = threading.Thread(target=self._tick_forever, name="luca-alert-ticker", daemon=True)
             self._ticker.start()
 
+    def close(self) -> None:
+        """Stop the ticker and the sender (a post in flight ends within ALERT_WEBHOOK_TIMEOUT)."""
+        self._stop.set()
+        with contextlib.suppress(queue.Full):
+            self._outbox.put_nowait(None)  # wakes the sender
+        with self._lock:
+            ticker = self._ticker
+        if ticker is not None:
+            ticker.join()
+
     def _tick_forever(self) -> None:
-        stop = threading.Event()
-        while not stop.wait(self.app.config["ALERT_CHECK_INTERVAL"]):
+        while not self._stop.wait(self.app.config["ALERT_CHECK_INTERVAL"]):
             try:
                 with self.app.app_context():
                     self.evaluate()
             except Exception:  # noqa: BLE001 - keep ticking
                 log.exception("[Alerts] evaluation failed")
-
-
-def get_alerts(app: Flask | None = None) -> AlertMonitor:
-    """The app's alert monitor."""
-    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
-    return app.extensions["luca.alerts"]
-
-
-def register_alerts(app: Flask) -> None:
-    """Create the monitor; with a webhook, start evaluating on the first request of each process."""
-    monitor = app.extensions["luca.alerts"] = AlertMonitor(app)
-    if monitor.url and not app.config.get("TESTING"):
-        app.before_request(monitor.start_ticking)

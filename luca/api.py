@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any
 
-from flask import Flask, Response, current_app, render_template, request
+from flask import Flask, Response, render_template, request
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 from werkzeug.routing import IntegerConverter, Rule, UUIDConverter
 
 from luca.errors import APIError, not_found
+from luca.extensions import openapi
 from luca.schemas import MessageOut
 
 # The largest id a row can have (BIGINT on PostgreSQL, INTEGER on SQLite: both signed 64-bit).
@@ -260,23 +261,15 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-def spec_for(app: Flask | None = None) -> dict[str, Any]:
-    """Return the app's OpenAPI document, built once per process."""
-    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
-    if "luca.openapi" not in app.extensions:
-        app.extensions["luca.openapi"] = openapi_document(app)
-    return app.extensions["luca.openapi"]
-
-
 def register_docs(app: Flask) -> None:
     """Serve the OpenAPI document at /api/openapi.json and a readable page at /api/docs."""
 
     @app.get("/api/openapi.json")
     def openapi_json() -> Any:
         """The OpenAPI 3.1 document of this API."""
-        return spec_for(app)
+        return openapi.of(app)
 
     @app.get("/api/docs")
     def api_docs() -> str:
         """A page listing every endpoint, its parameters and responses."""
-        return render_template("api_docs.html", spec=spec_for(app))
+        return render_template("api_docs.html", spec=openapi.of(app))

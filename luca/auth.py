@@ -9,9 +9,9 @@ from datetime import datetime, timedelta
 from flask import g, request
 from sqlalchemy import select, update
 
-from luca.cache import cache_key, get_cache
+from luca.cache import cache_key
 from luca.errors import APIError
-from luca.extensions import db
+from luca.extensions import cache, db
 from luca.limits import refuse_credentials
 from luca.models import ApiToken, User, utcnow
 
@@ -61,7 +61,6 @@ def token_cache_key(token_hash: str) -> str:
 def lookup_token(token: str) -> CurrentUser | None:
     """The token's user: from the cache, else one query (which notes the token's use at most once a minute)."""
     token_hash = hash_token(token)
-    cache = get_cache()
     # Read on every request: a copy in this process saves a Redis round trip (a token revoked
     # elsewhere stops working here within CACHE_NEAR_TTL seconds; here, at once).
     cached = cache.get(token_cache_key(token_hash), near=True)
@@ -93,7 +92,7 @@ def forget_tokens(token_hashes: list[str]) -> bool:
     False when Redis is configured but did not answer: other processes may then go on
     accepting the tokens from Redis until their entries expire (CACHE_TTL).
     """
-    return get_cache().delete(*(token_cache_key(h) for h in token_hashes))
+    return cache.delete(*(token_cache_key(h) for h in token_hashes))
 
 
 def unauthorized(message: str) -> APIError:

@@ -3,27 +3,33 @@
 pybreaker's own call() holds the breaker's lock for the whole guarded call, so every
 call through one breaker would wait for the previous one. Breaker.guard() takes the
 lock only to read the state and to record the outcome; in half-open exactly one trial
-call goes through and the others fail fast.
+call goes through and the others fail fast. Breaker.record() is the one place an outcome is
+judged (a failure, a success or no verdict), for guarded calls and streamed answers alike.
 
 Every breaker is declared here: `AI-<provider>` (state shared through Redis when there
 is one), `database`, `external-api` and `redis` (in-process).
 """
 from __future__ import annotations
 
+import calendar
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pybreaker
-from flask import Flask, current_app
+from flask import Flask
 from pybreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, CircuitBreakerError
-from redis.exceptions import RedisError
 
-from luca.redis_conn import GuardedRedis, get_redis
+from luca.ai.providers import is_provider_failure
+from luca.extensions import redis_gateway
+from luca.redis import REDIS_ERRORS
+
+if TYPE_CHECKING:
+    from luca.redis import GuardedRedis, RedisGateway
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,14 +53,85 @@ class LogListener(pybreaker.CircuitBreakerListener):
             log.info("[CircuitBreaker] %s CLOSED - service recovered", cb.name)
 
 
-class FallbackStorage(pybreaker.CircuitBreakerStorage):
-    """pybreaker's Redis storage while Redis answers; in-process memory while it does not."""
+# Sets KEYS[1] to ARGV[1] unless it holds a later time already (pybreaker's opened_at, atomically).
+SET_IF_LATER = """
+local current = redis.call('GET', KEYS[1])
+if not current or tonumber(ARGV[1]) > tonumber(current) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+"""
 
-    def __init__(self, name: str, redis: GuardedRedis, namespace: str, read_seconds: float = 1.0) -> None:
+
+class SharedStorage(pybreaker.CircuitBreakerStorage):
+    """A breaker's state in Redis, under pybreaker's CircuitRedisStorage keys, raising Redis errors.
+
+    pybreaker's own Redis storage logs and swallows every Redis error, so its caller cannot
+    tell a failed read from a real value; this one lets FallbackStorage switch to memory.
+    """
+
+    def __init__(self, name: str, redis: GuardedRedis, key: Callable[[str], str]) -> None:
         super().__init__(name)
         self._redis = redis
-        self._namespace = namespace
-        self._shared: pybreaker.CircuitRedisStorage | None = None
+        self._key = key
+        self._set_if_later = redis.register_script(SET_IF_LATER)
+
+    def _int(self, name: str) -> int:
+        return int(self._redis.get(self._key(name)) or 0)
+
+    @property
+    def state(self) -> str:
+        found = self._redis.get(self._key("state"))
+        if found is None:  # never set, or lost with Redis's data: start again closed
+            for name, value in (("fail_counter", 0), ("success_counter", 0), ("state", STATE_CLOSED)):
+                self._redis.setnx(self._key(name), value)
+            return STATE_CLOSED
+        return found.decode()
+
+    @state.setter
+    def state(self, state: str) -> None:
+        self._redis.set(self._key("state"), str(state))
+
+    def increment_counter(self) -> None:
+        self._redis.incr(self._key("fail_counter"))
+
+    def reset_counter(self) -> None:
+        self._redis.set(self._key("fail_counter"), 0)
+
+    def increment_success_counter(self) -> None:
+        self._redis.incr(self._key("success_counter"))
+
+    def reset_success_counter(self) -> None:
+        self._redis.set(self._key("success_counter"), 0)
+
+    @property
+    def counter(self) -> int:
+        return self._int("fail_counter")
+
+    @property
+    def success_counter(self) -> int:
+        return self._int("success_counter")
+
+    @property
+    def opened_at(self) -> datetime | None:
+        timestamp = self._int("opened_at")
+        return datetime(*time.gmtime(timestamp)[:6], tzinfo=UTC) if timestamp else None
+
+    @opened_at.setter
+    def opened_at(self, value: datetime) -> None:
+        self._set_if_later(keys=[self._key("opened_at")], args=[calendar.timegm(value.timetuple())])
+
+
+class FallbackStorage(pybreaker.CircuitBreakerStorage):
+    """A breaker's state shared through Redis while Redis answers; in-process memory while it does not."""
+
+    def __init__(self, name: str, gateway: RedisGateway, read_seconds: float = 1.0) -> None:
+        super().__init__(name)
+        assert gateway.client is not None, "shared breaker state needs REDIS_URL"
+        self._redis = gateway.client
+        self._trial_key = gateway.key("breaker", name, "trial")
+        # pybreaker's CircuitRedisStorage keys, so every process (of any version) reads the same state.
+        self._shared = SharedStorage(name, gateway.client,
+                                     lambda part: gateway.key("breaker", name, "pybreaker", part))
         self._memory = pybreaker.CircuitMemoryStorage(STATE_CLOSED)
         # The state and the failure count are read from Redis at most this often: every AI call
         # asks for them, and another process's change may take this long to be seen here.
@@ -75,25 +152,12 @@ class FallbackStorage(pybreaker.CircuitBreakerStorage):
         for name in names:
             self._reads.pop(name, None)
 
-    def _storage(self) -> pybreaker.CircuitBreakerStorage:
-        """The Redis storage, created on first use (Redis may be down at start-up)."""
-        if self._shared is None:
-            self._shared = QuietRedisStorage(STATE_CLOSED, self._redis, namespace=self._namespace)
-        return self._shared
-
     def _do(self, operation: Callable[[pybreaker.CircuitBreakerStorage], T]) -> T:
-        """Run operation on Redis; after a Redis error (which pybreaker swallows) run it in memory."""
-        breaker = self._redis.breaker
-        if breaker.redis_available():
-            trouble_before = breaker.failures + breaker.rejections
-            try:
-                result = operation(self._storage())
-            except RedisError:
-                pass
-            else:
-                if breaker.failures + breaker.rejections == trouble_before:
-                    return result
-        return operation(self._memory)
+        """Run operation on the shared state; while Redis fails (or its breaker is open), in memory."""
+        try:
+            return operation(self._shared)
+        except REDIS_ERRORS:
+            return operation(self._memory)
 
     @property
     def state(self) -> str:
@@ -137,23 +201,25 @@ class FallbackStorage(pybreaker.CircuitBreakerStorage):
     def claim_trial(self, name: str) -> bool:
         """Take the one half-open trial slot across every process sharing Redis."""
         try:
-            return bool(self._redis.set(f"{self._namespace}:trial", name, nx=True, ex=TRIAL_SLOT_SECONDS))
-        except RedisError:
+            return bool(self._redis.set(self._trial_key, name, nx=True, ex=TRIAL_SLOT_SECONDS))
+        except REDIS_ERRORS:
             return True  # Redis is gone: the in-process slot alone decides
 
     def release_trial(self) -> None:
         """Free the trial slot."""
         try:
-            self._redis.delete(f"{self._namespace}:trial")
-        except RedisError:
+            self._redis.delete(self._trial_key)
+        except REDIS_ERRORS:
             pass
 
 
-class QuietRedisStorage(pybreaker.CircuitRedisStorage):
-    """pybreaker's Redis storage without a stack trace per call while Redis is down."""
+class BreakerOpen(CircuitBreakerError):
+    """A call refused by an open breaker (or a half-open one whose trial is in flight), naming the breaker."""
 
-    logger = logging.getLogger(__name__ + ".redis_storage")
-    logger.setLevel(logging.CRITICAL)
+    def __init__(self, breaker: str, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.breaker = breaker
+        self.retry_after = retry_after  # seconds until the breaker lets a trial through
 
 
 class Breaker(pybreaker.CircuitBreaker):
@@ -183,19 +249,20 @@ class Breaker(pybreaker.CircuitBreaker):
         return max(0.0, opened_at.timestamp() + self.reset_timeout - time.time())
 
     def allow(self) -> bool:
-        """Admit a call or raise CircuitBreakerError; True means the call is the half-open trial."""
+        """Admit a call or raise BreakerOpen; True means the call is the half-open trial."""
         with self._lock:
             state = self.state.name  # syncs with a change made by another process
             if state == STATE_CLOSED:
                 return False
             if state == STATE_OPEN:
-                if self.seconds_until_half_open() > 0:
+                wait = self.seconds_until_half_open()
+                if wait > 0:
                     self.rejections += 1
-                    raise CircuitBreakerError(f"{self.name} is open")
+                    raise BreakerOpen(self.name, f"{self.name} is open", wait)
                 self.half_open()
             if self._trial_local or not self._claim_trial():
                 self.rejections += 1
-                raise CircuitBreakerError(f"{self.name} is half-open and its trial call is in flight")
+                raise BreakerOpen(self.name, f"{self.name} is half-open and its trial call is in flight", 0.0)
             self._trial_local = True
             return True
 
@@ -210,7 +277,22 @@ class Breaker(pybreaker.CircuitBreaker):
             release()
 
     # -- outcome -----------------------------------------------------------
-    def record_success(self, trial: bool) -> None:
+    def record(self, trial: bool, exc: BaseException | None = None) -> None:
+        """Record how a call that allow() admitted ended: the one place a failure is told from a success.
+
+        No exception is a success. GeneratorExit (a stream closed early, the call given up) is no
+        verdict: it only frees the trial slot. Any other exception is a failure when the breaker's
+        is_failure says so (every exception, for a breaker declared without one), else a success:
+        the service answered, the fault was the caller's.
+        """
+        if isinstance(exc, GeneratorExit):
+            self._record_nothing(trial)
+        elif exc is not None and self.is_system_error(exc):  # type: ignore[arg-type]
+            self._record_failure(exc, trial)
+        else:
+            self._record_success(trial)
+
+    def _record_success(self, trial: bool) -> None:
         """A guarded call succeeded: reset the failure count; a successful trial closes the breaker."""
         with self._lock:
             self.successes += 1
@@ -220,7 +302,7 @@ class Breaker(pybreaker.CircuitBreaker):
             elif self._state_storage.counter:
                 self._state_storage.reset_counter()
 
-    def record_failure(self, exc: BaseException, trial: bool) -> None:
+    def _record_failure(self, exc: BaseException, trial: bool) -> None:
         """A guarded call failed: count it; at the threshold, or on a failed trial, open."""
         with self._lock:
             self.failures += 1
@@ -233,7 +315,7 @@ class Breaker(pybreaker.CircuitBreaker):
             elif self.current_state == STATE_CLOSED and self._state_storage.counter >= self.fail_max:
                 self.open()
 
-    def record_nothing(self, trial: bool) -> None:
+    def _record_nothing(self, trial: bool) -> None:
         """The call ended without a verdict (cancelled): just free the trial slot."""
         if trial:
             with self._lock:
@@ -245,30 +327,15 @@ class Breaker(pybreaker.CircuitBreaker):
         trial = self.allow()
         try:
             yield
-        except GeneratorExit:
-            self.record_nothing(trial)
-            raise
         except BaseException as exc:
-            if self.is_system_error(exc):  # type: ignore[arg-type]
-                self.record_failure(exc, trial)
-            else:
-                self.record_success(trial)
+            self.record(trial, exc)
             raise
-        else:
-            self.record_success(trial)
+        self.record(trial)
 
     def call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """pybreaker's call(), but concurrent."""
         with self.guard():
             return func(*args, **kwargs)
-
-    # -- redis breaker helpers ----------------------------------------------
-    def call_redis(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a Redis command through this breaker; an open breaker looks like a Redis error."""
-        try:
-            return self.call(func, *args, **kwargs)
-        except CircuitBreakerError as exc:
-            raise RedisError(str(exc)) from None
 
     def redis_available(self) -> bool:
         """Whether calls would be let through now (without taking a trial slot)."""
@@ -302,7 +369,7 @@ class Breaker(pybreaker.CircuitBreaker):
 
 
 class Breakers:
-    """The app's breakers, made on first use from its configuration."""
+    """The app's breakers; an `AI-<provider>` breaker is made on its first use."""
 
     def __init__(self, app: Flask) -> None:
         self.config = app.config
@@ -311,70 +378,54 @@ class Breakers:
         self._ai: dict[str, Breaker] = {}
         self.redis = Breaker("redis", fail_max=app.config["REDIS_BREAKER_FAIL_MAX"],
                              reset_timeout=app.config["REDIS_BREAKER_RESET_TIMEOUT"],
-                             is_failure=lambda exc: isinstance(exc, (RedisError, OSError)))
+                             is_failure=lambda exc: isinstance(exc, REDIS_ERRORS))
         self.database = Breaker("database", fail_max=app.config["DB_BREAKER_FAIL_MAX"],
                                 reset_timeout=app.config["DB_BREAKER_RESET_TIMEOUT"])
         self.external = Breaker("external-api", fail_max=app.config["EXTERNAL_BREAKER_FAIL_MAX"],
                                 reset_timeout=app.config["EXTERNAL_BREAKER_RESET_TIMEOUT"])
 
-    def guarded_redis(self, setting: str = "REDIS_URL") -> GuardedRedis | None:
-        """The app's Redis client (for a URL setting) behind the `redis` breaker, or None without one."""
-        client = get_redis(self._app, setting)
-        return GuardedRedis(client, self.redis) if client is not None else None
+    def ai(self, provider: str) -> Breaker:
+        """The breaker `AI-<provider>`, its state shared through Redis when there is one.
 
-    def ai(self, provider: str, is_failure: Callable[[BaseException], bool] | None = None) -> Breaker:
-        """The breaker `AI-<provider>`, its state shared through Redis when there is one."""
+        Its failure rule is fixed here, whoever asks for it first: a provider fails when it does not
+        answer or answers 401, 403, 408, 429 or 5xx (is_provider_failure); a 4xx that our own
+        request caused is an answer.
+        """
         with self._lock:
             if provider not in self._ai:
                 name = f"AI-{provider}"
-                redis = self.guarded_redis()
-                namespace = f"{self.config['REDIS_KEY_PREFIX']}breaker:{name}"
-                storage = (FallbackStorage(name, redis, namespace, self.config["AI_BREAKER_SHARED_READ"])
-                           if redis else None)
+                gateway = redis_gateway.of(self._app)
+                storage = (FallbackStorage(name, gateway, self.config["AI_BREAKER_SHARED_READ"])
+                           if gateway.client is not None else None)
                 self._ai[provider] = Breaker(
                     name, fail_max=self.config["AI_BREAKER_FAIL_MAX"],
                     reset_timeout=self.config["AI_BREAKER_RESET_TIMEOUT"],
-                    is_failure=is_failure, storage=storage)
+                    is_failure=is_provider_failure, storage=storage)
             return self._ai[provider]
 
     def all(self) -> list[Breaker]:
         """Every breaker made so far."""
-        return [self.database, self.external, self.redis, *self._ai.values()]
+        return [self.database, self.external, self.redis, *self.providers()]
 
-    def by_name(self, name: str) -> Breaker | None:
-        """A breaker by its name (`database`, `external-api`, `redis`, `AI-<provider>`)."""
-        return next((b for b in self.all() if b.name == name), None)
+    def find(self, name: str) -> Breaker | None:
+        """A breaker by name (`database`, `external-api`, `redis`, `AI-<provider>`); a configured provider's is made."""
+        found = next((b for b in self.all() if b.name == name), None)
+        if found is None and name.startswith("AI-") and name[3:] in self.config["AI_PROVIDERS"]:
+            found = self.ai(name[3:])
+        return found
 
+    def providers(self) -> list[Breaker]:
+        """The `AI-<provider>` breakers made so far."""
+        return list(self._ai.values())
 
-def get_breakers(app: Flask | None = None) -> Breakers:
-    """The app's breakers."""
-    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
-    return app.extensions["luca.breakers"]
-
-
-def find_breaker(name: str) -> Breaker | None:
-    """A breaker by name; `AI-<provider>` breakers of configured providers are made on demand."""
-    breakers = get_breakers()
-    found = breakers.by_name(name)
-    if found is None and name.startswith("AI-") and name[3:] in current_app.config["AI_PROVIDERS"]:
-        found = breakers.ai(name[3:])
-    return found
-
-
-def get_circuit_breaker_stats() -> dict[str, Any]:
-    """Every breaker's state and counts: database, externalAPI, redis and one per AI provider."""
-    breakers = get_breakers()
-    return {
-        "database": breakers.database.stats(),
-        "externalAPI": breakers.external.stats(),
-        "redis": breakers.redis.stats(),
-        "aiProviders": {b.name: b.stats() for b in breakers._ai.values()},
-    }
-
-
-def register_breakers(app: Flask) -> None:
-    """Create the app's breakers."""
-    app.extensions["luca.breakers"] = Breakers(app)
+    def stats(self) -> dict[str, Any]:
+        """Every breaker's state and counts: database, externalAPI, redis and one per AI provider."""
+        return {
+            "database": self.database.stats(),
+            "externalAPI": self.external.stats(),
+            "redis": self.redis.stats(),
+            "aiProviders": {b.name: b.stats() for b in self.providers()},
+        }
 
 
 def guard_database(engine: Any, breaker: Breaker) -> None:
@@ -394,4 +445,4 @@ def guard_database(engine: Any, breaker: Breaker) -> None:
     @event.listens_for(engine, "handle_error")
     def count_disconnects(context: Any) -> None:
         if context.is_disconnect and context.connection is not None:
-            breaker.record_failure(context.original_exception, trial=False)
+            breaker.record(False, context.original_exception)  # (the database breaker counts every error)

@@ -4,7 +4,8 @@ The cache is a helper, never a dependency: a Redis error never reaches a user. C
 go through the `redis` breaker, so while Redis is down each costs nothing and the memory
 tier answers, with TTLs clamped short because one process cannot see another's
 invalidations. Every key lives under one prefix (REDIS_KEY_PREFIX + "cache:"), and every
-key is built by cache_key(). Per-user data is invalidated by bumping a per-user version.
+key is built by cache_key() (inside the cache) or the Redis gateway's key() (the Redis key).
+Per-user data is invalidated by bumping a per-user version.
 """
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask
 from flask_caching import Cache
-from redis.exceptions import RedisError
 
-from luca.breakers import get_breakers
+from luca.extensions import redis_gateway
+from luca.redis import REDIS_ERRORS, join_key
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,8 @@ return {version, redis.call('GET', ARGV[1] .. version .. ARGV[2])}
 
 
 def cache_key(kind: str, *parts: Any) -> str:
-    """The one place cache keys are made: kind, then the parts, colon-separated."""
-    return ":".join([kind, *(str(p) for p in parts)])
+    """The one place cache keys are made: kind, then the parts, colon-separated (the same in both tiers)."""
+    return join_key(kind, *parts)
 
 
 class CacheService:
@@ -45,19 +46,18 @@ class CacheService:
     def __init__(self, app: Flask) -> None:
         config = app.config
         self.disabled: bool = config["DISABLE_CACHE"]
-        self.prefix = f"{config['REDIS_KEY_PREFIX']}cache:"
+        self.gateway = redis_gateway.of(app)
         self.ttl: int = config["CACHE_TTL"]
         self.fallback_ttl: int = config["CACHE_FALLBACK_TTL"]
         self.near_ttl: int = config["CACHE_NEAR_TTL"]
-        breakers = get_breakers(app)
-        self.redis = breakers.guarded_redis("REDIS_CACHE_URL" if config.get("REDIS_CACHE_URL") else "REDIS_URL")
+        self.redis = self.gateway.cache_client
         self.memory = Cache(config={"CACHE_TYPE": "SimpleCache", "CACHE_THRESHOLD": config["CACHE_MEMORY_ITEMS"],
                                     "CACHE_DEFAULT_TIMEOUT": self.fallback_ttl})
         self.memory.init_app(app)
         self.shared: Cache | None = None
         if self.redis is not None:
             self.shared = Cache(config={"CACHE_TYPE": "RedisCache", "CACHE_REDIS_HOST": self.redis,
-                                        "CACHE_KEY_PREFIX": self.prefix, "CACHE_DEFAULT_TIMEOUT": self.ttl})
+                                        "CACHE_KEY_PREFIX": self.redis_key(""), "CACHE_DEFAULT_TIMEOUT": self.ttl})
             self.shared.init_app(app)
         self._redis_ok: bool | None = None  # None until the first command
         self._counts: Counter[str] = Counter()
@@ -67,6 +67,10 @@ class CacheService:
         self._memory_versions: dict[str, int] = {}
         self._script: Any = None
 
+    def redis_key(self, key: str) -> str:
+        """Where a cache key lives in Redis (under the cache's prefix, so RQ's keys are never touched)."""
+        return self.gateway.key("cache", key)
+
     # -- tiers -----------------------------------------------------------------------
     def _redis_call(self, operation: Callable[[Cache], Any]) -> tuple[bool, Any]:
         """Run operation on Redis; (False, None) when there is no Redis or it failed."""
@@ -74,7 +78,7 @@ class CacheService:
             return False, None
         try:
             result = operation(self.shared)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             self._note_redis(False, exc)
             return False, None
         self._note_redis(True)
@@ -107,11 +111,11 @@ class CacheService:
         if not pending:
             return
         try:
-            pipe = self.redis.client.pipeline(transaction=False)
+            pipe = self.redis.pipeline(transaction=False)
             for field, amount in pending.items():
-                pipe.hincrby(f"{self.prefix}stats", field, amount)
-            self.redis.breaker.call_redis(pipe.execute)
-        except (RedisError, OSError):
+                pipe.hincrby(self.redis_key("stats"), field, amount)
+            pipe.execute()
+        except REDIS_ERRORS:
             with self._lock:
                 self._unflushed.update(pending)
 
@@ -181,8 +185,8 @@ class CacheService:
         if self.shared is not None and self.redis is not None:
             stem, tail = cache_key(kind, user_id, "v\x00", *parts).split("\x00")  # around the version
             script = self._versioned_get_script()
-            ok, found = self._redis_call(lambda c: self.redis.breaker.call_redis(
-                script, keys=[self.prefix + cache_key("ver", user_id)], args=[self.prefix + stem, tail]))
+            ok, found = self._redis_call(lambda c: script(keys=[self.redis_key(cache_key("ver", user_id))],
+                                                          args=[self.redis_key(stem), tail]))
             if ok:
                 value = self.shared.cache.serializer.loads(found[1])
                 self.count(f"redis.{'hits' if value is not None else 'misses'}")
@@ -192,7 +196,7 @@ class CacheService:
 
     def _versioned_get_script(self) -> Any:
         if self._script is None:
-            self._script = self.redis.client.register_script(VERSIONED_GET)
+            self._script = self.redis.register_script(VERSIONED_GET)
         return self._script
 
     def bump_user(self, user_id: int) -> None:
@@ -208,8 +212,8 @@ class CacheService:
         """Every statistic: the shared totals when Redis answers, else this process's own."""
         if self.redis is not None:
             try:
-                raw = self.redis.hgetall(f"{self.prefix}stats")
-            except (RedisError, OSError):
+                raw = self.redis.hgetall(self.redis_key("stats"))
+            except REDIS_ERRORS:
                 pass
             else:
                 totals = Counter({k.decode(): int(v) for k, v in raw.items()})
@@ -231,7 +235,7 @@ class CacheService:
             return {"hits": hits, "misses": misses, "hitRate": rate(hits, misses)}
 
         saved = totals["dedup.hits"] + totals["dedup.waited"]
-        breaker = get_breakers().redis
+        breaker = self.gateway.breaker
         all_hits = totals["redis.hits"] + totals["memory.hits"]
         all_misses = totals["redis.misses"] + totals["memory.misses"]
         return {
@@ -263,22 +267,12 @@ class CacheService:
             return 0
         deleted = 0
         batch: list[bytes] = []
-        for key in self.redis.client.scan_iter(match=f"{self.prefix}*", count=1000):
+        # Unguarded: the operator's command shows a Redis error rather than a quiet fallback.
+        for key in self.redis.raw.scan_iter(match=self.redis_key("*"), count=1000):
             batch.append(key)
             if len(batch) >= 1000:
-                deleted += self.redis.client.delete(*batch)
+                deleted += self.redis.raw.delete(*batch)
                 batch = []
         if batch:
-            deleted += self.redis.client.delete(*batch)
+            deleted += self.redis.raw.delete(*batch)
         return deleted
-
-
-def get_cache(app: Flask | None = None) -> CacheService:
-    """The app's cache service."""
-    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
-    return app.extensions["luca.cache"]
-
-
-def register_cache(app: Flask) -> None:
-    """Create the app's cache service."""
-    app.extensions["luca.cache"] = CacheService(app)

@@ -11,10 +11,7 @@ from flask.cli import AppGroup
 from sqlalchemy import func, select, update
 
 from luca.auth import forget_tokens, hash_token, issue_token
-from luca.breakers import find_breaker
-from luca.cache import get_cache
-from luca.extensions import db
-from luca.jobs.queue import get_queue_stats
+from luca.extensions import breakers, cache, db, jobs
 from luca.jobs.tasks import reconcile
 from luca.models import ApiToken, User, utcnow
 
@@ -104,7 +101,7 @@ def forget_revoked(token_hashes: list[str]) -> bool:
     """
     if not forget_tokens(token_hashes):
         return False
-    if get_cache().shared is None:
+    if cache.shared is None:
         return True
     time.sleep(REVOKE_SETTLE_SECONDS)
     return forget_tokens(token_hashes)
@@ -167,7 +164,7 @@ def revoke_token(source: str | None, token_id: int | None, all_for: str | None) 
 @cache_cli.command("clear")
 def clear_cache() -> None:
     """Delete every cached value (only Luca's cache keys; RQ's queues are untouched)."""
-    deleted = get_cache().clear()
+    deleted = cache.clear()
     click.echo(f"cache cleared ({deleted} Redis keys deleted, process memory emptied)")
 
 
@@ -181,14 +178,14 @@ def reconcile_jobs() -> None:
 @queue_cli.command("stats")
 def queue_stats() -> None:
     """Print the queue statistics as JSON."""
-    click.echo(json.dumps(get_queue_stats(), indent=2))
+    click.echo(json.dumps(jobs.stats(), indent=2))
 
 
 @breakers_cli.command("reset")
 @click.argument("name")
 def reset_breaker(name: str) -> None:
     """Close a circuit breaker by hand (database, external-api, redis, AI-<provider>)."""
-    breaker = find_breaker(name)
+    breaker = breakers.find(name)
     if breaker is None:
         raise click.ClickException(f"no breaker named {name}")
     breaker.reset()

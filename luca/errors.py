@@ -85,12 +85,17 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(CircuitBreakerError)
     def handle_open_breaker(exc: CircuitBreakerError) -> ResponseReturnValue:
-        from luca.breakers import get_breakers
-
+        """An open breaker: the database's is database_unavailable; any other's names that breaker."""
         rollback_quietly()
-        wait = max(1, math.ceil(get_breakers().database.seconds_until_half_open()))
-        return error_response(503, "database_unavailable", "the database is not answering; try again shortly",
-                              headers={"Retry-After": str(wait)})
+        name = getattr(exc, "breaker", None)
+        headers = {"Retry-After": str(max(1, math.ceil(getattr(exc, "retry_after", 0))))}
+        if name == "database":
+            return error_response(503, "database_unavailable", "the database is not answering; try again shortly",
+                                  headers=headers)
+        log.warning("open breaker reached the error handler: %s", name or type(exc).__name__)
+        return error_response(503, "service_unavailable",
+                              f"a service Luca needs is not answering (breaker {name or 'unknown'} is open); "
+                              "try again shortly", headers=headers)
 
     @app.errorhandler(SQLAlchemyError)
     def handle_database_error(exc: SQLAlchemyError) -> ResponseReturnValue:

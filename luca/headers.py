@@ -72,6 +72,5 @@ def add_security_headers(response: Response) -> Response:
 
 
 def register_security_headers(app: Flask) -> None:
-    """Add the security headers to every response of app (idempotent)."""
-    if add_security_headers not in app.after_request_funcs.get(None, []):
-        app.after_request(add_security_headers)
+    """Add the security headers to every response of app."""
+    app.after_request(add_security_headers)

@@ -1,6 +1,7 @@
 """Health checks for load balancers and operators: /healthz (alive) and /readyz (ready to serve)."""
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -10,29 +11,29 @@ from alembic.script import ScriptDirectory
 from flask import Flask, current_app, jsonify
 from flask.typing import ResponseReturnValue
 from pybreaker import CircuitBreakerError
-from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from luca.breakers import get_breakers
 from luca.errors import rollback_quietly
-from luca.extensions import db
-from luca.jobs.queue import get_jobs
+from luca.extensions import db, jobs, redis_gateway
+from luca.redis import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def migration_heads(app: Flask) -> set[str]:
-    """The revisions the code expects the database to be at (read once from migrations/)."""
-    if "luca.migration_heads" not in app.extensions:
-        directory = Path(app.config.get("MIGRATIONS_DIR", "migrations"))
-        if not directory.is_absolute():
-            directory = ROOT / directory
-        config = AlembicConfig()
-        config.set_main_option("script_location", str(directory))
-        app.extensions["luca.migration_heads"] = set(ScriptDirectory.from_config(config).get_heads())
-    return app.extensions["luca.migration_heads"]
+def migration_heads(app: Flask) -> frozenset[str]:
+    """The revisions the code expects the database to be at (its migrations directory's heads)."""
+    directory = Path(app.config.get("MIGRATIONS_DIR", "migrations"))
+    return directory_heads(directory if directory.is_absolute() else ROOT / directory)
+
+
+@functools.cache
+def directory_heads(directory: Path) -> frozenset[str]:
+    """The head revisions of a migrations directory, read once per process (the files ship with the code)."""
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(directory))
+    return frozenset(ScriptDirectory.from_config(config).get_heads())
 
 
 def check_database() -> dict[str, Any]:
@@ -52,12 +53,12 @@ def check_database() -> dict[str, Any]:
 
 def check_redis() -> dict[str, Any]:
     """Whether Redis answers; Luca serves without it, so a failure is `degraded`, not down."""
-    redis = get_breakers().guarded_redis()
+    redis = redis_gateway.client
     if redis is None:
         return {"status": "not configured"}
     try:
         redis.ping()
-    except (RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         return {"status": "degraded", "error": type(exc).__name__}
     return {"status": "ok"}
 
@@ -75,7 +76,7 @@ def register_health(app: Flask) -> None:
         """Ready when the database answers at the migration head; Redis and queues may be degraded."""
         database = check_database()
         redis = check_redis()
-        mode = get_jobs().mode
+        mode = jobs.mode
         queues = {"status": "ok" if mode != "rq" or redis["status"] == "ok" else "degraded", "mode": mode}
         checks = {"database": database, "redis": redis, "queues": queues}
         if database["status"] != "ok":

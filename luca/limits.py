@@ -18,13 +18,13 @@ address werkzeug's ProxyFix took from X-Forwarded-For (see create_app).
 
 Nothing else is limited: Flask-Limiter looks only at views decorated with @rate_limit.
 
-One Limiter per app (app.extensions["luca.limiter"]): a Limiter keeps one storage, one strategy
-and one `enabled` flag, and init_app() on a second app replaces them, so a module-level
+One Limiter per app (AppLimits, the app's `limits` extension): a Limiter keeps one storage, one
+strategy and one `enabled` flag, and init_app() on a second app replaces them, so a module-level
 Limiter would make every app in a process share the last app's counters. The views carry
 module-level `@rate_limit(budget)` decorators that find the current app's Limiter per request.
 
 Storage: Redis at RATE_LIMIT_STORAGE_URL, else REDIS_URL (keys under `<REDIS_KEY_PREFIX>limits:`),
-through a client with short timeouts and the `redis` breaker; "memory://" without Redis. When
+through the Redis gateway's fast-fail client and the `redis` breaker; "memory://" without Redis. When
 Redis fails, Flask-Limiter switches to an in-memory copy of the same limits (counted per process,
 from zero) and pings Redis now and then to switch back; the ping is skipped while the breaker is
 open, so a dead Redis costs a request at most two REDIS_SOCKET_TIMEOUTs, now and then. The
@@ -48,19 +48,15 @@ from flask_limiter import Limiter, RateLimitExceeded
 from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage, RedisStorage
 from limits.strategies import FixedWindowRateLimiter
-from redis import Redis
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-from redis.retry import Retry
 
-from luca.breakers import Breaker, get_breakers
 from luca.errors import APIError, error_response
+from luca.extensions import limits, redis_gateway
+from luca.redis import REDIS_ERRORS, GuardedRedis
 
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXTENSION = "luca.limiter"
 # The setting that holds each per-user budget, and the message a client gets when it is used up.
 BUDGETS = {
     "messages": ("RATE_LIMIT_MESSAGES", "too many messages"),
@@ -71,35 +67,22 @@ AUTH_FAILURES_MESSAGE = "too many failed authentication attempts from this addre
 REDIS_SCHEMES = ("redis", "rediss", "unix")  # the schemes redis.from_url() takes
 
 
-class GuardedRedisStorage(RedisStorage):
-    """limits' Redis storage whose commands go through Luca's `redis` breaker (open: they fail at once)."""
+class GatewayStorage(RedisStorage):
+    """limits' Redis storage on a client of the Redis gateway: its commands and scripts pass the `redis` breaker."""
 
     STORAGE_SCHEME = [f"luca+{scheme}" for scheme in REDIS_SCHEMES]  # noqa: RUF012  (read by limits' registry)
 
-    def __init__(self, uri: str, breaker: Breaker, **options: Any) -> None:
-        self.breaker = breaker
-        super().__init__(uri.removeprefix("luca+"), **options)
+    def __init__(self, uri: str, client: GuardedRedis, **options: Any) -> None:
+        self.client = client  # before super().__init__(), which registers the scripts through it
+        super().__init__(uri.removeprefix("luca+"), connection_pool=client.raw.connection_pool, **options)
 
-    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        return self.breaker.call_redis(super().incr, key, expiry, amount)
-
-    def get(self, key: str) -> int:
-        return self.breaker.call_redis(super().get, key)
-
-    def get_expiry(self, key: str) -> float:
-        return self.breaker.call_redis(super().get_expiry, key)
-
-    def clear(self, key: str) -> None:
-        self.breaker.call_redis(super().clear, key)
+    def get_connection(self, readonly: bool = False) -> Any:
+        """The guarded client (limits asks for it on every command)."""
+        return self.client
 
     def check(self) -> bool:
         """Whether Redis answers a ping; False without asking while the breaker is open."""
-        if not self.breaker.redis_available():
-            return False
-        try:
-            return bool(self.breaker.call_redis(self.get_connection().ping))
-        except (RedisError, OSError):
-            return False
+        return self.client.available() and super().check()
 
 
 def client_address() -> str:
@@ -120,37 +103,15 @@ def unlimited_request() -> bool:
 
 
 def storage_settings(app: Flask) -> tuple[str, dict[str, Any]]:
-    """The limits storage URI and options: Redis through the app's client and breaker, else memory."""
+    """The limits storage URI and options: Redis through the gateway's fast-fail client, else memory."""
     setting = "RATE_LIMIT_STORAGE_URL" if app.config.get("RATE_LIMIT_STORAGE_URL") else "REDIS_URL"
     url = app.config.get(setting)
     if not url:
         return "memory://", {}
     if urlsplit(url).scheme not in REDIS_SCHEMES:
         return url, {}  # another limits storage (memcached://...), used as given
-    return f"luca+{url}", {
-        "connection_pool": limits_redis(app, url).connection_pool,
-        "key_prefix": f"{app.config['REDIS_KEY_PREFIX']}limits",
-        "breaker": get_breakers(app).redis,
-    }
-
-
-def limits_redis(app: Flask, url: str) -> Redis:
-    """The limits' Redis client: short timeouts, a single retry, connected lazily (a dead Redis never stops start-up).
-
-    redis-py repeats the connection handshake inside every retried command, so retries multiply
-    against a Redis that accepts connections but never answers (make_redis's defaults take about
-    4.5 s there). Here that costs at most two REDIS_SOCKET_TIMEOUTs before memory takes over; the
-    one retry still gets past a connection the server dropped while it sat idle.
-    """
-    name = "luca.redis:limits"  # a luca.redis* extension: closed with the app's other clients
-    if name not in app.extensions:
-        timeout = app.config["REDIS_SOCKET_TIMEOUT"]
-        options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout,
-                                   "retry": Retry(NoBackoff(), 1)}
-        if url.startswith("rediss://") and not app.config.get("REDIS_TLS_VERIFY", False):
-            options["ssl_cert_reqs"] = "none"  # Heroku Redis serves TLS with a self-signed certificate
-        app.extensions[name] = Redis.from_url(url, **options)
-    return app.extensions[name]
+    gateway = redis_gateway.of(app)
+    return f"luca+{url}", {"client": gateway.connect(url, fast_fail=True), "key_prefix": gateway.key("limits")}
 
 
 def make_limiter(app: Flask) -> Limiter:
@@ -220,21 +181,23 @@ def refuse_credentials(error: APIError) -> NoReturn:
     Once the address has used up RATE_LIMIT_AUTH_FAILURES, the refusal is a 429 instead, with
     Retry-After. Call this only for credentials found wrong, never for valid ones.
     """
-    state = current_app.extensions.get(EXTENSION)
-    if state is not None:
-        budget = state.auth_failures
-        wait = budget.spend(client_address())
-        if wait is not None:
-            raise APIError(429, "rate_limited", limited_message(AUTH_FAILURES_MESSAGE, budget.setting, wait),
-                           headers={"Retry-After": str(wait)})
+    budget = limits.auth_failures
+    wait = budget.spend(client_address())
+    if wait is not None:
+        raise APIError(429, "rate_limited", limited_message(AUTH_FAILURES_MESSAGE, budget.setting, wait),
+                       headers={"Retry-After": str(wait)})
     raise error
 
 
 class AppLimits:
-    """An app's Limiter and its per-user limits, applied to views as they are first called."""
+    """An app's Limiter and 429 handler, and its per-user limits, applied to views as they are first called."""
 
-    def __init__(self, app: Flask, limiter: Limiter) -> None:
-        self.limiter = limiter
+    def __init__(self, app: Flask) -> None:
+        limiter = self.limiter = make_limiter(app)
+        limiter.init_app(app)
+        app.register_error_handler(RateLimitExceeded, handle_rate_limited)
+        log.info("rate limits %s (storage %s)", "on" if limiter.enabled else "off",
+                 type(limiter.storage).__name__ if limiter.enabled else "none")
         self.auth_failures = FailureBudget(app, limiter)
         self._limits = {
             budget: limiter.shared_limit(app.config[setting], scope=budget, key_func=user_key,
@@ -263,10 +226,7 @@ def rate_limit(budget: str) -> Callable[[F], F]:
     def decorate(view: F) -> F:
         @wraps(view)
         def limited_view(*args: Any, **kwargs: Any) -> Any:
-            state = current_app.extensions.get(EXTENSION)
-            if state is None:  # register_limits() was not called for this app
-                return view(*args, **kwargs)
-            return state.limited(budget, view)(*args, **kwargs)
+            return limits.limited(budget, view)(*args, **kwargs)
 
         limited_view.rate_limit_budget = budget  # type: ignore[attr-defined]  (read by unlimited_request)
         return limited_view  # type: ignore[return-value]
@@ -274,22 +234,14 @@ def rate_limit(budget: str) -> Callable[[F], F]:
     return decorate
 
 
-def get_limiter(app: Flask | None = None) -> Limiter | None:
-    """The app's Limiter, or None before register_limits()."""
-    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
-    state = app.extensions.get(EXTENSION)
-    return state.limiter if state is not None else None
-
-
 def retry_after(exc: RateLimitExceeded) -> int:
     """Whole seconds until the breached limit's window ends (at least 1)."""
     reset_at = None
-    limiter = get_limiter()
-    current = limiter.current_limit if limiter is not None else None
+    current = limits.limiter.current_limit
     if current is not None and current.breached:
         try:
             reset_at = current.window.reset_time
-        except (RedisError, OSError) as err:  # Redis failed after the breach: assume a whole window
+        except REDIS_ERRORS as err:  # Redis failed after the breach: assume a whole window
             log.warning("rate limit reset time unavailable: %s", type(err).__name__)
     if reset_at is None:
         reset_at = time.time() + exc.limit.limit.get_expiry()
@@ -306,17 +258,3 @@ def handle_rate_limited(exc: RateLimitExceeded) -> ResponseReturnValue:
     wait = retry_after(exc)
     return error_response(429, "rate_limited", limited_message(exc.description or "", exc.limit.limit, wait),
                           headers={"Retry-After": str(wait)})
-
-
-def register_limits(app: Flask) -> Limiter:
-    """Give app its Limiter and the 429 handler (idempotent); call after register_breakers."""
-    if EXTENSION in app.extensions:
-        return app.extensions[EXTENSION].limiter
-    limiter = make_limiter(app)
-    limiter.init_app(app)
-    app.extensions[EXTENSION] = AppLimits(app, limiter)
-    app.register_error_handler(RateLimitExceeded, handle_rate_limited)
-    log.info("rate limits %s (storage %s)", "on" if limiter.enabled else "off",
-             type(limiter.storage).__name__ if limiter.enabled else "none")
-    return limiter
-

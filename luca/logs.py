@@ -1,6 +1,7 @@
 """Luca's logging: one stderr handler, text or JSON lines, secrets redacted, request ids.
 
-configure_logging(app) is called by create_app for every app; it is safe to call many times.
+configure_logging(app) is called by create_app once for every app; what it sets up for the whole
+process (the handler, the filters) is set up once, however many apps a process builds.
 
 - The root logger gets one handler writing to stderr, installed once per process. When the
   host (gunicorn --log-config, pytest) already put handlers on the root logger, those are
@@ -285,10 +286,7 @@ def _level(value: Any) -> int | None:
 
 
 def _add_request_ids(app: Flask) -> None:
-    """Give every request of app an id and echo it in the X-Request-ID header (hooks added once per app)."""
-    if app.extensions.get("luca.request_ids"):
-        return
-    app.extensions["luca.request_ids"] = True
+    """Give every request of app an id and echo it in the X-Request-ID header."""
 
     @app.before_request
     def assign_request_id() -> None:
@@ -316,7 +314,7 @@ def guard_gunicorn_logs() -> None:
 
 
 def configure_logging(app: Flask) -> None:
-    """Set up logging for app: the stderr handler, format, level, redaction and request ids (idempotent)."""
+    """Set up logging for app: the stderr handler, format, level and redaction (once a process), request ids."""
     global _handler, _gunicorn_formatter
     register_secrets(*configured_secrets(app.config))
     log_format = str(app.config.get("LOG_FORMAT") or "text").strip().lower()

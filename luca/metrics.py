@@ -41,18 +41,15 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, m
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pybreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN
-from redis.exceptions import RedisError
 from sqlalchemy import event
 
-from luca.breakers import get_breakers
-from luca.cache import get_cache
 from luca.errors import error_response
-from luca.extensions import db
-from luca.jobs.queue import QUEUES, get_queue_stats
+from luca.extensions import breakers, cache, db, jobs, redis_gateway
+from luca.jobs.queue import QUEUES
+from luca.redis import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
-EXTENSION = "luca.metrics"
 ENDPOINT = "luca_metrics"
 START_KEY = "luca_metrics_started"
 UNMATCHED = "<unmatched>"
@@ -103,10 +100,7 @@ def record_ai_call(provider: str, model: str, outcome: str, latency_s: float | N
 
 
 def register_metrics(app: Flask) -> None:
-    """Time every request of the app and serve GET /metrics (once per app)."""
-    if EXTENSION in app.extensions:
-        return
-    app.extensions[EXTENSION] = True
+    """Time every request of the app and serve GET /metrics."""
     # First among the before_request hooks (an earlier one may answer 401), last among after_request ones.
     app.before_request_funcs.setdefault(None, []).insert(0, start_timer)
     app.after_request_funcs.setdefault(None, []).insert(0, record_request)
@@ -145,11 +139,8 @@ def record_request(response: Response) -> Response:
 
 def publish_breaker_failures(app: Flask) -> None:
     """Add each breaker's failures since the last call to luca_circuit_breaker_failures_total."""
-    breakers = app.extensions.get("luca.breakers")
-    if breakers is None:
-        return
     with _publish_lock:
-        for breaker in breakers.all():
+        for breaker in breakers.of(app).all():
             failures, seen = breaker.failures, _published.get(breaker)
             if seen is None or failures > seen:
                 # The first call makes the series, at 0, before the breaker's first failure.
@@ -211,7 +202,7 @@ class StateCollector:
 
 def cache_metrics() -> list[Metric]:
     """Hits and misses per cache tier, and AI calls saved by deduplication."""
-    stats = get_cache().get_stats()
+    stats = cache.get_stats()
     hits = CounterMetricFamily("luca_cache_hits_total", "Cache lookups that found a value, per tier.",
                                labels=["tier"])
     misses = CounterMetricFamily("luca_cache_misses_total", "Cache lookups that found nothing, per tier.",
@@ -229,14 +220,14 @@ def breaker_metrics() -> list[Metric]:
     """Each circuit breaker's state: 0 closed, 1 half-open, 2 open."""
     state = GaugeMetricFamily("luca_circuit_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
                               labels=["breaker"])
-    for breaker in get_breakers().all():
+    for breaker in breakers.all():
         state.add_metric([breaker.name], BREAKER_STATES[breaker.current_state])
     return [state]
 
 
 def queue_metrics() -> list[Metric]:
     """Waiting and active jobs, and completed and failed ones, per queue."""
-    stats = get_queue_stats()
+    stats = jobs.stats()
     families = {
         "waiting": GaugeMetricFamily("luca_queue_waiting", "Jobs waiting in each queue.", labels=["queue"]),
         "active": GaugeMetricFamily("luca_queue_active", "Jobs running from each queue.", labels=["queue"]),
@@ -253,12 +244,12 @@ def queue_metrics() -> list[Metric]:
 
 def redis_metrics() -> list[Metric]:
     """Whether Redis (REDIS_URL) answers a PING through the `redis` breaker."""
-    redis = get_breakers().guarded_redis()
+    redis = redis_gateway.client
     up = 0
     if redis is not None:
         try:
             redis.ping()
             up = 1
-        except (RedisError, OSError):
+        except REDIS_ERRORS:
             pass
     return [GaugeMetricFamily("luca_redis_up", "1 when Redis is configured and answers a PING, else 0.", value=up)]

@@ -23,16 +23,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
 
-from flask import Flask, current_app
-from redis.exceptions import RedisError
+from flask import Flask
 
-from luca.breakers import get_breakers
-from luca.redis_conn import GuardedRedis
+from luca.extensions import redis_gateway
+from luca.redis import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -87,21 +85,22 @@ class Slot:
 class AnswerSlots:
     """The per-user answer slots of one app: leases in Redis, counted in this process as well."""
 
-    def __init__(self, redis: GuardedRedis | None, prefix: str, limit: int, lease_seconds: float) -> None:
-        self.redis = redis
-        self.prefix = prefix
-        self.limit = limit  # 0: no cap
-        self.lease_ms = max(1, int(lease_seconds * 1000))
+    def __init__(self, app: Flask) -> None:
+        self.gateway = redis_gateway.of(app)
+        self.redis = self.gateway.client
+        self.limit: int = app.config["AI_MAX_CONCURRENT_PER_USER"]  # 0: no cap
+        self.lease_ms = max(1, int(app.config["AI_SLOT_LEASE"] * 1000))
         self._held: Counter[int] = Counter()
         self._shared: dict[str, Slot] = {}
         self._lock = threading.Lock()
         self._renewer: threading.Thread | None = None
-        self._acquire = redis.client.register_script(ACQUIRE) if redis is not None else None
-        self._renew = redis.client.register_script(RENEW) if redis is not None else None
+        self._stop = threading.Event()
+        self._acquire = self.redis.register_script(ACQUIRE) if self.redis is not None else None
+        self._renew = self.redis.register_script(RENEW) if self.redis is not None else None
 
     def key(self, user_id: int) -> str:
         """The Redis key of the user's slots."""
-        return f"{self.prefix}slots:{user_id}"
+        return self.gateway.key("slots", user_id)
 
     def in_use(self, user_id: int) -> int:
         """How many of the user's slots this process holds."""
@@ -118,9 +117,8 @@ class AnswerSlots:
         if self.redis is None or not self.limit:
             return slot
         try:
-            taken = self.redis.breaker.call_redis(
-                self._acquire, keys=[self.key(user_id)], args=[self.limit, self.lease_ms, slot.member])
-        except (RedisError, OSError) as exc:
+            taken = self._acquire(keys=[self.key(user_id)], args=[self.limit, self.lease_ms, slot.member])
+        except REDIS_ERRORS as exc:
             log.debug("[Slots] Redis failed (%s); counting user %s's slots in this process", type(exc).__name__,
                       user_id)
             return slot
@@ -142,7 +140,7 @@ class AnswerSlots:
         if shared and self.redis is not None:
             try:
                 self.redis.zrem(self.key(slot.user_id), slot.member)
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 log.debug("[Slots] a slot could not be given back (%s); its lease ends it", type(exc).__name__)
 
     def _forget(self, slot: Slot) -> bool:
@@ -157,9 +155,8 @@ class AnswerSlots:
             return self._shared.pop(slot.member, None) is not None
 
     def _renew_while_held(self) -> None:
-        """Renew every slot this process holds in Redis, until it holds none."""
-        while True:
-            time.sleep(self.lease_ms / 3000)
+        """Renew every slot this process holds in Redis, until it holds none (or the app shuts down)."""
+        while not self._stop.wait(self.lease_ms / 3000):
             with self._lock:
                 held = list(self._shared.values())
                 if not held:
@@ -170,7 +167,7 @@ class AnswerSlots:
                 if gone:  # their leases ran out while Redis was unreachable; the answers still run
                     with self._lock:  # held, so that none of them is given back meanwhile
                         self._renew_slots([s for s in gone if not s.released], put_back=True)
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 log.debug("[Slots] renewing %d slots failed (%s)", len(held), type(exc).__name__)
 
     def _renew_slots(self, slots: list[Slot], *, put_back: bool) -> list[Slot]:
@@ -178,17 +175,14 @@ class AnswerSlots:
         if not slots:
             return []
         assert self.redis is not None and self._renew is not None
-        gone = self.redis.breaker.call_redis(
-            self._renew, keys=[self.key(s.user_id) for s in slots],
-            args=[self.lease_ms, *(s.member for s in slots), "1" if put_back else "0"])
+        gone = self._renew(keys=[self.key(s.user_id) for s in slots],
+                           args=[self.lease_ms, *(s.member for s in slots), "1" if put_back else "0"])
         return [slots[int(i) - 1] for i in gone]
 
-
-def get_slots(app: Flask | None = None) -> AnswerSlots:
-    """The app's answer slots (made on first use)."""
-    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
-    if "luca.slots" not in app.extensions:  # setdefault: two first requests at once share one
-        app.extensions.setdefault("luca.slots", AnswerSlots(
-            get_breakers(app).guarded_redis(), app.config["REDIS_KEY_PREFIX"],
-            app.config["AI_MAX_CONCURRENT_PER_USER"], app.config["AI_SLOT_LEASE"]))
-    return app.extensions["luca.slots"]
+    def close(self) -> None:
+        """Stop renewing (the app shuts down; its leases end on their own)."""
+        self._stop.set()
+        with self._lock:
+            renewer = self._renewer
+        if renewer is not None:
+            renewer.join()

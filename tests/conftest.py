@@ -25,7 +25,7 @@ from flask.testing import FlaskClient, FlaskCliRunner
 
 from config import TestConfig
 from luca import create_app
-from luca.extensions import db
+from luca.extensions import db, shutdown
 from tests.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,19 +116,7 @@ def app_factory(database_url: str) -> Iterator[Callable[..., Flask]]:
 
 def close_app(app: Flask) -> None:
     """Release what an app holds open: job threads, database connections, Redis clients, provider clients."""
-    jobs = app.extensions.get("luca.jobs")
-    if jobs is not None:
-        jobs.shutdown()
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
-    for name, extension in app.extensions.items():
-        if name.startswith("luca.redis") and extension is not None:
-            extension.close()
-    for provider in app.extensions.get("luca.providers", []):
-        client = getattr(provider, "client", None)
-        if client is not None:
-            client.close()
+    shutdown(app)
 
 
 def clean_database(url: str) -> None:

@@ -10,8 +10,7 @@ import pytest
 from sqlalchemy import select, update
 
 from luca import analytics
-from luca.extensions import db
-from luca.jobs.queue import get_jobs
+from luca.extensions import db, jobs
 from luca.models import AnalyticsDaily, AnalyticsRollup, Message, utcnow
 from tests.conftest import Api, create_user
 
@@ -275,7 +274,7 @@ def test_in_the_embedded_mode_todays_analytics_count_the_messages_just_sent(app,
     admin = make_api("root@example.com", admin=True)
     conversation = admin.new_conversation()
     with app.app_context():
-        assert get_jobs().mode == "thread"
+        assert jobs.mode == "thread"
     admin.ask(conversation["id"], "What is VAT?")
     assert today_by_role(admin.get("/api/admin/analytics").get_json()) == {"user": 1, "assistant": 1}
     admin.ask(conversation["id"], "And input VAT?")
@@ -298,4 +297,4 @@ def test_in_the_embedded_mode_analytics_roll_up_on_their_own(app_factory) -> Non
         assert time_module.monotonic() < deadline, "today was never rolled up"
         time_module.sleep(0.1)
     with app.app_context():
-        assert get_jobs().stats()["analytics"]["completed"] >= 1
+        assert jobs.stats()["analytics"]["completed"] >= 1

@@ -20,8 +20,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from luca.extensions import db
-from luca.slots import get_slots
+from luca.extensions import db, slots
 from tests.conftest import ROOT, Api, RedisTarget, create_user, provider_overrides
 from tests.processes import flask_command, gunicorn, luca_env
 
@@ -189,12 +188,12 @@ HOLDER = """
 import sys, time
 from config import TestConfig
 from luca import create_app
-from luca.slots import get_slots
+from luca.extensions import slots
 
 url, prefix, user_id = sys.argv[1], sys.argv[2], int(sys.argv[3])
 app = create_app(TestConfig, {"REDIS_URL": url, "REDIS_KEY_PREFIX": prefix, "AI_SLOT_LEASE": 5.0})
-slots = [get_slots(app).acquire(user_id) for _ in range(3)]
-print("held" if all(s is not None and s.shared for s in slots) else "not held", flush=True)
+held = [slots.of(app).acquire(user_id) for _ in range(3)]
+print("held" if all(s is not None and s.shared for s in held) else "not held", flush=True)
 time.sleep(120)
 """
 
@@ -263,7 +262,7 @@ def test_every_way_an_answer_ends_gives_its_slot_back(app_factory, redis_target,
         response.get_data()
         response.close()  # what a WSGI server does after the last byte (the test client leaves it to us)
     with app.app_context():
-        assert get_slots().in_use(api.user_id) == 0
+        assert slots.in_use(api.user_id) == 0
     assert slots_in_redis(redis_target, api.user_id) == 0
     assert api.ask(conversation, "is there room again?").status_code == 201
 

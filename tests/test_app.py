@@ -9,7 +9,8 @@ import pytest
 
 import config
 from config import normalise_database_url
-from tests.conftest import ROOT
+from luca.extensions import SERVICES, cache, openapi
+from tests.conftest import ROOT, create_user
 
 
 @pytest.mark.parametrize("given,expected", [
@@ -54,6 +55,21 @@ def test_wsgi_module_exposes_the_app() -> None:
     assert "'admin'" in result.stdout and "'conversations'" in result.stdout
 
 
+def test_two_apps_built_in_one_process_each_serve_with_services_of_their_own(app_factory) -> None:
+    first, second = app_factory(), app_factory()  # the same settings, twice
+    for extension in (*SERVICES, openapi):
+        assert extension.of(first) is not extension.of(second), extension
+    for app in (first, second):  # every hook once, though the web and rq-dashboard blueprints are shared
+        for hooks in (app.before_request_funcs[None], app.after_request_funcs[None]):
+            assert len(hooks) == len(set(hooks))
+    cache.of(first).set("only-in-first", "x")
+    assert cache.of(second).get("only-in-first") is None
+    for number, app in enumerate((first, second)):
+        _, token = create_user(app, f"user{number}@example.com")
+        response = app.test_client().get("/api/me", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200 and response.get_json()["email"] == f"user{number}@example.com"
+
+
 def test_unexpected_errors_are_json_500(app, client) -> None:
     @app.get("/boom")
     def boom() -> str:
@@ -79,6 +95,37 @@ def test_openapi_document_describes_every_endpoint(client) -> None:
     assert {p["name"] for p in listing["parameters"]} >= {"limit", "cursor", "metadata", "q"}
     body_ref = paths["/api/conversations/{conversation_id}/messages"]["post"]["requestBody"]
     assert body_ref["content"]["application/json"]["schema"]["$ref"].split("/")[-1] in spec["components"]["schemas"]
+
+
+def test_openapi_document_describes_the_admin_statistics_fields(client) -> None:
+    spec = client.get("/api/openapi.json").get_json()
+    schemas = spec["components"]["schemas"]
+
+    def resolve(schema: dict) -> dict:
+        return schemas[schema["$ref"].split("/")[-1]] if "$ref" in schema else schema
+
+    def answer(path: str, method: str = "get") -> dict:
+        return resolve(spec["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"])
+
+    def fields(schema: dict, *path: str) -> set[str]:
+        for name in path:
+            schema = resolve(schema["properties"][name]) if name != "*" else resolve(schema["additionalProperties"])
+        return set(resolve(schema)["properties"])
+
+    queues = answer("/api/admin/queue-stats")
+    assert set(queues["properties"]) == {"titleGeneration", "fileProcessing", "analytics", "redis", "mode"}
+    assert {"waiting", "active", "completed", "failed", "failureRate"} <= fields(queues, "titleGeneration")
+    breakers = answer("/api/admin/breakers")
+    assert set(breakers["properties"]) == {"database", "externalAPI", "redis", "aiProviders"}
+    assert {"consecutiveFailures", "failMax", "retryAfter"} <= fields(breakers, "database", "stats")
+    assert fields(breakers, "aiProviders", "*") == {"state", "stats"}
+    assert fields(answer("/api/admin/breakers/{name}/reset", "post")) == {"name", "state", "stats"}
+    cache = answer("/api/admin/cache-stats")
+    assert {"hitRate", "memory", "redis", "dedup"} <= set(cache["properties"])
+    assert {"savedCalls", "hitRate"} <= fields(cache, "dedup")
+    alerts = answer("/api/admin/alerts")
+    assert {"name", "firing", "value", "threshold", "message", "since"} == set(
+        resolve(alerts["properties"]["alerts"]["items"])["properties"])
 
 
 def test_docs_page_lists_the_endpoints(client) -> None:

@@ -4,13 +4,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 
 import openai
 import pytest
+from flask import Flask
 from pybreaker import CircuitBreakerError
 
+from config import TestConfig
+from luca import create_app
 from luca.ai.providers import is_provider_failure
 from luca.breakers import Breaker
+from luca.extensions import breakers, shutdown
 
 
 def failing() -> None:
@@ -119,6 +124,44 @@ def test_errors_that_are_not_failures_do_not_count() -> None:
         with pytest.raises(ValueError):
             breaker.call(bad_request)
     assert breaker.current_state == "closed"
+
+
+def test_a_call_given_up_is_no_verdict_and_frees_the_trial() -> None:
+    breaker = Breaker("test", fail_max=1, reset_timeout=0.2)
+    trip(breaker)
+    time.sleep(0.25)
+    trial = breaker.allow()
+    breaker.record(trial, GeneratorExit())  # a stream closed before its end
+    assert (trial, breaker.failures, breaker.successes, breaker.current_state) == (True, 1, 0, "half-open")
+    assert breaker.allow() is True  # the next call is the trial
+
+
+@pytest.fixture
+def memory_app() -> Iterator[Flask]:
+    """An app on an in-memory SQLite database (these breakers need no tables)."""
+    app = create_app(TestConfig, {"SQLALCHEMY_DATABASE_URI": "sqlite://"})
+    yield app
+    shutdown(app)
+
+
+def test_an_ai_breaker_counts_only_provider_failures_whoever_asked_for_it_first(memory_app: Flask) -> None:
+    breaker = breakers.of(memory_app).ai("example")  # as the admin reset or the statistics ask for it
+    for _ in range(breaker.fail_max):
+        with pytest.raises(openai.APIStatusError), breaker.guard():
+            raise status_error(400)  # our request's fault, not the provider's
+    assert (breaker.current_state, breaker.failures, breaker.successes) == ("closed", 0, breaker.fail_max)
+
+
+def test_an_open_breaker_other_than_the_database_is_a_503_that_names_it(memory_app: Flask) -> None:
+    @memory_app.get("/through-the-webhook")
+    def through_the_webhook() -> str:
+        return breakers.external.call(lambda: "posted")
+
+    breakers.of(memory_app).external.open()
+    response = memory_app.test_client().get("/through-the-webhook")
+    assert response.status_code == 503 and int(response.headers["Retry-After"]) >= 1
+    error = response.get_json()["error"]
+    assert error["code"] == "service_unavailable" and "breaker external-api is open" in error["message"]
 
 
 def status_error(status: int) -> openai.APIStatusError:

@@ -8,9 +8,7 @@ import uuid
 import pytest
 from flask import Flask
 
-from luca.breakers import get_breakers
-from luca.cache import get_cache
-from luca.extensions import db
+from luca.extensions import breakers, cache, db
 from tests.conftest import Api, RedisTarget, count_statements, create_user
 
 
@@ -131,7 +129,7 @@ def test_a_stale_list_is_served_when_the_database_is_down(tier_app) -> None:
     api.new_conversation(title="not seen yet")  # the fresh copy is now invalid
     with tier_app.app_context():
         db.engine.dispose()  # no pooled connections: the next query must connect
-        get_breakers().database.open()
+        breakers.database.open()
     response = api.get("/api/conversations")
     assert response.status_code == 200
     assert response.headers["X-Cache"] == "stale"
@@ -139,7 +137,7 @@ def test_a_stale_list_is_served_when_the_database_is_down(tier_app) -> None:
     other = api.get("/api/conversations?limit=3")  # never cached: no stale copy to serve
     assert other.status_code == 503
     with tier_app.app_context():
-        get_breakers().database.reset()
+        breakers.database.reset()
 
 
 def test_cache_clear_leaves_rq_queues_alone(app_factory, redis_target: RedisTarget) -> None:
@@ -175,7 +173,7 @@ def test_stats_count_hits_and_misses_per_tier(tier_app, request) -> None:
     api.get("/api/conversations")
     api.get("/api/conversations")
     with tier_app.app_context():
-        stats = get_cache().get_stats()
+        stats = cache.get_stats()
     tier = "redis" if stats["redis"]["configured"] else "memory"
     assert stats[tier]["hits"] >= 2 and stats[tier]["misses"] >= 1  # token + list hits; list miss
     assert 0 < stats[tier]["hitRate"] < 1
@@ -191,14 +189,14 @@ def test_a_redis_killed_mid_test_never_fails_a_request_and_is_used_again_when_ba
     with caplog.at_level(logging.INFO):
         assert api.get("/api/conversations").status_code == 200
         with app.app_context():
-            assert get_cache().get_stats()["redis"]["status"] == "connected"
+            assert cache.get_stats()["redis"]["status"] == "connected"
         kill()
         for _ in range(5):
             assert api.get("/api/conversations").status_code == 200
             assert api.get(f"/api/conversations/{conversation['id']}").status_code == 200
             assert api.ask(conversation["id"], "still answering?").status_code == 201
         with app.app_context():
-            stats = get_cache().get_stats()
+            stats = cache.get_stats()
         assert stats["redis"]["status"].startswith("unavailable") and stats["redis"]["breaker"] == "open"
         assert stats["memory"]["hits"] + stats["memory"]["misses"] > 0
 
@@ -207,7 +205,7 @@ def test_a_redis_killed_mid_test_never_fails_a_request_and_is_used_again_when_ba
         for _ in range(3):
             assert api.get("/api/conversations").status_code == 200
         with app.app_context():
-            stats = get_cache().get_stats()
+            stats = cache.get_stats()
     assert stats["redis"]["status"] == "connected" and stats["redis"]["breaker"] == "closed"
     lines = [r.getMessage() for r in caplog.records]
     assert any(line.startswith("[Cache] Redis unavailable") for line in lines)

@@ -9,7 +9,7 @@ import redis
 from flask import Flask
 from rq import Queue
 
-from luca.admin.dashboard import dashboard_redis_url, guard_dashboard, register_dashboard
+from luca.admin.dashboard import dashboard_redis_url, guard_dashboard
 from tests.conftest import RedisTarget, basic, create_user
 
 ADMIN = "ops@example.com"
@@ -17,9 +17,8 @@ REALM = 'Basic realm="Luca operators", charset="UTF-8"'
 
 
 def with_dashboard(app: Flask) -> Flask:
-    """The app with rq-dashboard mounted (create_app may already do it)."""
-    if "rq_dashboard" not in app.blueprints:
-        register_dashboard(app)
+    """The app, with rq-dashboard mounted (create_app mounts it on every app)."""
+    assert "rq_dashboard" in app.blueprints
     return app
 
 
@@ -123,7 +122,6 @@ def test_without_redis_url_an_admin_gets_503(app_factory: Callable[..., Flask]) 
 
 def test_several_apps_each_get_one_guard(app_factory: Callable[..., Flask], redis_target: RedisTarget) -> None:
     apps = [with_dashboard(app_factory(**redis_target.overrides())) for _ in range(2)]
-    register_dashboard(apps[0])  # a second call changes nothing
     _, token = create_user(apps[0], ADMIN, admin=True)  # the apps share one database
     for app in apps:
         assert app.before_request_funcs[None].count(guard_dashboard) == 1

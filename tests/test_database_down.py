@@ -11,7 +11,7 @@ from flask import Flask
 
 from config import TestConfig
 from luca import create_app
-from luca.breakers import get_breakers
+from luca.extensions import breakers
 from tests.conftest import close_app
 
 
@@ -78,7 +78,7 @@ def test_the_database_breaker_opens_and_then_fails_fast_without_connecting(black
     try:
         for _ in range(2):
             assert client.get("/api/conversations", headers={"Authorization": "Bearer x"}).status_code == 503
-        assert get_breakers(app).database.current_state == "open"
+        assert breakers.of(app).database.current_state == "open"
         attempts = len(blackhole.accepted)
         response = client.get("/api/conversations", headers={"Authorization": "Bearer x"})
         assert response.status_code == 503

@@ -9,7 +9,7 @@ from flask import Flask
 from luca.ai.base import Provider
 from luca.ai.dedup import answer_key
 from luca.ai.offline import OfflineProvider
-from luca.cache import get_cache
+from luca.extensions import cache
 from tests.conftest import Api, RedisTarget, create_user, provider_overrides
 from tests.test_streaming import parse_events
 
@@ -38,7 +38,7 @@ def test_two_users_asking_the_same_first_question_make_one_provider_call(dedup_a
     assert (second["provider"], second["model"], second["content"]) == \
         (first["provider"], first["model"], first["content"])
     with dedup_app.app_context():
-        assert get_cache().get_stats()["dedup"]["savedCalls"] == 1
+        assert cache.get_stats()["dedup"]["savedCalls"] == 1
 
 
 def test_the_same_follow_up_in_two_users_conversations_makes_two_calls(dedup_app, servers) -> None:

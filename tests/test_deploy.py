@@ -12,7 +12,7 @@ import sqlalchemy as sa
 import yaml
 
 from config import Config, normalise_database_url
-from luca.redis_conn import make_redis
+from luca.redis import make_client
 from tests.conftest import ROOT, RedisTarget, temporary_postgres_database
 from tests.processes import BIN, luca_env
 
@@ -113,7 +113,7 @@ def test_release_migrates_an_empty_postgresql_database_given_a_heroku_url() -> N
 
 def test_heroku_rediss_urls_accept_its_self_signed_certificate() -> None:
     config = {key: getattr(Config, key) for key in dir(Config) if key.isupper()}
-    client = make_redis("rediss://:secret@example.com:6380/0", {**config, "REDIS_TLS_VERIFY": False})
+    client = make_client("rediss://:secret@example.com:6380/0", {**config, "REDIS_TLS_VERIFY": False})
     try:
         assert client.connection_pool.connection_kwargs["ssl_cert_reqs"] == "none"
     finally:

@@ -16,8 +16,7 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 
 from bench.faults_load import heavy_pdf
-from luca.extensions import db
-from luca.jobs.queue import get_jobs
+from luca.extensions import db, jobs
 from luca.jobs.tasks import generate_title, reconcile
 from luca.models import Conversation
 from tests.conftest import ROOT, Api, RedisTarget, create_user, provider_overrides
@@ -124,7 +123,6 @@ def test_a_user_rename_during_the_title_job_wins(stack: Stack, servers) -> None:
 def test_a_priority_job_enqueued_behind_fifty_waiting_jobs_runs_first(stack: Stack) -> None:
     api = signed(stack.app)
     with stack.app.app_context():
-        jobs = get_jobs()
         waiting = [api.new_conversation(title=f"named {i}")["id"] for i in range(50)]
         for conversation_id in waiting:
             jobs.enqueue("titles", generate_title, conversation_id, job_id=f"title-{conversation_id}")
@@ -150,7 +148,7 @@ def test_a_title_job_succeeds_on_its_third_try(stack: Stack, servers) -> None:
     assert result.returncode == 0, result.stderr
     assert conversation_row(stack.app, conversation["id"]).title.startswith("[primary]")
     with stack.app.app_context():
-        stats = get_jobs().stats()["titleGeneration"]
+        stats = jobs.stats()["titleGeneration"]
     assert (stats["retried"], stats["completed"], stats["failed"]) == (2, 1, 0)
 
 
@@ -164,7 +162,6 @@ def test_a_title_job_that_always_fails_lands_in_the_failed_registry_with_a_fallb
     result = stack.worker()
     assert result.returncode == 0, result.stderr
     with stack.app.app_context():
-        jobs = get_jobs()
         failed = FailedJobRegistry(queue=jobs.queue("titles"))
         stats = jobs.stats()["titleGeneration"]
     assert failed.get_job_ids() == [f"{stack.prefix}title-{conversation['id']}"]
@@ -267,7 +264,7 @@ def test_work_enqueued_while_redis_is_down_is_finished_by_the_reconciler(stack: 
     file_id = upload(api, conversation["id"], "x.csv", b"a,b\n1,2\n3,4\n")["id"]
     assert file_status(api, file_id)["status"] == "pending"
     with stack.app.app_context():
-        assert get_jobs().queue("titles").count == 0  # nothing reached Redis
+        assert jobs.queue("titles").count == 0  # nothing reached Redis
 
     result = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "jobs", "reconcile"], cwd=ROOT,
                             env={**stack.env, "JOBS_RECONCILE_GRACE": "0"}, capture_output=True, text=True,
@@ -314,9 +311,8 @@ def test_without_redis_title_and_file_jobs_complete_in_process(app_factory, serv
     api.ask(conversation["id"], "What is an accrual?")
     file_id = upload(api, conversation["id"], "x.csv", b"a,b\n1,2\n3,4\n")["id"]
     with app.app_context():
-        jobs = get_jobs()
         assert jobs.mode == "thread"
-        jobs.shutdown()  # wait for the pool
+        jobs.close()  # wait for the pool
     assert conversation_row(app, conversation["id"]).title.startswith("[primary]")
     assert file_status(api, file_id)["status"] == "ready"
 
@@ -331,7 +327,7 @@ def test_disable_queues_runs_jobs_before_the_request_returns(app_factory, server
     file_id = upload(api, conversation["id"], "x.csv", b"a,b\n1,2\n3,4\n")["id"]
     assert file_status(api, file_id)["status"] == "ready"
     with app.app_context():
-        assert get_jobs().mode == "inline"
+        assert jobs.mode == "inline"
 
 
 def test_files_of_other_users_are_404(stack: Stack) -> None:

@@ -12,9 +12,8 @@ from flask import Flask
 from redis.exceptions import RedisError
 from sqlalchemy import select
 
-from luca.breakers import get_breakers
-from luca.extensions import db
-from luca.limits import GuardedRedisStorage, get_limiter, register_limits
+from luca.extensions import breakers, db, limits
+from luca.limits import GatewayStorage
 from luca.models import ApiToken
 from tests.conftest import Api, RedisTarget, basic, create_user
 
@@ -22,10 +21,8 @@ OTHER_ADDRESS = {"REMOTE_ADDR": "10.0.0.2"}
 
 
 def limited_app(app_factory: Callable[..., Flask], **overrides: Any) -> Flask:
-    """An app with its rate limits (create_app may already register them: register_limits is idempotent)."""
-    app = app_factory(**overrides)
-    register_limits(app)
-    return app
+    """An app with its rate limits (create_app gives every app its own)."""
+    return app_factory(**overrides)
 
 
 def signed(app: Flask, email: str | None = None) -> Api:
@@ -225,7 +222,7 @@ def test_failed_authentication_counts_are_shared_through_redis(app_factory, redi
 def test_limits_hold_across_processes_sharing_redis(app_factory, redis_target: RedisTarget) -> None:
     first = limited_app(app_factory, **redis_target.overrides())
     second = limited_app(app_factory, **redis_target.overrides())
-    assert isinstance(first.extensions["luca.limiter"].limiter.storage, GuardedRedisStorage)
+    assert isinstance(limits.of(first).limiter.storage, GatewayStorage)
     alice = signed(first)
     alice_there = Api(second.test_client(), alice.token, alice.user_id)
     conversation_id = alice.new_conversation()["id"]
@@ -267,7 +264,7 @@ def test_a_redis_that_never_answers_costs_at_most_two_timeouts(app_factory) -> N
         silent.listen(16)
         app = limited_app(app_factory, REDIS_URL=f"redis://127.0.0.1:{silent.getsockname()[1]}/0",
                           REDIS_SOCKET_TIMEOUT=0.3)
-        storage = get_limiter(app).storage
+        storage = limits.of(app).limiter.storage
         started = time.perf_counter()
         with pytest.raises(RedisError):
             storage.incr("probe", 60)
@@ -279,7 +276,7 @@ def test_a_redis_outage_at_run_time_switches_to_memory(app_factory, redis_target
     api = signed(app)
     conversation_id = api.new_conversation()["id"]
     assert send(api, conversation_id, 5) == [201] * 5
-    get_breakers(app).redis.open()  # Redis is judged down: every command fails at once
+    breakers.of(app).redis.open()  # Redis is judged down: every command fails at once
     # Counted again from zero in this process's memory: 20 more pass, the next is refused.
     assert send(api, conversation_id, 20) == [201] * 20
     assert_rate_limited(api.ask(conversation_id, "one too many"))
@@ -290,13 +287,3 @@ def test_rate_limits_can_be_turned_off(app_factory) -> None:
     api = signed(app)
     assert send(api, api.new_conversation()["id"], 25) == [201] * 25
     assert [bad_token(api.client).status_code for _ in range(3)] == [401] * 3
-
-
-def test_register_limits_is_idempotent(app_factory) -> None:
-    app = limited_app(app_factory, RATE_LIMIT_AUTH_FAILURES="2 per 15 minutes")
-    hooks = list(app.before_request_funcs[None])
-    limiter = register_limits(app)
-    assert register_limits(app) is limiter
-    assert app.before_request_funcs[None] == hooks
-    client = app.test_client()
-    assert [bad_token(client).status_code for _ in range(3)] == [401, 401, 429]  # each failure counted once

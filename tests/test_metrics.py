@@ -17,9 +17,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from luca import metrics
-from luca.breakers import get_breakers
-from luca.metrics import record_ai_call, register_metrics
+from luca.extensions import breakers, jobs
+from luca.metrics import record_ai_call
 from tests.conftest import Api, RedisTarget, create_user
 from tests.processes import flask_command, gunicorn, luca_env
 
@@ -51,16 +50,9 @@ def scrape(client: FlaskClient, **headers: str) -> str:
     return response.get_data(as_text=True)
 
 
-@pytest.fixture
-def metrics_app(app: Flask) -> Flask:
-    """The app with /metrics (until create_app registers it itself)."""
-    register_metrics(app)
-    return app
-
-
 # -- one process ---------------------------------------------------------------------------------
 
-def test_requests_are_counted_by_route_template_never_by_path(metrics_app: Flask, client: FlaskClient,
+def test_requests_are_counted_by_route_template_never_by_path(app: Flask, client: FlaskClient,
                                                                api: Api) -> None:
     conversation = api.new_conversation()
     before = scrape(client)
@@ -81,7 +73,7 @@ def test_requests_are_counted_by_route_template_never_by_path(metrics_app: Flask
     assert 'route="/metrics"' not in after  # scrapes are not recorded
 
 
-def test_unknown_methods_share_one_label(metrics_app: Flask, client: FlaskClient) -> None:
+def test_unknown_methods_share_one_label(app: Flask, client: FlaskClient) -> None:
     before = scrape(client)
     assert client.open("/api/openapi.json", method="BREW").status_code == 405
     after = scrape(client)
@@ -89,7 +81,7 @@ def test_unknown_methods_share_one_label(metrics_app: Flask, client: FlaskClient
     assert "BREW" not in after
 
 
-def test_state_of_cache_breakers_and_queues_is_read_at_scrape_time(metrics_app: Flask, client: FlaskClient,
+def test_state_of_cache_breakers_and_queues_is_read_at_scrape_time(app: Flask, client: FlaskClient,
                                                                     api: Api) -> None:
     conversation = api.new_conversation()
     for _ in range(2):
@@ -111,12 +103,12 @@ def test_state_of_cache_breakers_and_queues_is_read_at_scrape_time(metrics_app: 
     assert value(text, "luca_redis_up") == 0  # the test app has no Redis
 
 
-def test_an_open_breaker_and_its_failures(metrics_app: Flask, client: FlaskClient) -> None:
+def test_an_open_breaker_and_its_failures(app: Flask, client: FlaskClient) -> None:
     before = scrape(client)
-    with metrics_app.app_context():
-        breaker = get_breakers().external
+    with app.app_context():
+        breaker = breakers.external
         for _ in range(breaker.fail_max):
-            breaker.record_failure(RuntimeError("webhook down"), trial=False)
+            breaker.record(False, RuntimeError("webhook down"))
         assert breaker.current_state == "open"
     after = scrape(client)
 
@@ -128,18 +120,17 @@ def test_an_open_breaker_and_its_failures(metrics_app: Flask, client: FlaskClien
 
 def test_redis_up_and_the_redis_tier_with_real_redis(app_factory: Any, redis_target: RedisTarget) -> None:
     app = app_factory(**redis_target.overrides())
-    register_metrics(app)
     text = scrape(app.test_client())
     assert value(text, "luca_redis_up") == 1
     assert value(text, "luca_cache_hits_total", tier="redis") is not None
 
 
-def test_a_failing_source_is_left_out_of_the_scrape(metrics_app: Flask, client: FlaskClient,
+def test_a_failing_source_is_left_out_of_the_scrape(app: Flask, client: FlaskClient,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     def broken() -> dict[str, Any]:
         raise RuntimeError("queue statistics unavailable")
 
-    monkeypatch.setattr(metrics, "get_queue_stats", broken)
+    monkeypatch.setattr(jobs.of(app), "stats", broken)
     text = scrape(client)
     assert "luca_queue_waiting" not in text
     assert value(text, "luca_cache_hits_total", tier="memory") is not None
@@ -148,7 +139,6 @@ def test_a_failing_source_is_left_out_of_the_scrape(metrics_app: Flask, client: 
 
 def test_metrics_token_is_required_when_set(app_factory: Any) -> None:
     app = app_factory(METRICS_TOKEN="metrics-secret")
-    register_metrics(app)
     client = app.test_client()
 
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic metrics-secret"},
@@ -160,7 +150,7 @@ def test_metrics_token_is_required_when_set(app_factory: Any) -> None:
     assert "luca_" in scrape(client, Authorization="Bearer metrics-secret")
 
 
-def test_record_ai_call_counts_calls_latency_and_tokens(metrics_app: Flask, client: FlaskClient) -> None:
+def test_record_ai_call_counts_calls_latency_and_tokens(app: Flask, client: FlaskClient) -> None:
     labels = {"provider": "metrics-test", "model": "metrics-model"}
     before = scrape(client)
     record_ai_call("metrics-test", "metrics-model", "ok", latency_s=0.4, tokens_in=120, tokens_out=30)
@@ -181,19 +171,11 @@ def test_record_ai_call_counts_calls_latency_and_tokens(metrics_app: Flask, clie
         record_ai_call("metrics-test", "metrics-model", "timeout")
 
 
-def test_openmetrics_when_the_scraper_asks_for_it(metrics_app: Flask, client: FlaskClient) -> None:
+def test_openmetrics_when_the_scraper_asks_for_it(app: Flask, client: FlaskClient) -> None:
     response = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
     assert response.status_code == 200
     assert response.content_type.startswith("application/openmetrics-text")
     assert response.get_data(as_text=True).endswith("# EOF\n")
-
-
-def test_register_metrics_is_idempotent(metrics_app: Flask, client: FlaskClient) -> None:
-    register_metrics(metrics_app)
-    assert metrics_app.before_request_funcs[None].count(metrics.start_timer) == 1
-    assert metrics_app.after_request_funcs[None].count(metrics.record_request) == 1
-    assert [rule.rule for rule in metrics_app.url_map.iter_rules()].count("/metrics") == 1
-    assert client.get("/metrics").status_code == 200
 
 
 # -- two gunicorn workers --------------------------------------------------------------------------------

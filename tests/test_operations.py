@@ -14,10 +14,7 @@ from flask_migrate import upgrade
 
 from config import TestConfig
 from luca import create_app
-from luca.alerts import get_alerts
-from luca.breakers import get_breakers
-from luca.cache import get_cache
-from luca.jobs.queue import get_jobs
+from luca import extensions
 from tests.conftest import ROOT, Api, close_app, create_user, temporary_postgres_database
 
 
@@ -148,17 +145,17 @@ def webhook() -> Iterator[Webhook]:
 def alert(app: Flask, name: str) -> dict:
     """Evaluate the alerts and return one of them."""
     with app.app_context():
-        return next(a for a in get_alerts().evaluate() if a["name"] == name)
+        return next(a for a in extensions.alerts.evaluate() if a["name"] == name)
 
 
 def test_an_open_breaker_fires_and_a_reset_resolves_each_posted_once(app_factory, webhook: Webhook) -> None:
     app = app_factory(ALERT_WEBHOOK_URL=webhook.url)
     with app.app_context():
-        get_breakers().ai("openai").open()
+        extensions.breakers.ai("openai").open()
     assert alert(app, "breaker_open")["firing"] is True
     assert alert(app, "breaker_open")["firing"] is True  # still firing: no second post
     with app.app_context():
-        get_breakers().ai("openai").reset()
+        extensions.breakers.ai("openai").reset()
     assert alert(app, "breaker_open")["firing"] is False
     alert(app, "breaker_open")
     posts = webhook.wait_for(2)
@@ -171,7 +168,7 @@ def test_an_open_breaker_fires_and_a_reset_resolves_each_posted_once(app_factory
 def test_the_job_failure_rate_alert_fires_above_five_percent_and_resolves(app_factory, webhook: Webhook) -> None:
     app = app_factory(ALERT_WEBHOOK_URL=webhook.url)
     with app.app_context():
-        jobs = get_jobs()
+        jobs = extensions.jobs.of(app)
         jobs.record("files", "failed")
     assert alert(app, "job_failure_rate")["firing"] is True
     with app.app_context():
@@ -185,7 +182,7 @@ def test_the_job_failure_rate_alert_fires_above_five_percent_and_resolves(app_fa
 def test_a_low_cache_hit_rate_fires_and_resolves(app_factory, webhook: Webhook) -> None:
     app = app_factory(ALERT_WEBHOOK_URL=webhook.url, ALERT_MIN_SAMPLES=5)
     with app.app_context():
-        cache = get_cache()
+        cache = extensions.cache.of(app)
         for i in range(5):
             cache.get(f"missing-{i}")
     assert alert(app, "cache_hit_rate_low")["firing"] is True
@@ -218,7 +215,7 @@ def test_a_hanging_webhook_does_not_slow_requests(app_factory) -> None:
         app = app_factory(ALERT_WEBHOOK_URL=hook.url)
         admin = admin_api(app)
         with app.app_context():
-            get_breakers().ai("openai").open()
+            extensions.breakers.ai("openai").open()
         response = admin.get("/api/admin/alerts")
         assert response.status_code == 200
         deadline = time.monotonic() + 5
@@ -251,11 +248,11 @@ def test_admin_statistics_endpoints_answer_admins_only(app) -> None:
 def test_an_admin_can_reset_a_breaker(app) -> None:
     admin = admin_api(app)
     with app.app_context():
-        get_breakers().database.open()
+        extensions.breakers.database.open()
     result = app.test_cli_runner().invoke(args=["breakers", "reset", "database"])
     assert result.exit_code == 0 and "closed" in result.output
     with app.app_context():
-        get_breakers().external.open()
+        extensions.breakers.external.open()
     body = admin.post("/api/admin/breakers/external-api/reset").get_json()
     assert body["state"] == "closed"
     assert admin.post("/api/admin/breakers/nonsense/reset").status_code == 404

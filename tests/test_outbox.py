@@ -15,8 +15,7 @@ from flask import Flask
 from redis import Redis
 from rq import Queue
 
-from luca.breakers import get_breakers
-from luca.extensions import db
+from luca.extensions import breakers, db
 from luca.jobs.tasks import drain_outbox
 from luca.models import JobOutbox
 from tests.conftest import ROOT, count_statements, provider_overrides
@@ -123,7 +122,7 @@ def test_with_the_redis_breaker_open_the_title_job_rides_the_answers_transaction
     web = app_factory(**provider_overrides(servers[0], REDIS_URL=DEAD_REDIS, REDIS_BREAKER_RESET_TIMEOUT=600))
     api = signed(web)
     conversation = api.new_conversation(title=None)
-    get_breakers(web).redis.open()
+    breakers.of(web).redis.open()
     with count_statements(web) as statements, count_commits(web) as commits:
         assert api.ask(conversation["id"], "What is working capital?").status_code == 201
     assert len(commits) == 2  # the question's and the answer's: the outbox row has no transaction of its own
@@ -148,7 +147,7 @@ def test_a_file_uploaded_with_the_redis_breaker_open_rides_the_uploads_transacti
     web = app_factory(REDIS_URL=DEAD_REDIS, REDIS_BREAKER_RESET_TIMEOUT=600)
     api = signed(web)
     conversation = api.new_conversation()
-    get_breakers(web).redis.open()
+    breakers.of(web).redis.open()
     with count_commits(web) as commits:
         file_id = upload(api, conversation["id"], "x.csv", b"a,b\n1,2\n")["id"]
     assert len(commits) == 1

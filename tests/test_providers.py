@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from luca.breakers import get_breakers, get_circuit_breaker_stats
+from luca.extensions import breakers
 from tests.conftest import Api, RedisTarget, create_user, provider_overrides
 
 
@@ -29,7 +29,7 @@ def signed(app: Flask, email: str = "alice@example.com") -> Api:
 def breaker_state(app: Flask, provider: str) -> str:
     """The state of AI-<provider> as app sees it."""
     with app.app_context():
-        return get_breakers().ai(provider).current_state
+        return breakers.ai(provider).current_state
 
 
 def test_the_first_provider_answers_and_is_recorded(chain_app, servers) -> None:
@@ -232,7 +232,7 @@ def test_circuit_breaker_stats_cover_every_breaker(chain_app, servers) -> None:
     for _ in range(3):
         api.ask(conversation["id"], "hi")
     with chain_app.app_context():
-        stats = get_circuit_breaker_stats()
+        stats = breakers.stats()
     assert set(stats) >= {"database", "externalAPI", "aiProviders"}
     assert stats["aiProviders"]["AI-primary"]["state"] == "open"
     primary_stats: dict[str, Any] = stats["aiProviders"]["AI-primary"]["stats"]

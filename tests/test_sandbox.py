@@ -25,7 +25,7 @@ from bench.faults_load import heavy_pdf
 from config import Config
 from luca import sandbox
 from luca.documents import DocumentError, Limits, extract
-from luca.jobs.queue import get_jobs
+from luca.extensions import jobs
 from luca.sandbox import extract_isolated
 from tests.conftest import create_user
 from tests.processes import gunicorn, luca_env
@@ -233,7 +233,7 @@ def test_hostile_uploads_fail_naming_their_limit_and_the_worker_stays_small(stac
     try:
         deadline = time.monotonic() + 60
         with stack.app.app_context():
-            queue = get_jobs().queue("files")
+            queue = jobs.queue("files")
         while not Worker.all(queue=queue):
             assert time.monotonic() < deadline, "the worker never registered"
             time.sleep(0.1)

@@ -6,7 +6,7 @@ import json
 import pytest
 from flask import Flask
 
-from luca.breakers import get_breakers
+from luca.extensions import breakers
 from tests.conftest import Api, create_user, provider_overrides
 
 
@@ -86,7 +86,7 @@ def test_a_cut_mid_stream_ends_with_an_error_and_saves_the_partial_answer(stream
     stored = api.get(f"/api/conversations/{conversation['id']}/messages").get_json()["items"]
     assert (stored[0]["status"], stored[0]["content"]) == ("incomplete", partial)
     with stream_app.app_context():
-        assert get_breakers().ai("primary").failures == 1
+        assert breakers.ai("primary").failures == 1
 
 
 def test_all_providers_down_before_streaming_is_503(api: Api, servers) -> None:

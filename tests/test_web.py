@@ -9,7 +9,6 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from luca.web import register_web
 
 PAGES = ["/", "/admin"]
 REQUIRED_HEADERS = {
@@ -225,9 +224,3 @@ def test_the_api_does_not_describe_the_pages_and_its_answers_carry_the_headers_t
     assert "/" not in response.get_json()["paths"] and "/admin" not in response.get_json()["paths"]
     assert_security_headers(response)
     assert_security_headers(web.get("/api/me"))
-
-
-def test_register_web_is_idempotent(app: Flask) -> None:
-    register_web(app)
-    register_web(app)
-    assert "web" in app.blueprints

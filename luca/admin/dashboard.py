@@ -1,8 +1,9 @@
 """rq-dashboard at /admin/rq, for admins only, behind HTTP Basic auth (admin email + one of their API tokens).
 
-rq-dashboard's blueprint is a module-level singleton shared by every app in the process, and
-Flask forbids adding hooks to a blueprint once it has been registered. So nothing is added to
-the blueprint: each app gets one app-level before_request that acts only on dashboard requests.
+rq-dashboard's blueprint is a module-level singleton shared by every app in the process (each
+app may register it once), and Flask forbids adding hooks to a blueprint once it has been
+registered. So nothing is added to the blueprint: each app gets one app-level before_request
+that acts only on dashboard requests.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from rq_dashboard.web import blueprint, setup_rq_connection
 from luca.auth import CurrentUser, lookup_token
 from luca.errors import APIError, not_found
 from luca.limits import refuse_credentials
+from luca.redis import connection_options
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +29,7 @@ WRITING_ENDPOINTS = frozenset({f"{BLUEPRINT}.requeue_all"})
 
 
 def register_dashboard(app: Flask) -> None:
-    """Mount rq-dashboard at /admin/rq on the app's REDIS_URL, guarded by admin Basic auth (idempotent)."""
-    if BLUEPRINT in app.blueprints:
-        return
+    """Mount rq-dashboard at /admin/rq on the app's REDIS_URL, guarded by admin Basic auth."""
     url = app.config.get("REDIS_URL")
     if url:
         app.config.setdefault("RQ_DASHBOARD_REDIS_URL", [dashboard_redis_url(url, app)])
@@ -43,13 +43,11 @@ def register_dashboard(app: Flask) -> None:
 
 
 def dashboard_redis_url(url: str, app: Flask) -> str:
-    """REDIS_URL plus Luca's client settings (timeouts, Heroku's self-signed TLS) as URL query options."""
+    """REDIS_URL plus the options of Luca's own clients (timeouts, Heroku's self-signed TLS) as URL query options."""
     parts = urlsplit(url)
     options = dict(parse_qsl(parts.query))
-    options.setdefault("socket_timeout", str(app.config["REDIS_SOCKET_TIMEOUT"]))
-    options.setdefault("socket_connect_timeout", str(app.config["REDIS_SOCKET_TIMEOUT"]))
-    if parts.scheme == "rediss" and not app.config.get("REDIS_TLS_VERIFY", False):
-        options.setdefault("ssl_cert_reqs", "none")
+    for name, value in connection_options(url, app.config).items():
+        options.setdefault(name, str(value))
     return urlunsplit(parts._replace(query=urlencode(options)))
 
 

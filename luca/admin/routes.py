@@ -2,19 +2,16 @@
 from __future__ import annotations
 
 from datetime import date, timedelta
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from luca import analytics
+from luca import analytics, extensions
 from luca.admin import bp
 from luca.api import endpoint
-from luca.alerts import get_alerts
-from luca.breakers import find_breaker, get_circuit_breaker_stats
-from luca.cache import get_cache
 from luca.errors import APIError, not_found
-from luca.extensions import db
-from luca.jobs.queue import get_jobs, get_queue_stats
+from luca.extensions import cache, db, jobs
 from luca.models import User, utcnow
 from luca.schemas import UserOut
 
@@ -113,58 +110,196 @@ def analytics_series(query: AnalyticsQuery) -> AnalyticsSeries:
     if (end - start).days + 1 > ANALYTICS_MAX_DAYS:
         raise APIError(422, "validation_error", f"the range may cover at most {ANALYTICS_MAX_DAYS} days",
                        [{"field": "to", "message": f"at most {ANALYTICS_MAX_DAYS} days after from, counting both"}])
-    if get_jobs().mode != "rq":  # no worker keeps the rollups current: bring the range up to date first
+    if jobs.mode != "rq":  # no worker keeps the rollups current: bring the range up to date first
         analytics.roll_up_stale(start, end)
     return AnalyticsSeries.model_validate(analytics.series(start, end))
 
 
-class QueueStats(BaseModel):
-    """Per queue: waiting, active, completed, failed ...; and whether Redis answers."""
+# The statistics keep the camelCase field names of the project's seed (the operator page and
+# existing dashboards read them); the services build them as dicts, validated here into one shape.
+def absent_when_none(value: Any) -> bool:
+    """Leave a field out of the JSON when it has no value (a figure only one mode knows)."""
+    return value is None
 
-    model_config = ConfigDict(extra="allow")
+
+class Statistics(BaseModel):
+    """A statistics document: exactly the fields declared, nothing else."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class QueueCounts(Statistics):
+    """One queue's jobs: waiting and running now, and outcomes counted since the statistics began."""
+
+    waiting: int
+    active: int
+    scheduled: int | None = Field(None, exclude_if=absent_when_none, description="Waiting to retry (RQ only)")
+    inFailedRegistry: int | None = Field(None, exclude_if=absent_when_none,
+                                         description="Kept in RQ's failed registry (RQ only)")
+    completed: int
+    failed: int = Field(description="Failed on their last attempt")
+    retried: int = Field(description="Failed attempts that were tried again")
+    failureRate: float | None = Field(description="failed / (completed + failed); null before any finished")
+
+
+class RedisStatus(Statistics):
+    """Whether Redis answers."""
+
+    status: str
+    ready: bool
+
+
+class QueueStats(Statistics):
+    """Per queue: waiting, active, completed, failed ...; whether Redis answers, and where jobs run."""
+
+    titleGeneration: QueueCounts
+    fileProcessing: QueueCounts
+    analytics: QueueCounts
+    redis: RedisStatus
+    mode: Literal["rq", "thread", "inline"]
 
 
 @bp.get("/queue-stats")
 @endpoint(response=QueueStats, errors=(403,))
 def queue_stats() -> QueueStats:
     """Background queues: depth, activity, outcomes and failure rate per queue (admins only)."""
-    return QueueStats.model_validate(get_queue_stats())
+    return QueueStats.model_validate(jobs.stats())
 
 
-class Stats(BaseModel):
-    """A statistics document (its shape is described in the README)."""
+class CacheTier(Statistics):
+    """Lookups one tier answered."""
 
-    model_config = ConfigDict(extra="allow")
+    hits: int
+    misses: int
+    hitRate: float | None
+
+
+class MemoryTier(CacheTier):
+    """The in-process tier."""
+
+    keys: int
+
+
+class RedisTier(CacheTier):
+    """The Redis tier."""
+
+    configured: bool
+    status: str
+    ready: bool
+    breaker: str
+
+
+class DedupCounts(Statistics):
+    """AI answers deduplication served (hits), waited for (waited) or had computed (misses)."""
+
+    hits: int
+    waited: int
+    misses: int
+    savedCalls: int
+    hitRate: float | None
+
+
+class CacheTTL(Statistics):
+    """Seconds a value lives in Redis (default) and in memory while Redis is down (fallback)."""
+
+    default: int
+    fallback: int
+
+
+class CacheStats(Statistics):
+    """Hits and misses per tier, deduplication's saved calls, hit rates and Redis status."""
+
+    enabled: bool
+    hitRate: float | None
+    memory: MemoryTier
+    redis: RedisTier
+    dedup: DedupCounts
+    ttl: CacheTTL
 
 
 @bp.get("/cache-stats")
-@endpoint(response=Stats, errors=(403,))
-def cache_stats() -> Stats:
+@endpoint(response=CacheStats, errors=(403,))
+def cache_stats() -> CacheStats:
     """Cache hits and misses per tier, deduplication's saved calls, Redis status (admins only)."""
-    return Stats.model_validate(get_cache().get_stats())
+    return CacheStats.model_validate(cache.get_stats())
+
+
+class BreakerCounts(Statistics):
+    """A breaker's counts in this process, and its threshold and timing."""
+
+    failures: int
+    successes: int
+    rejections: int
+    consecutiveFailures: int
+    failMax: int
+    resetTimeout: float
+    lastFailure: str | None
+    lastFailureAt: str | None = Field(description="ISO 8601 time")
+    openedAt: str | None = Field(description="ISO 8601 time")
+    retryAfter: float = Field(description="Seconds until an open breaker lets a trial call through")
+
+
+class BreakerState(Statistics):
+    """One breaker: its state and counts."""
+
+    state: Literal["closed", "open", "half-open"]
+    stats: BreakerCounts
+
+
+class BreakerStats(Statistics):
+    """Every breaker: database, externalAPI, redis, and one per AI provider (by breaker name)."""
+
+    database: BreakerState
+    externalAPI: BreakerState
+    redis: BreakerState
+    aiProviders: dict[str, BreakerState]
+
+
+class BreakerReset(BreakerState):
+    """The breaker just closed by hand."""
+
+    name: str
 
 
 @bp.get("/breakers")
-@endpoint(response=Stats, errors=(403,))
-def breakers() -> Stats:
+@endpoint(response=BreakerStats, errors=(403,))
+def breakers() -> BreakerStats:
     """Every circuit breaker's state and counts (admins only)."""
-    return Stats.model_validate(get_circuit_breaker_stats())
+    return BreakerStats.model_validate(extensions.breakers.stats())  # (this module's breakers() is the view)
 
 
 @bp.post("/breakers/<name>/reset")
-@endpoint(response=Stats, errors=(403, 404))
-def reset_breaker(name: str) -> Stats:
+@endpoint(response=BreakerReset, errors=(403, 404))
+def reset_breaker(name: str) -> BreakerReset:
     """Close a breaker by hand, e.g. after fixing a provider's key (admins only)."""
-    breaker = find_breaker(name)
+    breaker = extensions.breakers.find(name)
     if breaker is None:
         raise not_found("breaker")
     breaker.reset()
-    return Stats.model_validate({"name": breaker.name, **breaker.stats()})
+    return BreakerReset.model_validate({"name": breaker.name, **breaker.stats()})
+
+
+class AlertOut(Statistics):
+    """One alert rule's verdict."""
+
+    name: str
+    firing: bool
+    value: int | float | None
+    threshold: int | float
+    message: str
+    since: str | None = Field(description="ISO 8601 time of its last change, seen by this process")
+
+
+class AlertList(Statistics):
+    """The four alert rules, evaluated now."""
+
+    firing: int = Field(description="How many are firing")
+    alerts: list[AlertOut]
 
 
 @bp.get("/alerts")
-@endpoint(response=Stats, errors=(403,))
-def alerts() -> Stats:
+@endpoint(response=AlertList, errors=(403,))
+def alerts() -> AlertList:
     """The four alert rules, evaluated now (admins only)."""
-    evaluated = get_alerts().evaluate()
-    return Stats.model_validate({"firing": sum(a["firing"] for a in evaluated), "alerts": evaluated})
+    evaluated = extensions.alerts.evaluate()
+    return AlertList.model_validate({"firing": sum(a["firing"] for a in evaluated), "alerts": evaluated})

@@ -8,13 +8,14 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask
 from pybreaker import CircuitBreakerError
 
 from luca.ai.base import ChatMessage, Completion, Provider, StreamEnd
 from luca.ai.offline import OfflineProvider
-from luca.ai.providers import OpenAICompatibleProvider, is_provider_failure
-from luca.breakers import Breaker, get_breakers
+from luca.ai.providers import OpenAICompatibleProvider
+from luca.breakers import Breaker
+from luca.extensions import breakers, providers
 from luca.metrics import record_ai_call
 
 log = logging.getLogger(__name__)
@@ -50,19 +51,29 @@ def build_providers(app: Flask) -> list[Provider]:
     return built or [OfflineProvider()]
 
 
-def providers(app: Flask | None = None) -> list[Provider]:
-    """The app's providers (built once; their HTTP clients keep connections alive)."""
-    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
-    if "luca.providers" not in app.extensions:
-        app.extensions["luca.providers"] = build_providers(app)
-    return app.extensions["luca.providers"]
+class Providers:
+    """The app's providers, in AI_PROVIDERS order (built once; their HTTP clients keep connections alive)."""
+
+    def __init__(self, app: Flask) -> None:
+        self._providers = build_providers(app)
+
+    def all(self) -> list[Provider]:
+        """The providers, in the order they are asked."""
+        return self._providers
+
+    def close(self) -> None:
+        """Close the providers' HTTP clients."""
+        for provider in self._providers:
+            client = getattr(provider, "client", None)
+            if client is not None:
+                client.close()
 
 
 def breaker_for(provider: Provider) -> Breaker | None:
     """The provider's breaker; the offline provider cannot fail and has none."""
     if isinstance(provider, OfflineProvider):
         return None
-    return get_breakers().ai(provider.name, is_provider_failure)
+    return breakers.ai(provider.name)
 
 
 def guarded(provider: Provider) -> AbstractContextManager[Any]:
@@ -73,7 +84,7 @@ def guarded(provider: Provider) -> AbstractContextManager[Any]:
 
 def retry_after() -> int:
     """Seconds until the first open AI breaker half-opens (a default when none is open)."""
-    waits = [b.seconds_until_half_open() for p in providers() if (b := breaker_for(p))]
+    waits = [b.seconds_until_half_open() for p in providers.all() if (b := breaker_for(p))]
     waits = [w for w in waits if w > 0]
     return max(1, math.ceil(min(waits))) if waits else DEFAULT_RETRY_AFTER
 
@@ -102,7 +113,7 @@ def record_success(completion: Completion) -> None:
 def answer(messages: list[ChatMessage]) -> Completion:
     """Answer with the first provider that can; ProvidersUnavailable when none can."""
     errors: list[str] = []
-    for provider in providers():
+    for provider in providers.all():
         started = time.perf_counter()
         try:
             with guarded(provider):
@@ -141,21 +152,16 @@ class AnswerStream:
                     break
                 yield item
                 item = next(self.rest)
-        except GeneratorExit:
-            self.rest.close()  # type: ignore[attr-defined]
-            if self.breaker:
-                self.breaker.record_nothing(self.trial)
-            raise
         except BaseException as exc:
+            if isinstance(exc, GeneratorExit):  # closed early: no verdict on the provider
+                self.rest.close()  # type: ignore[attr-defined]
+            else:
+                record_failure(self.provider, exc, self.started)
             if self.breaker:
-                if is_provider_failure(exc):
-                    self.breaker.record_failure(exc, self.trial)
-                else:
-                    self.breaker.record_success(self.trial)
-            record_failure(self.provider, exc, self.started)
+                self.breaker.record(self.trial, exc)
             raise
         if self.breaker:
-            self.breaker.record_success(self.trial)
+            self.breaker.record(self.trial)
         record_ai_call(self.provider.name, self.provider.model, "ok", time.perf_counter() - self.started,
                        self.end.tokens_in if self.end else 0, self.end.tokens_out if self.end else 0)
 
@@ -163,7 +169,7 @@ class AnswerStream:
 def open_stream(messages: list[ChatMessage]) -> AnswerStream:
     """Start streaming from the first provider that produces a first delta (fallback happens only here)."""
     errors: list[str] = []
-    for provider in providers():
+    for provider in providers.all():
         breaker = breaker_for(provider)
         started = time.perf_counter()
         try:
@@ -181,10 +187,7 @@ def open_stream(messages: list[ChatMessage]) -> AnswerStream:
                         provider.name, type(exc).__name__)
             record_failure(provider, exc, started)
             if breaker:
-                if is_provider_failure(exc):
-                    breaker.record_failure(exc, trial)
-                else:
-                    breaker.record_success(trial)
+                breaker.record(trial, exc)
             continue
         return AnswerStream(provider, breaker, trial, first, rest, started)
     raise ProvidersUnavailable(retry_after(), errors)

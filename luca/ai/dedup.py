@@ -20,11 +20,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from types import SimpleNamespace
 
-from flask import Flask, current_app
-from redis.exceptions import RedisError
+from flask import Flask
 
 from luca.ai.base import ChatMessage, Completion, Provider, StreamEnd
-from luca.cache import CacheService, cache_key, get_cache
+from luca.cache import cache_key
+from luca.extensions import cache
+from luca.redis import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,11 @@ def answer_key(route: Sequence[Provider], context: list[ChatMessage], user_id: i
 class Deduplicator:
     """Serves repeated answers from the cache and collapses concurrent identical calls into one."""
 
-    def __init__(self, cache: CacheService, ttl: int, wait_seconds: float, lock_seconds: float) -> None:
-        self.cache = cache
-        self.ttl = ttl
-        self.wait_seconds = wait_seconds
-        self.lock_seconds = lock_seconds
+    def __init__(self, app: Flask) -> None:
+        self.cache = cache.of(app)
+        self.ttl: int = app.config["AI_DEDUP_TTL"]
+        self.wait_seconds: float = app.config["AI_DEDUP_WAIT"]
+        self.lock_seconds: float = app.config["AI_TIMEOUT"] + 5  # the longest a leader may compute
         self._inflight: dict[str, threading.Event] = {}
         self._owned: set[str] = set()
         self._lock = threading.Lock()
@@ -112,14 +113,13 @@ class Deduplicator:
     def finish(self, key: str) -> None:
         """Release the key: waiting twins read the stored answer, or compute themselves if there is none."""
         redis = self.cache.redis
-        lock = f"{self.cache.prefix}lock:{key}"
         with self._lock:
             owned = key in self._owned
             self._owned.discard(key)
         if redis is not None and owned:
             try:
-                redis.delete(lock)
-            except RedisError:
+                redis.delete(self._lock_key(key))
+            except REDIS_ERRORS:
                 pass
         self._finish_local(key)
 
@@ -128,14 +128,18 @@ class Deduplicator:
         self.cache.count("dedup.waited" if hit else "dedup.misses")
         return hit
 
+    def _lock_key(self, key: str) -> str:
+        """The Redis key of the lock its leader holds while computing key's answer."""
+        return self.cache.redis_key(cache_key("lock", key))
+
     def _lock_across_processes(self, key: str) -> bool:
         """Take the Redis lock for key; True without Redis (the in-process lock is all there is)."""
         redis = self.cache.redis
         if redis is None:
             return True
         try:
-            taken = redis.set(f"{self.cache.prefix}lock:{key}", "1", nx=True, px=int(self.lock_seconds * 1000))
-        except RedisError:
+            taken = redis.set(self._lock_key(key), "1", nx=True, px=int(self.lock_seconds * 1000))
+        except REDIS_ERRORS:
             return True
         if taken:
             with self._lock:
@@ -153,9 +157,9 @@ class Deduplicator:
                 self.cache.count("dedup.waited")
                 return hit
             try:
-                if redis is None or not redis.exists(f"{self.cache.prefix}lock:{key}"):
+                if redis is None or not redis.exists(self._lock_key(key)):
                     return self.cached(key)
-            except RedisError:
+            except REDIS_ERRORS:
                 return None
         return None
 
@@ -164,16 +168,6 @@ class Deduplicator:
             event = self._inflight.pop(key, None)
         if event:
             event.set()
-
-
-def get_deduplicator(app: Flask | None = None) -> Deduplicator:
-    """The app's deduplicator."""
-    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
-    if "luca.dedup" not in app.extensions:
-        app.extensions["luca.dedup"] = Deduplicator(
-            get_cache(app), ttl=app.config["AI_DEDUP_TTL"], wait_seconds=app.config["AI_DEDUP_WAIT"],
-            lock_seconds=app.config["AI_TIMEOUT"] + 5)
-    return app.extensions["luca.dedup"]
 
 
 class ReplayStream:

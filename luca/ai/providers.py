@@ -2,10 +2,14 @@
 their OpenAI-compatible endpoints, and any other compatible server (Ollama, vLLM)."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+import ssl
 import time
 from collections.abc import Iterator
 
+import httpx2
 import openai
 from openai import Stream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -33,6 +37,27 @@ def is_provider_failure(exc: BaseException) -> bool:
     return isinstance(exc, Exception)
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The TLS settings of every provider's HTTP client (the SDK's defaults), made once a process.
+
+    Loading the CA certificates takes about 36 ms, and create_app builds every provider's client.
+    """
+    return httpx2.create_ssl_context()
+
+
+class HttpClient(openai.DefaultHttpxClient):  # type: ignore[misc,valid-type]
+    """The SDK's default HTTP client on the process's TLS context; closed when collected, as the SDK's own is."""
+
+    def __init__(self) -> None:
+        super().__init__(verify=tls_context())
+
+    def __del__(self) -> None:
+        if not self.is_closed:
+            with contextlib.suppress(Exception):
+                self.close()
+
+
 class OpenAICompatibleProvider:
     """A chat-completions endpoint reached through the openai SDK, with timeouts and no SDK retries."""
 
@@ -45,6 +70,7 @@ class OpenAICompatibleProvider:
         self.client = openai.OpenAI(
             base_url=base_url, api_key=api_key or "missing", max_retries=0,
             timeout=openai.Timeout(timeout, connect=connect_timeout),
+            http_client=HttpClient(),
         )
 
     def request_body(self, messages: list[ChatMessage], **extra: object) -> dict[str, object]:

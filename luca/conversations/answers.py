@@ -15,14 +15,13 @@ from flask import Response, stream_with_context
 from luca.ai import chain
 from luca.ai.base import ChatMessage, Completion, estimate_tokens
 from luca.ai.chain import AnswerStream, ProvidersUnavailable
-from luca.ai.dedup import Deduplicator, ReplayStream, answer_key, get_deduplicator
-from luca.cache import get_cache
+from luca.ai.dedup import Deduplicator, ReplayStream, answer_key
 from luca.conversations import service
 from luca.errors import APIError
+from luca.extensions import cache, dedup, providers, slots
 from luca.jobs.tasks import enqueue_title
 from luca.models import Conversation, Message
 from luca.schemas import Exchange, MessageOut
-from luca.slots import get_slots
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +67,6 @@ def within_slot(user_id: int, answer: Callable[[], Any]) -> Any:
     closes the response; werkzeug and gunicorn both do). Should a response be dropped unclosed,
     its garbage collection gives the slot back.
     """
-    slots = get_slots()
     slot = slots.acquire(user_id)
     if slot is None:
         raise too_many_answers(slots.limit)
@@ -91,14 +89,14 @@ def respond(conversation: Conversation, question: Message, context: list[ChatMes
 
     Unless the client opted out, identical contexts are answered once (see luca.ai.dedup).
     """
-    dedup = get_deduplicator() if use_cache and not get_cache().disabled else None
-    key = answer_key(chain.providers(), context, conversation.user_id, file_digests) if dedup else ""
+    deduplicator = dedup.of() if use_cache and not cache.disabled else None
+    key = answer_key(providers.all(), context, conversation.user_id, file_digests) if deduplicator else ""
     if stream:
-        return stream_response(conversation, question, context, dedup, key)
+        return stream_response(conversation, question, context, deduplicator, key)
     started = time.perf_counter()
     try:
-        if dedup:
-            completion, cached = dedup.answer(key, lambda: chain.answer(context))
+        if deduplicator:
+            completion, cached = deduplicator.answer(key, lambda: chain.answer(context))
         else:
             completion, cached = chain.answer(context), False
     except ProvidersUnavailable as exc:
@@ -110,26 +108,26 @@ def respond(conversation: Conversation, question: Message, context: list[ChatMes
     return Exchange(message=MessageOut.model_validate(question), answer=MessageOut.model_validate(answer))
 
 
-def open_answer(context: list[ChatMessage], dedup: Deduplicator | None,
+def open_answer(context: list[ChatMessage], deduplicator: Deduplicator | None,
                 key: str) -> tuple[AnswerStream | ReplayStream, bool, bool]:
     """A stream of the answer: a stored one replayed, or a provider's. Returns (stream, cached, leader)."""
-    hit, leader = dedup.begin(key) if dedup else (None, False)
+    hit, leader = deduplicator.begin(key) if deduplicator else (None, False)
     if hit:
         return ReplayStream(hit), True, False
     try:
         stream = chain.open_stream(context)
     except ProvidersUnavailable:
-        if leader and dedup:
-            dedup.finish(key)
+        if leader and deduplicator:
+            deduplicator.finish(key)
         raise
     return stream, False, leader
 
 
 def stream_response(conversation: Conversation, question: Message, context: list[ChatMessage],
-                    dedup: Deduplicator | None, key: str) -> Response:
+                    deduplicator: Deduplicator | None, key: str) -> Response:
     """Stream the answer: start, delta..., then end, or error with the partial answer saved as incomplete."""
     try:
-        stream, cached, leader = open_answer(context, dedup, key)
+        stream, cached, leader = open_answer(context, deduplicator, key)
     except ProvidersUnavailable as exc:
         raise unavailable(exc, question) from None
     started = time.perf_counter()
@@ -142,8 +140,8 @@ def stream_response(conversation: Conversation, question: Message, context: list
             tokens_in=end.tokens_in if end else sum(estimate_tokens(m["content"]) for m in context),
             tokens_out=end.tokens_out if end else estimate_tokens(text),
             latency_ms=int((time.perf_counter() - started) * 1000))
-        if dedup and status == "complete":
-            dedup.store(key, completion)
+        if deduplicator and status == "complete":
+            deduplicator.store(key, completion)
         return service.add_answer(conversation, completion, status=status, cached=cached)
 
     @stream_with_context
@@ -173,8 +171,8 @@ def stream_response(conversation: Conversation, question: Message, context: list
             if not saved and stream.end is None:  # the client went away mid-answer
                 saved = True
                 save(parts, "incomplete")
-            if leader and dedup:
-                dedup.finish(key)
+            if leader and deduplicator:
+                deduplicator.finish(key)
         saved = True
         answer = save(parts, "complete")
         enqueue_title(conversation)

@@ -18,10 +18,11 @@ from luca.ai.base import ChatMessage
 from luca.ai.context import build_context
 from luca.api import endpoint
 from luca.auth import current_user
-from luca.cache import cache_key, get_cache
+from luca.cache import cache_key
 from luca.conversations import answers, bp, service
 from luca.conversations.files import documents_context
 from luca.errors import APIError, is_database_unavailable, rollback_quietly
+from luca.extensions import cache
 from luca.limits import rate_limit
 from luca.models import Conversation, Message
 from luca.schemas import (
@@ -64,7 +65,6 @@ def cached_for_user(kind: str, user_id: int, parts: tuple[Any, ...], build: Call
     With keep_stale, a copy outlives the fresh one and is served (X-Cache: stale) when
     the database cannot be reached.
     """
-    cache = get_cache()
     if cache.disabled:
         return json_response(build().model_dump_json(), "disabled")
     key, body = cache.get_for_user(kind, user_id, *parts)

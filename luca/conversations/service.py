@@ -13,9 +13,8 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from luca import search
 from luca.ai.base import Completion
-from luca.cache import get_cache
 from luca.errors import APIError, not_found
-from luca.extensions import db
+from luca.extensions import cache, db
 from luca.jobs.tasks import hold_title
 from luca.models import Conversation, Message, utcnow
 from luca.pagination import keyset_page
@@ -140,7 +139,7 @@ def create_conversation(user_id: int, title: str | None, metadata: dict[str, Any
     )
     db.session.add(conversation)
     db.session.commit()
-    get_cache().bump_user(user_id)
+    cache.bump_user(user_id)
     return conversation
 
 
@@ -155,7 +154,7 @@ def update_conversation(conversation: Conversation, changes: dict[str, Any]) -> 
     if changes.get("metadata") is not None:
         conversation.meta = check_metadata(changes["metadata"])
     db.session.commit()
-    get_cache().bump_user(conversation.user_id)
+    cache.bump_user(conversation.user_id)
     return conversation
 
 
@@ -168,7 +167,7 @@ def delete_conversation(user_id: int, conversation_id: uuid.UUID) -> None:
         db.session.rollback()
         raise not_found("conversation")
     db.session.commit()
-    get_cache().bump_user(user_id)
+    cache.bump_user(user_id)
 
 
 class Turn(NamedTuple):
@@ -247,7 +246,7 @@ def add_question(conversation: Conversation, content: str) -> Message:
     db.session.execute(update(table).where(table.c.id == conversation.id).values(updated_at=message.created_at))
     db.session.commit()
     set_committed_value(conversation, "updated_at", message.created_at)
-    get_cache().bump_user(conversation.user_id)
+    cache.bump_user(conversation.user_id)
     return message
 
 
@@ -261,5 +260,5 @@ def add_answer(conversation: Conversation, completion: Completion, *, status: st
     if status == "complete":
         hold_title(conversation)  # only when Redis is known down: then the title job rides this transaction
     db.session.commit()
-    get_cache().bump_user(conversation.user_id)  # its message pages and search results changed
+    cache.bump_user(conversation.user_id)  # its message pages and search results changed
     return message

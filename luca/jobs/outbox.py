@@ -19,8 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from luca.errors import rollback_quietly
-from luca.extensions import db
-from luca.jobs.queue import get_jobs
+from luca.extensions import db, jobs
 from luca.models import JobOutbox, utcnow
 
 log = logging.getLogger(__name__)
@@ -28,8 +27,7 @@ log = logging.getLogger(__name__)
 
 def redis_known_down() -> bool:
     """Whether this app queues with RQ and its `redis` breaker is open (an enqueue would fail at once)."""
-    jobs = get_jobs()
-    return jobs.mode == "rq" and not jobs.breakers.redis.redis_available()
+    return jobs.mode == "rq" and not jobs.redis.available()
 
 
 def _add(kind: str, job_id: str, args: Sequence[Any]) -> None:

@@ -17,14 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, current_app
-from redis.exceptions import RedisError
+from flask import Flask
 from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from luca.breakers import get_breakers
+from luca.extensions import redis_gateway
+from luca.redis import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -77,21 +77,23 @@ class Jobs:
         self.app = app
         self.config = app.config
         self.mode = "inline" if app.config["DISABLE_QUEUES"] else "rq" if app.config.get("REDIS_URL") else "thread"
-        self.breakers = get_breakers(app)
-        self.redis = self.breakers.guarded_redis() if self.mode == "rq" else None
+        gateway = redis_gateway.of(app)
+        self.redis = gateway.client if self.mode == "rq" else None
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._local = Counter()  # statistics of the thread and inline modes
         self._ticker: threading.Thread | None = None
         self._stop = threading.Event()
-        self.stats_key = f"{app.config['REDIS_KEY_PREFIX']}jobs:stats"
+        self.stats_key = gateway.key("jobs", "stats")
+        if self.mode == "thread":  # its ticker starts with the first request of each process
+            app.before_request(self.start_ticking)
 
     # -- queues -------------------------------------------------------------------------
     def queue(self, kind: str) -> Queue:
         """The RQ queue for a kind of job (titles, files, analytics)."""
         assert self.redis is not None, "RQ queues need REDIS_URL"
         spec = QUEUES[kind]
-        return Queue(self.config["QUEUE_PREFIX"] + spec.name, connection=self.redis.client,
+        return Queue(self.config["QUEUE_PREFIX"] + spec.name, connection=self.redis.raw,
                      default_timeout=self.config[spec.timeout_setting])
 
     def queues(self) -> list[Queue]:
@@ -115,9 +117,8 @@ class Jobs:
             self._submit(spec, func, args)
             return True
         try:
-            return self.breakers.redis.call_redis(self._enqueue_rq, spec, kind, func, args, job_id,
-                                                  priority, replace_stale)
-        except (RedisError, OSError) as exc:
+            return self.redis.call(self._enqueue_rq, spec, kind, func, args, job_id, priority, replace_stale)
+        except REDIS_ERRORS as exc:
             log.warning("[Queue] Redis unavailable (%s); %s job %s is not queued",
                         type(exc).__name__, kind, job_id)
             return False
@@ -206,8 +207,8 @@ class Jobs:
             except Exception:  # noqa: BLE001 - keep ticking; the next round tries again
                 log.exception("[Queue] analytics reconciliation failed")
 
-    def shutdown(self) -> None:
-        """Stop the ticker and wait for in-process jobs to finish (tests, process exit)."""
+    def close(self) -> None:
+        """Stop the ticker and wait for in-process jobs to finish (the app shuts down)."""
         with self._lock:
             ticker, self._ticker = self._ticker, None
             self._stop.set()
@@ -226,7 +227,7 @@ class Jobs:
         if self.redis is not None:
             try:
                 self.redis.hincrby(self.stats_key, field, 1)
-            except (RedisError, OSError):
+            except REDIS_ERRORS:
                 pass
 
     def stats(self) -> dict[str, Any]:
@@ -246,7 +247,7 @@ class Jobs:
                         "inFailedRegistry": FailedJobRegistry(queue=queue).count,
                     }
                 redis_ok = True
-            except (RedisError, OSError):
+            except REDIS_ERRORS:
                 result = {}
         for spec in QUEUES.values():
             entry = result.setdefault(spec.stats_name, {})
@@ -259,21 +260,3 @@ class Jobs:
                            else "unavailable", "ready": redis_ok}
         result["mode"] = self.mode
         return result
-
-
-def get_jobs(app: Flask | None = None) -> Jobs:
-    """The app's job runner."""
-    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
-    return app.extensions["luca.jobs"]
-
-
-def get_queue_stats() -> dict[str, Any]:
-    """Queue depth, activity and outcomes per queue, and whether Redis answers."""
-    return get_jobs().stats()
-
-
-def register_jobs(app: Flask) -> None:
-    """Create the app's job runner; in the thread mode, its ticker starts with the first request."""
-    jobs = app.extensions["luca.jobs"] = Jobs(app)
-    if jobs.mode == "thread":
-        app.before_request(jobs.start_ticking)

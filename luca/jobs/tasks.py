@@ -21,11 +21,10 @@ from luca import analytics
 from luca.ai import chain
 from luca.ai.chain import ProvidersUnavailable
 from luca.ai.offline import OfflineProvider
-from luca.cache import get_cache
 from luca.documents import DocumentError, Limits
-from luca.extensions import db
+from luca.extensions import cache, db, jobs, reopen_after_fork
 from luca.jobs import outbox
-from luca.jobs.queue import QUEUES, get_jobs, is_final_attempt
+from luca.jobs.queue import QUEUES, is_final_attempt
 from luca.models import Conversation, File, Message, utcnow
 from luca.sandbox import extract_isolated
 
@@ -68,9 +67,7 @@ def after_fork(app: Flask) -> None:
     if _pool_pid == os.getpid():
         return
     _pool_pid = os.getpid()
-    with app.app_context():
-        db.engine.dispose(close=False)
-    app.extensions.pop("luca.providers", None)
+    reopen_after_fork(app)
 
 
 def task(kind: str) -> Callable[[F], F]:
@@ -82,7 +79,6 @@ def task(kind: str) -> Callable[[F], F]:
             app = job_app()
             after_fork(app)
             with app.app_context():
-                jobs = get_jobs(app)
                 try:
                     result = fn(*args)
                 except Exception as exc:
@@ -143,7 +139,7 @@ def write_title(conversation: Conversation, title: str, summary: str | None) -> 
     ).rowcount
     db.session.commit()
     if changed:
-        get_cache().bump_user(conversation.user_id)
+        cache.bump_user(conversation.user_id)
     return bool(changed)
 
 
@@ -240,7 +236,7 @@ def submit(kind: str, job_id: str, *args: Any) -> None:
     if outbox.held(job_id):
         return
     func, priority = job_function(kind)
-    if not get_jobs().enqueue(kind, func, *args, job_id=job_id, priority=priority):
+    if not jobs.enqueue(kind, func, *args, job_id=job_id, priority=priority):
         outbox.record(kind, job_id, args)
 
 
@@ -252,8 +248,7 @@ def drain_outbox(app: Flask | None = None) -> list[tuple[str, str]]:
     app = app or job_app()
     taken: list[tuple[str, str]] = []
     with app.app_context():
-        jobs = get_jobs(app)
-        if jobs.mode == "rq" and not jobs.breakers.redis.redis_available():
+        if jobs.mode == "rq" and not jobs.redis.available():
             return taken
         try:
             rows = []
@@ -277,7 +272,6 @@ def reconcile_analytics(app: Flask) -> int:
         today = utcnow().date()
         days = analytics.days_needing_rollup(today - timedelta(days=7), today)
         db.session.remove()
-        jobs = get_jobs(app)
         return sum(jobs.enqueue("analytics", rollup_analytics, day.isoformat(), job_id=f"analytics-{day.isoformat()}")
                    for day in days)
 
@@ -292,7 +286,6 @@ def reconcile(app: Flask | None = None) -> dict[str, int]:
         counts[kind] += 1
     drained = {job_id for _, job_id in taken}
     with app.app_context():
-        jobs = get_jobs(app)
         now = utcnow()
         grace = timedelta(seconds=app.config["JOBS_RECONCILE_GRACE"])
         stale = timedelta(seconds=app.config["JOBS_STALE_AFTER"])

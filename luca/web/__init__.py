@@ -17,6 +17,5 @@ from luca.web import routes  # noqa: E402,F401  (routes and hooks attach themsel
 
 
 def register_web(app: Flask) -> None:
-    """Mount the chat page, the operator page and their static files on app (idempotent)."""
-    if bp.name not in app.blueprints:
-        app.register_blueprint(bp)
+    """Mount the chat page, the operator page and their static files on app."""
+    app.register_blueprint(bp)
