@@ -260,9 +260,3 @@ def upload(client: Client, rec: Recorder, conversation_id: str, name: str, data:
     rec.acknowledge("files", body["id"])
     return body["id"]
 
-
-def heavy_pdf(pages: int) -> bytes:
-    """A valid PDF whose pages take about 0.3 s each to extract (30,000 empty text operators a page)."""
-    from tests.test_documents import make_pdf
-
-    return make_pdf([f"Page {n}) Tj " + "() Tj " * 30_000 + "(end" for n in range(pages)])

@@ -87,7 +87,8 @@ class Luca:
 
     def __enter__(self) -> Luca:
         self.ctx.stack.flush_redis()
-        self.base, self.gunicorn = self.ctx.stack.start_gunicorn(self.env)
+        self.gunicorn = self.ctx.stack.start_gunicorn(self.env)
+        self.base = self.gunicorn.base
         self.worker = None if self.before else self.ctx.stack.start_worker(self.env)
         return self
 
@@ -327,9 +328,9 @@ def part_throughput(ctx: Context) -> dict[str, Any]:
         body.write_text(json.dumps(page))
         luca_rps = wrk(f"{luca.base}/api/conversations?limit=20", token, seconds)
     bare_env = {**luca_env(ctx, prov.url), "BENCH_BARE_BODY": str(body)}
-    base, process = ctx.stack.start_gunicorn(bare_env, app="bench.bare_app:app")
+    process = ctx.stack.start_gunicorn(bare_env, app="bench.bare_app:app")
     try:
-        bare_rps = wrk(f"{base}/conversations", None, seconds)
+        bare_rps = wrk(f"{process.base}/conversations", None, seconds)
     finally:
         ctx.stack.stop(process)
     return {"luca_cached_list_rps": round(luca_rps), "bare_flask_rps": round(bare_rps),

@@ -13,7 +13,7 @@ from luca import analytics
 from luca.extensions import db
 from luca.jobs.queue import get_jobs
 from luca.models import AnalyticsDaily, AnalyticsRollup, Message, utcnow
-from tests.conftest import Api, create_user
+from tests.support.api import Api, create_user
 
 DAY1 = date(2026, 3, 1)
 DAY2 = date(2026, 3, 2)

@@ -9,7 +9,7 @@ import pytest
 
 import config
 from config import normalise_database_url
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 @pytest.mark.parametrize("given,expected", [

@@ -10,7 +10,8 @@ from flask import Flask
 from rq import Queue
 
 from luca.admin.dashboard import dashboard_redis_url, guard_dashboard, register_dashboard
-from tests.conftest import RedisTarget, basic, create_user
+from tests.support.api import basic, create_user
+from tests.support.services import RedisTarget
 
 ADMIN = "ops@example.com"
 REALM = 'Basic realm="Luca operators", charset="UTF-8"'

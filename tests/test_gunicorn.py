@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import flask_command, gunicorn, luca_env
+from tests.support.processes import flask_command, gunicorn, luca_env
 
 
 def test_streamed_deltas_reach_the_client_before_the_answer_is_finished(tmp_path: Path, servers) -> None:

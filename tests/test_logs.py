@@ -17,7 +17,7 @@ import luca
 from config import TestConfig
 from luca import create_app, logs
 from luca.logs import RedactSecrets, configure_logging, redact
-from tests.conftest import close_app
+from tests.support.apps import close_app
 
 log = logging.getLogger("luca.test_logs")
 

@@ -20,8 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from luca import metrics
 from luca.breakers import get_breakers
 from luca.metrics import record_ai_call, register_metrics
-from tests.conftest import Api, RedisTarget, create_user
-from tests.processes import flask_command, gunicorn, luca_env
+from tests.support.api import Api, create_user
+from tests.support.processes import flask_command, gunicorn, luca_env
+from tests.support.services import RedisTarget
 
 CONVERSATION_ROUTE = "/api/conversations/<uuid:conversation_id>"
 DURATION_COUNT = "luca_http_request_duration_seconds_count"

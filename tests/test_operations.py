@@ -18,7 +18,10 @@ from luca.alerts import get_alerts
 from luca.breakers import get_breakers
 from luca.cache import get_cache
 from luca.jobs.queue import get_jobs
-from tests.conftest import ROOT, Api, close_app, create_user, temporary_postgres_database
+from tests.support import ROOT
+from tests.support.api import Api, create_user
+from tests.support.apps import close_app
+from tests.support.services import temporary_postgres_database
 
 
 def admin_api(app: Flask) -> Api:

@@ -19,9 +19,10 @@ from luca.breakers import get_breakers
 from luca.extensions import db
 from luca.jobs.tasks import drain_outbox
 from luca.models import JobOutbox
-from tests.conftest import ROOT, count_statements, provider_overrides
-from tests.processes import flask_command, luca_env
-from tests.test_jobs import conversation_row, signed, upload
+from tests.support import ROOT
+from tests.support.api import signed, upload
+from tests.support.apps import conversation_row, count_statements, provider_env, provider_overrides
+from tests.support.processes import flask_command, luca_env
 
 DEAD_REDIS = "redis://127.0.0.1:1/0"
 
@@ -56,10 +57,7 @@ def queue_prefix(redis_target) -> Iterator[str]:
     """A QUEUE_PREFIX of the test's own; its RQ keys are deleted afterwards."""
     prefix = f"t{uuid.uuid4().hex[:8]}-"
     yield prefix
-    for pattern in (f"rq:*{prefix}*", f"rq:job:{prefix}*", f"rq:results:{prefix}*"):
-        keys = list(redis_target.client.scan_iter(match=pattern, count=1000))
-        if keys:
-            redis_target.client.delete(*keys)
+    redis_target.delete_queues(prefix)
 
 
 def web_and_worker_env(app_factory, database_url: str, redis_url: str, primary: Any,
@@ -67,8 +65,7 @@ def web_and_worker_env(app_factory, database_url: str, redis_url: str, primary: 
     """A web app in RQ mode and the environment of worker and CLI processes sharing its database and Redis."""
     app = app_factory(**provider_overrides(primary, REDIS_URL=redis_url, QUEUE_PREFIX=prefix, JOBS_RETRY_BACKOFF=0))
     env = luca_env(DATABASE_URL=database_url, REDIS_URL=redis_url, QUEUE_PREFIX=prefix, JOBS_RETRY_BACKOFF="0",
-                   AI_PROVIDERS="primary", PRIMARY_BASE_URL=primary.url, PRIMARY_MODEL="primary-model",
-                   PRIMARY_API_KEY="test-key")
+                   **provider_env(primary))
     return app, env
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Api
+from tests.support.api import Api
 
 DAY = "2024-01-01T00:00:00"
 UUID = "8f0e0c1e-0000-4000-8000-000000000000"
