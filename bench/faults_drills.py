@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Self
 
+from bench.client import Client
 from bench.faults_load import (
-    Client,
     Load,
     Outcome,
     Recorder,
