@@ -36,7 +36,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         names = mark.args[0] if mark.args else mark.kwargs["argnames"]
         if "database_url" in ([n.strip() for n in names.split(",")] if isinstance(names, str) else names):
             return
-    metafunc.definition.add_marker(pytest.mark.parametrize("database_url", ["sqlite"], indirect=True))
+    metafunc.definition.add_marker(pytest.mark.parametrize("database_url", ["sqlite"], indirect=True), append=False)
 
 
 @pytest.fixture(scope="session")

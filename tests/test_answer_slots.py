@@ -28,6 +28,9 @@ from tests.support.apps import provider_env, provider_overrides
 from tests.support.processes import flask_command, gunicorn, luca_env
 from tests.support.services import RedisTarget
 
+# Runs once, on SQLite: answer slots live in Redis or memory (the answer path runs on both databases elsewhere).
+pytestmark = pytest.mark.sqlite_only
+
 HANG = 20  # seconds the provider takes to answer while answers are held in flight
 
 

@@ -11,6 +11,9 @@ import config
 from config import normalise_database_url
 from tests.support import ROOT
 
+# Runs once, on SQLite: the error shape and the OpenAPI document do not depend on the database.
+pytestmark = pytest.mark.sqlite_only
+
 
 @pytest.mark.parametrize("given,expected", [
     ("postgres://u:p@host:5432/db", "postgresql+psycopg://u:p@host:5432/db"),

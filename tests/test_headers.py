@@ -18,6 +18,9 @@ from tests.support.pages import CHROMIUM, CHROMIUM_ARGS, assert_security_headers
 from tests.support.processes import flask_command, gunicorn, luca_env
 from tests.support.services import RedisTarget
 
+# Runs once, on SQLite: headers are the same whatever the database.
+pytestmark = pytest.mark.sqlite_only
+
 ADMIN = "ops@example.com"
 
 

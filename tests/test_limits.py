@@ -19,6 +19,9 @@ from luca.models import ApiToken
 from tests.support.api import Api, basic, create_user, multipart, signed
 from tests.support.services import RedisTarget
 
+# Runs once, on SQLite: rate limit counters live in Redis or memory, never in the database.
+pytestmark = pytest.mark.sqlite_only
+
 OTHER_ADDRESS = {"REMOTE_ADDR": "10.0.0.2"}
 
 

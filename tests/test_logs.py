@@ -19,6 +19,9 @@ from luca import create_app, logs
 from luca.logs import RedactSecrets, configure_logging, redact
 from tests.support.apps import close_app
 
+# Runs once, on SQLite: log lines do not depend on the database.
+pytestmark = pytest.mark.sqlite_only
+
 log = logging.getLogger("luca.test_logs")
 
 TOKEN = "luca_" + "Ab3-x_Yz9Q" * 4 + "k2Z"  # the shape issue_token() makes: luca_ + 43 urlsafe characters

@@ -24,6 +24,9 @@ from tests.support.api import Api, create_user
 from tests.support.processes import flask_command, gunicorn, luca_env
 from tests.support.services import RedisTarget
 
+# Runs once, on SQLite: what is counted does not depend on the database (SQL statement counts: on both).
+pytestmark = pytest.mark.sqlite_only
+
 CONVERSATION_ROUTE = "/api/conversations/<uuid:conversation_id>"
 DURATION_COUNT = "luca_http_request_duration_seconds_count"
 
@@ -272,6 +275,7 @@ def sql_totals(client: FlaskClient, route: str) -> tuple[float, float]:
     return values.get("count", 0.0), values.get("sum", 0.0)
 
 
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 def test_sql_statements_per_request_are_counted_by_route(app_factory) -> None:
     app = app_factory()
     user_id, token = create_user(app, "sql@example.com")

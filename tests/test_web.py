@@ -11,6 +11,9 @@ from werkzeug.test import TestResponse
 from luca.web import register_web
 from tests.support.pages import assert_security_headers, audit
 
+# Runs once, on SQLite: pages and static files are the same whatever the database.
+pytestmark = pytest.mark.sqlite_only
+
 PAGES = ["/", "/admin"]
 
 
