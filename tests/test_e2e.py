@@ -29,6 +29,7 @@ from tests.support.documents import make_pdf
 from tests.support.pages import CHROMIUM, CHROMIUM_ARGS, require_chromium
 from tests.support.processes import flask_command, gunicorn, luca_env
 
+pytestmark = pytest.mark.slow  # the module's gunicorn and Chromium take about 8 s to start
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 WAIT_MS = 15_000
 

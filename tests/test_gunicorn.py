@@ -19,6 +19,7 @@ import pytest
 from tests.support.processes import flask_command, gunicorn, luca_env
 
 
+@pytest.mark.slow
 def test_streamed_deltas_reach_the_client_before_the_answer_is_finished(tmp_path: Path, servers) -> None:
     primary, _ = servers
     primary.configure(chunk_delay_ms=100)

@@ -131,6 +131,7 @@ def dashboard_site(tmp_path: Path, redis_target: RedisTarget) -> Iterator[tuple[
         yield base, token
 
 
+@pytest.mark.slow
 def test_rq_dashboard_runs_its_scripts_under_its_policy_in_a_browser(dashboard_site: tuple[str, str],
                                                                       rq_queue: Queue) -> None:
     base, token = dashboard_site

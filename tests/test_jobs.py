@@ -63,6 +63,7 @@ def test_a_user_rename_during_the_title_job_wins(stack: Stack, servers) -> None:
     assert (row.title, row.title_set_by_user) == ("My own name", True)
 
 
+@pytest.mark.slow
 def test_a_priority_job_enqueued_behind_fifty_waiting_jobs_runs_first(stack: Stack) -> None:
     api = signed(stack.app)
     with stack.app.app_context():
@@ -175,6 +176,7 @@ def test_a_question_with_a_file_is_never_answered_from_another_users_cache(stack
     assert len([r for r in primary.requests if r["messages"][-1]["content"] == "Summarise my document"]) == 2
 
 
+@pytest.mark.slow
 def test_work_enqueued_while_redis_is_down_is_finished_by_the_reconciler(stack: Stack, app_factory) -> None:
     web = app_factory(**{**stack.settings, "REDIS_URL": "redis://127.0.0.1:1/0"})  # Redis is down for the web
     api = signed(web)
@@ -195,6 +197,7 @@ def test_work_enqueued_while_redis_is_down_is_finished_by_the_reconciler(stack: 
     assert file_status(api, file_id)["status"] == "ready"
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_job_leaves_a_file_that_still_ends_ready(stack: Stack) -> None:
     api = signed(stack.app)
     conversation = api.new_conversation()

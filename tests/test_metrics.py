@@ -225,6 +225,7 @@ def seed_stale_counts(directory: Path) -> None:
     assert list(directory.glob("counter_*.db"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("operator_dir", [False, True], ids=["temporary-dir", "operator-dir"])
 def test_two_gunicorn_workers_report_the_summed_counts(tmp_path: Path, operator_dir: bool) -> None:
     env = luca_env(DATABASE_URL=f"sqlite:///{tmp_path / 'luca.db'}", WEB_CONCURRENCY="2")

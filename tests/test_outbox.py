@@ -79,6 +79,7 @@ def ask_while_redis_is_down(web: Flask, kill: Callable[[], None]) -> str:
     return conversation_id
 
 
+@pytest.mark.slow
 def test_a_title_asked_for_while_redis_was_down_exists_within_30_s_of_redis_coming_back(
         app_factory, database_url: str, own_redis, servers) -> None:
     url, start, kill = own_redis
@@ -98,6 +99,7 @@ def test_a_title_asked_for_while_redis_was_down_exists_within_30_s_of_redis_comi
     assert outbox_rows(web) == []
 
 
+@pytest.mark.slow
 def test_jobs_reconcile_right_after_redis_returns_enqueues_the_kept_job_despite_the_grace(
         app_factory, database_url: str, own_redis, servers) -> None:
     url, start, kill = own_redis

@@ -178,6 +178,7 @@ def requests_for(text: str, conversation_id: str) -> Iterator[tuple[str, str, di
     yield "patch", f"/api/conversations/{conversation_id}", {"data": body}
 
 
+@pytest.mark.slow
 def test_random_json_as_cursor_filter_or_body_never_gets_a_5xx(make_api) -> None:
     admin = make_api("root@example.com", admin=True)
     conversation = admin.new_conversation(metadata={"client": {"id": 7}})
