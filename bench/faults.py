@@ -4,11 +4,11 @@
     python -m bench.faults --fast          # shortened outages (what tests/test_faults.py runs)
     python -m bench.faults --only redis    # one drill: redis, postgres, provider, worker, hup
 
-Each drill runs against processes of its own on spare ports (bench/faults_stack.py): a PostgreSQL
-instance (initdb'd in a temporary directory), a redis-server, two local OpenAI-compatible
-providers ("primary" and "backup"), gunicorn with the project's config and RQ workers. Load comes
-from a bounded pool of loopback HTTP clients (bench/faults_load.py). The drills
-(bench/faults_drills.py):
+Each drill runs against processes of its own on spare ports (bench/faults_stack.py, built on the
+shared launcher in tests/support/processes.py): a PostgreSQL instance (initdb'd in a temporary
+directory), a redis-server, two fake AI providers ("primary" and "backup",
+tests/support/provider.py), gunicorn with the project's config and RQ workers. Load comes from a
+bounded pool of loopback HTTP clients (bench/faults_load.py). The drills (bench/faults_drills.py):
 
     redis     Redis killed -9 under load, restarted after the outage: no 5xx, every title and file done
     postgres  PostgreSQL stopped under load: fast 503s only, every acknowledged write kept, back by itself
@@ -27,10 +27,10 @@ import time
 from dataclasses import replace
 
 from bench.faults_drills import DRILLS, FAST, FULL, Profile, Report
-from bench.faults_stack import PostgresServer, RedisServer, Stack, missing_binaries
+from bench.faults_stack import PostgresServer, Stack, missing_binaries
 
-__all__ = ["DRILLS", "FAST", "FULL", "PostgresServer", "Profile", "RedisServer", "Report", "Stack", "main",
-           "run_drills", "summary"]
+__all__ = ["DRILLS", "FAST", "FULL", "PostgresServer", "Profile", "Report", "Stack", "main", "run_drills",
+           "summary"]
 
 
 def summary(reports: list[tuple[Report, float]]) -> str:

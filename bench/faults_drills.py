@@ -17,25 +17,28 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Self
 
+from bench.client import Client
 from bench.faults_load import (
-    Client,
     Load,
     Outcome,
     Recorder,
     Session,
     ask,
     csv_document,
-    heavy_pdf,
     list_conversations,
     new_conversation,
     upload,
 )
-from bench.faults_stack import Stack, wait_until
+from bench.faults_stack import Stack
+from tests.support.documents import heavy_pdf
+from tests.support.processes import wait_until
 
 # Requests that wait for a database connection may take the connect timeout plus this much.
 LATENCY_MARGIN = 1.0
 WORKER_SURVIVED = "the worker survived the Redis outage (no restart by the supervisor)"
 ONLY_503 = "every failure was a 503 (no 500, no hung or dropped request)"
+
+
 @dataclass(frozen=True)
 class Profile:
     """How long each phase of the drills lasts, and how much work they send."""
@@ -240,7 +243,7 @@ def redis_killed(profile: Profile = FULL) -> Report:
         with load(stack, rec, session, replace(profile, threads=3), pause=1.0):
             time.sleep(profile.warmup)
             # The harder moment: while the worker runs a job (RQ watches its work horse through Redis).
-            mid_job = eventually(stack.redis.jobs_running, 10, every=0.01)
+            mid_job = eventually(stack.jobs_running, 10, every=0.01)
             rec.mark("fault")
             stack.redis.kill()
             time.sleep(profile.outage)
@@ -290,8 +293,8 @@ def postgres_stopped(profile: Profile = FULL) -> Report:
         during = rec.between(rec.marks["fault"], rec.marks["restored"])
         unexpected = [o for o in failures(rec.outcomes) if o.status != 503]
         lost, tracked = questions_lost(stack, rec)
-        final = [Client(stack.web.base, stack.token).call("GET", "/api/conversations?limit=5").status
-                 for _ in range(10)]
+        client = Client(stack.web.base, stack.token, keep_alive=False)
+        final = [client.call("GET", "/api/conversations?limit=5").status for _ in range(10)]
         checks = {
             "requests failed while PostgreSQL was down (the fault was felt)": bool(failures(during)),
             ONLY_503: not unexpected,
@@ -346,7 +349,7 @@ def provider_down(profile: Profile = FULL) -> Report:
     settings = {"AI_BREAKER_RESET_TIMEOUT": str(profile.ai_breaker_reset)}
     with Stack("provider", settings) as stack:
         rec = Recorder()
-        watch = BreakerWatch(Client(stack.web.base, stack.token), "AI-primary")
+        watch = BreakerWatch(Client(stack.web.base, stack.token, keep_alive=False), "AI-primary")
         with watch, load(stack, rec, partial(chat, questions=1, listing=False), profile):
             time.sleep(profile.warmup)
             rec.mark("fault")
@@ -397,7 +400,7 @@ def processing_file(stack: Stack, files: list[int]) -> int | None:
 
 def upload_all(stack: Stack, rec: Recorder, profile: Profile) -> list[int]:
     """Upload profile.files heavy PDFs at once, from as many clients."""
-    client = Client(stack.web.base, stack.token)
+    client = Client(stack.web.base, stack.token, keep_alive=False)
     conversation = new_conversation(client, rec, title="Annual reports")
     assert conversation, "could not create the conversation for the documents"
     document = heavy_pdf(profile.pages)

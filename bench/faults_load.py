@@ -1,17 +1,12 @@
 """Load for the fault drills: HTTP clients on a bounded thread pool; every request timed, every id kept.
 
-A ``Client`` talks to loopback only, with a timeout: one connection per request, or, with
-keep_alive, one kept-alive connection per thread that is reopened only when the server announced
-it closes it (so a request dropped on a kept-alive connection counts as a failure, as it would for
-a client that does not retry).
+The clients are bench/client.py's ``Client`` (loopback only, with a timeout, kept-alive or not).
 A ``Recorder`` keeps each request's outcome and the ids the API acknowledged (conversations,
 messages, files), so a drill can check afterwards that each of them is in the database.
 ``Load`` runs a session function on N threads until it is stopped or its time is up.
 """
 from __future__ import annotations
 
-import http.client
-import json
 import threading
 import time
 import uuid
@@ -19,9 +14,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Self
-from urllib.parse import urlsplit
 
-REQUEST_TIMEOUT = 30.0
+from bench.client import REQUEST_TIMEOUT, Client
+from tests.support.api import multipart
 
 
 @dataclass(frozen=True)
@@ -44,73 +39,6 @@ class Outcome:
     def ok(self) -> bool:
         """A 2xx answer."""
         return 200 <= self.status < 300
-
-
-@dataclass(frozen=True)
-class Reply:
-    """An HTTP answer: status (0 when none came), decoded JSON body, error name."""
-
-    status: int
-    body: Any = None
-    error: str | None = None
-
-
-class Client:
-    """A signed HTTP client for one Luca user; safe to share between threads."""
-
-    def __init__(self, base: str, token: str, timeout: float = REQUEST_TIMEOUT, keep_alive: bool = False) -> None:
-        parts = urlsplit(base)
-        assert parts.hostname in {"127.0.0.1", "localhost"}, "drills talk to loopback only"
-        self.host, self.port = parts.hostname, parts.port or 80
-        self.token = token
-        self.timeout = timeout
-        self.keep_alive = keep_alive
-        self._local = threading.local()  # this thread's kept-alive connection
-
-    def _connection(self) -> http.client.HTTPConnection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-            if self.keep_alive:
-                self._local.conn = conn
-        return conn
-
-    def _drop(self, conn: http.client.HTTPConnection) -> None:
-        """Close a connection; the next request of this thread opens a new one."""
-        conn.close()
-        if getattr(self._local, "conn", None) is conn:
-            self._local.conn = None
-
-    def close(self) -> None:
-        """Close this thread's kept-alive connection, if any."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            self._drop(conn)
-
-    def call(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-             content_type: str = "application/json") -> Reply:
-        """Send one request and read the whole answer."""
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        headers = {"Authorization": f"Bearer {self.token}"}
-        if not self.keep_alive:
-            headers["Connection"] = "close"
-        if data is not None:
-            headers["Content-Type"] = content_type
-        conn = self._connection()
-        try:
-            conn.request(method, path, body=data, headers=headers)
-            response = conn.getresponse()
-            payload = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self._drop(conn)
-            return Reply(0, error=type(exc).__name__)
-        if not self.keep_alive or response.will_close:
-            self._drop(conn)
-        try:
-            decoded = json.loads(payload) if payload else None
-        except ValueError:
-            decoded = None
-        return Reply(response.status, decoded)
 
 
 class Recorder:
@@ -250,19 +178,11 @@ def csv_document() -> bytes:
 
 def upload(client: Client, rec: Recorder, conversation_id: str, name: str, data: bytes) -> int | None:
     """Upload a document (multipart); the file id when acknowledged (202)."""
-    boundary = uuid.uuid4().hex
-    raw = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
-           f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    raw, content_type = multipart({"file": (name, data)})
     body = rec.request(client, "upload", "POST", f"/api/conversations/{conversation_id}/files", raw=raw,
-                       content_type=f"multipart/form-data; boundary={boundary}")
+                       content_type=content_type)
     if body is None:
         return None
     rec.acknowledge("files", body["id"])
     return body["id"]
 
-
-def heavy_pdf(pages: int) -> bytes:
-    """A valid PDF whose pages take about 0.3 s each to extract (30,000 empty text operators a page)."""
-    from tests.test_documents import make_pdf
-
-    return make_pdf([f"Page {n}) Tj " + "() Tj " * 30_000 + "(end" for n in range(pages)])

@@ -1,39 +1,34 @@
 """The processes a fault drill runs against, each of its own, on spare ports, so the drill may kill them.
 
+Built on the shared launcher (tests/support/processes.py: ``Process``, ``RedisServer``, ``Gunicorn``,
+``Worker``), plus what only the drills need:
+
 - ``PostgresServer``: a PostgreSQL instance of its own (initdb in a temporary directory; pg_ctl as
-  the ``postgres`` OS user when running as root, since PostgreSQL refuses to run as root);
-- ``RedisServer``: a redis-server without persistence that can be killed -9 and restarted on its port;
-- ``Process``: any child process whose output goes to a log file (gunicorn, RQ workers);
-- ``Stack``: all of them plus two local OpenAI-compatible providers, "primary" and "backup".
+  the ``postgres`` OS user when running as root, since PostgreSQL refuses to run as root), which a
+  drill stops and starts;
+- ``Supervisor``: restarts a worker that exited by itself, as a deployment's supervisor would;
+- ``Stack``: all of them plus two fake providers (tests/support/provider.py), "primary" and "backup".
 
 Everything started is registered and stopped at exit, even when a drill fails half-way.
 """
 from __future__ import annotations
 
-import atexit
 import glob
 import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
-from luca.ai.testserver import TestServer
-from tests.processes import flask_command, free_port, luca_env
+from tests.support.apps import provider_env
+from tests.support.processes import Gunicorn, RedisServer, Worker, flask_command, free_port, luca_env, track
+from tests.support.provider import FakeProvider
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 DATABASE = "luca"
 DRILL_USER = "drill@luca.local"
 
@@ -60,167 +55,7 @@ def missing_binaries() -> str | None:
     return None
 
 
-# -- cleaning up whatever is still running at exit -----------------------------------------------
-class Stoppable(Protocol):
-    """Anything the exit handler can stop."""
-
-    def stop(self) -> None:
-        """Stop it; harmless when it is already stopped."""
-
-
-_LIVE: list[Stoppable] = []
-_LIVE_LOCK = threading.Lock()
-
-
-def track(thing: Stoppable, alive: bool) -> None:
-    """Remember (or forget) something to stop at interpreter exit."""
-    with _LIVE_LOCK:
-        if alive and thing not in _LIVE:
-            _LIVE.append(thing)
-        elif not alive and thing in _LIVE:
-            _LIVE.remove(thing)
-
-
-@atexit.register
-def stop_everything() -> None:
-    """Stop every process a drill left running (a crash, Ctrl-C), newest first."""
-    while _LIVE:
-        thing = _LIVE[-1]
-        with suppress(Exception):  # one that cannot be stopped must not keep the others running
-            thing.stop()
-        track(thing, False)
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
-    """Poll check() until it returns something true, and return that; TimeoutError naming what did not happen."""
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not happen within {timeout:g} s")
-        time.sleep(every)
-    return value
-
-
 # -- processes ----------------------------------------------------------------------------------------
-class Process:
-    """A child process (by its id) whose stdout and stderr go to a log file."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None, log: Path) -> None:
-        self.name = name
-        self.argv = argv
-        self.env = env
-        self.log_path = log
-        self.popen: subprocess.Popen | None = None
-        self.wanted = False  # started and not stopped or killed on purpose since
-
-    def start(self) -> Process:
-        """Start it (again); output is appended to the log."""
-        self.wanted = True
-        with open(self.log_path, "ab") as out:
-            self.popen = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL)
-        track(self, True)
-        return self
-
-    @property
-    def pid(self) -> int:
-        """The process id."""
-        assert self.popen is not None, f"{self.name} was never started"
-        return self.popen.pid
-
-    def running(self) -> bool:
-        """Whether it has not exited."""
-        return self.popen is not None and self.popen.poll() is None
-
-    def signal(self, sig: int) -> None:
-        """Send a signal to this process only."""
-        if self.running():
-            os.kill(self.pid, sig)
-
-    def children(self) -> set[int]:
-        """The ids of its direct children."""
-        if not self.running():
-            return set()
-        found = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True, check=False)
-        return {int(p) for p in found.stdout.split()}
-
-    def kill(self) -> None:
-        """SIGKILL its children first (an RQ work horse, gunicorn workers), then it; wait for it."""
-        self.wanted = False
-        if not self.running():
-            return
-        for child in self.children():
-            try:
-                os.kill(child, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.popen.kill()
-        self.popen.wait()
-        track(self, False)
-
-    def stop(self, timeout: float = 20) -> None:
-        """SIGTERM and wait; SIGKILL after timeout."""
-        self.wanted = False
-        if self.popen is None:
-            return
-        if self.running():
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.popen.wait()
-        track(self, False)
-
-    def output(self) -> str:
-        """Everything it wrote so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-class Gunicorn(Process):
-    """gunicorn with the project's config (gunicorn.conf.py) on its own port."""
-
-    def __init__(self, env: dict[str, str], log: Path, workers: int = 2) -> None:
-        self.port = free_port()
-        env = {**env, "PORT": str(self.port), "HOST": "127.0.0.1", "WEB_CONCURRENCY": str(workers)}
-        super().__init__("gunicorn", [str(BIN / "gunicorn"), "wsgi:app", "-c", "gunicorn.conf.py"], env, log)
-
-    @property
-    def base(self) -> str:
-        """Its base URL."""
-        return f"http://127.0.0.1:{self.port}"
-
-    def ready(self, timeout: float = 60) -> None:
-        """Wait until /readyz answers 200 (the database answers, at the migration head)."""
-        wait_until(lambda: http_status(self.base + "/readyz") == 200, timeout, "gunicorn ready")
-
-    def hup(self) -> None:
-        """SIGHUP to the master: new workers start, the old ones finish their requests and exit."""
-        self.signal(signal.SIGHUP)
-
-    def worker_pids(self) -> set[int]:
-        """The current worker processes."""
-        return self.children()
-
-    def troubles(self) -> list[str]:
-        """The master's lines about workers that timed out, crashed or were killed."""
-        signs = ("WORKER TIMEOUT", "exited with code", "was sent", "terminated due to signal", "failed to boot")
-        return [line for line in self.output().splitlines() if any(sign in line for sign in signs)]
-
-
-class Worker(Process):
-    """An RQ worker: python worker.py."""
-
-    def __init__(self, env: dict[str, str], log: Path, *args: str) -> None:
-        super().__init__("worker", [sys.executable, "worker.py", *args], env, log)
-
-    def ready(self, timeout: float = 60) -> None:
-        """Wait until it listens to its queues."""
-        wait_until(lambda: "[Worker] listening to" in self.output() or not self.running(), timeout, "worker start")
-        if not self.running():
-            raise RuntimeError(f"the worker exited at start:\n{self.output()[-3000:]}")
-
-
 class Supervisor:
     """Restarts a worker that exited by itself, as systemd's Restart=always or a PaaS would, and counts it."""
 
@@ -247,79 +82,6 @@ class Supervisor:
         """Stop watching (before the workers are stopped on purpose)."""
         self._stop.set()
         self._thread.join(timeout=10)
-
-
-def http_status(url: str) -> int:
-    """The status of a GET (0 when nothing answers)."""
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        return exc.code
-    except OSError:
-        return 0
-
-
-# -- Redis ------------------------------------------------------------------------------------------
-class RedisServer:
-    """A redis-server of the drill's own, without persistence: kill -9 loses everything, like a crash."""
-
-    def __init__(self, log: Path, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.process = Process("redis", ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                         "--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction"],
-                               None, log)
-
-    @property
-    def url(self) -> str:
-        """Its URL (database 0)."""
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        """Start it on its port and wait for PING."""
-        self.process.start()
-        wait_until(self.answers, 10, f"redis-server on port {self.port}", every=0.05)
-        return self
-
-    def answers(self) -> bool:
-        """Whether it answers PING."""
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        """kill -9: every key is gone."""
-        self.process.kill()
-
-    def jobs_running(self, queues: tuple[str, ...] = ("titles", "files")) -> int:
-        """How many RQ jobs a worker is running now (RQ's started-job registries)."""
-        from redis import Redis
-        from rq.registry import StartedJobRegistry
-
-        with Redis.from_url(self.url, socket_timeout=1) as client:
-            return sum(len(StartedJobRegistry(name, connection=client).get_job_ids(cleanup=False))
-                       for name in queues)
-
-    def restart(self) -> None:
-        """Start it again on the same port (empty)."""
-        self.stop()
-        self.start()
-
-    def stop(self) -> None:
-        """Stop it."""
-        self.process.stop()
-
-    def __enter__(self) -> Self:
-        """Start."""
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        """Stop."""
-        self.stop()
 
 
 # -- PostgreSQL -------------------------------------------------------------------------------------
@@ -463,12 +225,12 @@ class Stack:
             self._exit.callback(shutil.rmtree, self.dir, ignore_errors=True)
         self.postgres = self._exit.enter_context(PostgresServer(self.dir / "pg"))
         self.redis = self._exit.enter_context(RedisServer(self.dir / "redis.log"))
-        self.primary = self._exit.enter_context(TestServer(name="primary", latency_ms=self.provider_latency_ms))
-        self.backup = self._exit.enter_context(TestServer(name="backup", latency_ms=self.provider_latency_ms))
+        self.primary = self._exit.enter_context(FakeProvider(name="primary", latency_ms=self.provider_latency_ms))
+        self.backup = self._exit.enter_context(FakeProvider(name="backup", latency_ms=self.provider_latency_ms))
         self.env = luca_env(DATABASE_URL=self.postgres.url, REDIS_URL=self.redis.url, TMPDIR=str(self.dir),
-                            **self.provider_settings(), **self.settings)
+                            **provider_env(self.primary, self.backup), **self.settings)
         flask_command(self.env, "db", "upgrade")
-        self.web = Gunicorn(self.env, self.dir / "gunicorn.log", self.web_workers).start()
+        self.web = Gunicorn(self.env, self.dir / "gunicorn.log", workers=self.web_workers).start()
         self._exit.callback(self.stop_processes)
         if self.start_worker_at_once:
             self.start_worker()
@@ -479,14 +241,14 @@ class Stack:
         if self.supervisor is not None:  # stopped before the workers (an ExitStack unwinds newest first)
             self._exit.callback(self.supervisor.start().stop)
 
-    def provider_settings(self) -> dict[str, str]:
-        """AI_PROVIDERS=primary,backup and each one's base URL, model and key."""
-        settings = {"AI_PROVIDERS": "primary,backup"}
-        for server in (self.primary, self.backup):
-            prefix = server.name.upper()
-            settings.update({f"{prefix}_BASE_URL": server.url, f"{prefix}_MODEL": f"{server.name}-model",
-                             f"{prefix}_API_KEY": "drill-key"})
-        return settings
+    def jobs_running(self, queues: tuple[str, ...] = ("titles", "files")) -> int:
+        """How many RQ jobs a worker is running now (RQ's started-job registries)."""
+        from redis import Redis
+        from rq.registry import StartedJobRegistry
+
+        with Redis.from_url(self.redis.url, socket_timeout=1) as client:
+            return sum(len(StartedJobRegistry(name, connection=client).get_job_ids(cleanup=False))
+                       for name in queues)
 
     def start_worker(self, *args: str, **settings: str) -> Worker:
         """Start one more RQ worker (python worker.py ARGS) with extra settings."""
@@ -500,7 +262,7 @@ class Stack:
         processes = [self.web, *self.workers]
         for process in processes:
             process.wanted = False
-            process.signal(signal.SIGTERM)
+            process.send_signal(signal.SIGTERM)
         for process in processes:
             process.stop()
 

@@ -39,7 +39,7 @@ def dump(**kwargs: object) -> None:
         json.dump(RAW, out)
 
 
-class Client(FastHttpUser):
+class MixUser(FastHttpUser):
     """One user of Luca: signs in with a seeded token and works through the mix."""
 
     wait_time = between(THINK * 0.5, THINK * 1.5)

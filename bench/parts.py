@@ -87,7 +87,8 @@ class Luca:
 
     def __enter__(self) -> Luca:
         self.ctx.stack.flush_redis()
-        self.base, self.gunicorn = self.ctx.stack.start_gunicorn(self.env)
+        self.gunicorn = self.ctx.stack.start_gunicorn(self.env)
+        self.base = self.gunicorn.base
         self.worker = None if self.before else self.ctx.stack.start_worker(self.env)
         return self
 
@@ -278,15 +279,15 @@ def part_overhead(ctx: Context) -> dict[str, Any]:
                                       (50, 8 if ctx.quick else 16)):
             def chat(i: int) -> list[float]:
                 client = Client(luca.base, users[i % len(users)])
-                _, conversation, _ = client.request("POST", "/api/conversations", {"title": "overhead"})
+                conversation = client.call("POST", "/api/conversations", {"title": "overhead"}).body
                 path = f"/api/conversations/{conversation['id']}/messages"
                 overheads = []
                 for n in range(per_chat):
-                    status, body, seconds = client.request("POST", path, {"content": f"q {uuid.uuid4()}",
-                                                                          "cache": False})
-                    if status == 201:
+                    reply = client.call("POST", path, {"content": f"q {uuid.uuid4()}", "cache": False})
+                    if reply.status == 201:
                         # (everything, without the provider's own answer time; without Luca's whole provider call)
-                        overheads.append((seconds * 1000 - latency, seconds * 1000 - body["answer"]["latency_ms"]))
+                        ms = reply.seconds * 1000
+                        overheads.append((ms - latency, ms - reply.body["answer"]["latency_ms"]))
                 client.close()
                 return overheads
 
@@ -322,14 +323,14 @@ def part_throughput(ctx: Context) -> dict[str, Any]:
     token = ctx.data.mix.tokens[0]
     seconds = 10 if ctx.quick else 20
     with Luca(ctx, prov) as luca:
-        _, page, _ = Client(luca.base, token).request("GET", "/api/conversations?limit=20")
+        page = Client(luca.base, token).call("GET", "/api/conversations?limit=20").body
         body = ctx.stack.tmp / "bare.json"
         body.write_text(json.dumps(page))
         luca_rps = wrk(f"{luca.base}/api/conversations?limit=20", token, seconds)
     bare_env = {**luca_env(ctx, prov.url), "BENCH_BARE_BODY": str(body)}
-    base, process = ctx.stack.start_gunicorn(bare_env, app="bench.bare_app:app")
+    process = ctx.stack.start_gunicorn(bare_env, app="bench.bare_app:app")
     try:
-        bare_rps = wrk(f"{base}/conversations", None, seconds)
+        bare_rps = wrk(f"{process.base}/conversations", None, seconds)
     finally:
         ctx.stack.stop(process)
     return {"luca_cached_list_rps": round(luca_rps), "bare_flask_rps": round(bare_rps),
@@ -351,8 +352,8 @@ def timed_sql(engine: sa.Engine, statement: str, params: dict[str, Any], runs: i
 
 def timed_http(client: Client, path: str, runs: int) -> float:
     """Median milliseconds of a GET over runs (after one warm-up)."""
-    client.request("GET", path)
-    return round(percentile([client.request("GET", path)[2] * 1000 for _ in range(runs)], 50), 2)
+    client.call("GET", path)
+    return round(percentile([client.call("GET", path).seconds * 1000 for _ in range(runs)], 50), 2)
 
 
 def part_deep(ctx: Context) -> dict[str, Any]:
@@ -425,13 +426,13 @@ def part_search(ctx: Context) -> dict[str, Any]:
         clients = {token: Client(luca.base, token) for token in ctx.data.big.tokens[:20]}
         tokens = list(clients)
         for client in clients.values():
-            client.request("GET", "/api/search?q=tax")
+            client.call("GET", "/api/search?q=tax")
         for n in range(count):
             token = tokens[0] if n % 3 == 0 else rng.choice(tokens[1:])
             words = " ".join(rng.sample(WORDS, 1 if n % 2 else 2))
-            status, body, seconds = clients[token].request("GET", f"/api/search?q={words.replace(' ', '+')}")
-            if status == 200:
-                timings.append(seconds * 1000)
+            reply = clients[token].call("GET", f"/api/search?q={words.replace(' ', '+')}")
+            if reply.status == 200:
+                timings.append(reply.seconds * 1000)
         for client in clients.values():
             client.close()
     return {"queries": len(timings), "messages": 1_000_000, "p50_ms": round(percentile(timings, 50), 2),
@@ -445,14 +446,14 @@ def part_breaker(ctx: Context) -> dict[str, Any]:
     tokens = ctx.data.mix.tokens
     with Luca(ctx, prov) as luca:
         clients = [Client(luca.base, tokens[i]) for i in range(16)]
-        conversations = [c.request("POST", "/api/conversations", {"title": "breaker"})[1]["id"] for c in clients]
+        conversations = [c.call("POST", "/api/conversations", {"title": "breaker"}).body["id"] for c in clients]
         rounds = []
         for _ in range(3):  # the first round also warms connection pools and provider clients
             prov.reset()
             started = time.perf_counter()
-            statuses = run_concurrently(16, lambda i: clients[i].request(
+            statuses = run_concurrently(16, lambda i: clients[i].call(
                 "POST", f"/api/conversations/{conversations[i]}/messages",
-                {"content": f"breaker {uuid.uuid4()}", "cache": False})[0])
+                {"content": f"breaker {uuid.uuid4()}", "cache": False}).status)
             rounds.append(((time.perf_counter() - started) * 1000, prov.stats()["max_active"]))
         wall, most = min(rounds[1:])
         for client in clients:
@@ -473,9 +474,9 @@ def part_dedup(ctx: Context) -> dict[str, Any]:
 
         def ask(token: str, question: str) -> int:
             client = Client(luca.base, token)
-            _, conversation, _ = client.request("POST", "/api/conversations", {"title": "dedup"})
-            status = client.request("POST", f"/api/conversations/{conversation['id']}/messages",
-                                    {"content": question})[0]
+            conversation = client.call("POST", "/api/conversations", {"title": "dedup"}).body
+            status = client.call("POST", f"/api/conversations/{conversation['id']}/messages",
+                                 {"content": question}).status
             client.close()
             return status
 

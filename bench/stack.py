@@ -1,30 +1,41 @@
 """The real stack for benchmarks: a Redis, a PostgreSQL database, fake AI providers, gunicorn, RQ workers.
 
-Every process is started on a spare loopback port and stopped when the Stack closes.
+Every process is started with the shared launcher (tests/support/processes.py) on a spare loopback
+port and stopped when the Stack closes. The providers run in processes of their own
+(``python -m tests.support.provider``), so that their threads never compete with the benchmark's
+clients for this interpreter.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
 import urllib.request
 import uuid
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from tests.processes import free_port, wait_for_http
+from tests.support import ROOT
+from tests.support.processes import (
+    BIN,
+    Gunicorn,
+    Process,
+    RedisServer,
+    Worker,
+    flask_command,
+    free_port,
+    luca_env,
+    wait_for_http,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+__all__ = ["BIN", "ROOT", "Provider", "Stack", "http_json"]
+
+P = TypeVar("P", bound=Process)
 POSTGRES_ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://127.0.0.1:5432/test")
 
 
@@ -45,28 +56,29 @@ class Stack(AbstractContextManager["Stack"]):
 
     def __init__(self) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="luca-bench-"))
-        self.processes: list[subprocess.Popen] = []
+        self.processes: list[Process] = []
         self.databases: list[str] = []
-        self.redis_url = ""
-        self.logs: list[Path] = []
+        self.redis: RedisServer | None = None
 
     # -- services --------------------------------------------------------------------------
+    @property
+    def redis_url(self) -> str:
+        """The URL of the benchmark's own Redis."""
+        assert self.redis is not None, "start_redis() first"
+        return self.redis.url
+
     def start_redis(self) -> str:
         """A redis-server of the benchmark's own (no persistence, noeviction like production)."""
-        port = free_port()
-        self._spawn("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--maxmemory-policy", "noeviction"])
-        for _ in range(100):
-            if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() == b"PONG":
-                break
-            time.sleep(0.05)
-        self.redis_url = f"redis://127.0.0.1:{port}/0"
-        return self.redis_url
+        self.redis = RedisServer(self._log("redis")).start()
+        self.processes.append(self.redis.process)
+        return self.redis.url
 
     def flush_redis(self) -> None:
         """Empty the benchmark's own Redis (nothing else uses it)."""
-        port = self.redis_url.rsplit(":", 1)[1].split("/")[0]
-        subprocess.run(["redis-cli", "-p", port, "flushall"], capture_output=True, check=True)
+        import redis
+
+        with redis.Redis.from_url(self.redis_url) as client:
+            client.flushall()
 
     def create_database(self) -> str:
         """A fresh PostgreSQL database on the local server, migrated to the head."""
@@ -77,66 +89,43 @@ class Stack(AbstractContextManager["Stack"]):
         admin.dispose()
         self.databases.append(name)
         url = sa.make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-        self.flask(self.env(url), "db", "upgrade")
+        flask_command(self.env(url), "db", "upgrade", timeout=600)
         return url
 
     def start_provider(self, name: str, latency_ms: int) -> str:
-        """A local OpenAI-compatible server in its own process; returns its base URL."""
+        """A fake provider in its own process; returns its base URL."""
         port = free_port()
-        self._spawn(f"provider-{name}", [sys.executable, "-m", "luca.ai.testserver", "--port", str(port),
-                                         "--latency-ms", str(latency_ms), "--name", name])
+        self._start(Process(f"provider-{name}", [sys.executable, "-m", "tests.support.provider", "--port", str(port),
+                                                 "--latency-ms", str(latency_ms), "--name", name],
+                            None, self._log(f"provider-{name}")))
         wait_for_http(f"http://127.0.0.1:{port}/_stats")
         return f"http://127.0.0.1:{port}/v1"
 
     # -- Luca ------------------------------------------------------------------------------------
     def env(self, database_url: str, **settings: str) -> dict[str, str]:
         """The environment of a Luca process on this stack."""
-        env = {"PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}", "HOME": os.environ.get("HOME", "/tmp"),
-               "PYTHONUNBUFFERED": "1", "SECRET_KEY": "bench-secret", "DATABASE_URL": database_url,
-               "LOG_LEVEL": "WARNING", "GUNICORN_ACCESS_LOG": "", "RATE_LIMITS_ENABLED": "false",
-               "TMPDIR": str(self.tmp)}
-        env.update(settings)
-        return env
+        return luca_env(SECRET_KEY="bench-secret", DATABASE_URL=database_url, LOG_LEVEL="WARNING",
+                        GUNICORN_ACCESS_LOG="", RATE_LIMITS_ENABLED="false", TMPDIR=str(self.tmp), **settings)
 
-    def flask(self, env: dict[str, str], *args: str) -> str:
-        """Run a `flask --app wsgi` command; return its output."""
-        result = subprocess.run([str(BIN / "flask"), "--app", "wsgi", *args], cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=600)
-        if result.returncode != 0:
-            raise RuntimeError(f"flask {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
-        return result.stdout
+    def start_gunicorn(self, env: dict[str, str], app: str = "wsgi:app") -> Gunicorn:
+        """gunicorn with the project's config, answering."""
+        return self._start(Gunicorn(env, self._log("gunicorn"), app)).answering()
 
-    def start_gunicorn(self, env: dict[str, str], app: str = "wsgi:app") -> tuple[str, subprocess.Popen]:
-        """gunicorn with the project's config; returns its base URL and process."""
-        port = free_port()
-        process = self._spawn("gunicorn", [str(BIN / "gunicorn"), app, "-c", "gunicorn.conf.py"],
-                              env={**env, "PORT": str(port), "HOST": "127.0.0.1"})
-        base = f"http://127.0.0.1:{port}"
-        wait_for_http(base + "/healthz")
-        return base, process
-
-    def start_worker(self, env: dict[str, str]) -> subprocess.Popen:
+    def start_worker(self, env: dict[str, str]) -> Worker:
         """An RQ worker (python worker.py)."""
-        return self._spawn("worker", [sys.executable, "worker.py"], env=env)
+        return self._start(Worker(env, self._log("worker")))
 
-    def stop(self, process: subprocess.Popen) -> None:
+    def stop(self, process: Process) -> None:
         """Stop one process (SIGTERM, then SIGKILL after 20 s)."""
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        process.stop()
         if process in self.processes:
             self.processes.remove(process)
 
-    def _spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        log = self.tmp / f"{name}-{len(self.logs)}.log"
-        self.logs.append(log)
-        with open(log, "w") as out:
-            process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        self.processes.append(process)
+    def _log(self, name: str) -> Path:
+        return self.tmp / f"{name}-{len(list(self.tmp.glob('*.log')))}.log"
+
+    def _start(self, process: P) -> P:
+        self.processes.append(process.start())
         return process
 
     def close(self) -> None:
@@ -155,7 +144,7 @@ class Stack(AbstractContextManager["Stack"]):
 
 
 class Provider:
-    """Control of a provider server process over its HTTP switches."""
+    """Control of a provider process over its HTTP switches."""
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from luca import analytics
 from luca.extensions import db, jobs
 from luca.models import AnalyticsDaily, AnalyticsRollup, Message, utcnow
-from tests.conftest import Api, create_user
+from tests.support.api import Api, create_user
 
 DAY1 = date(2026, 3, 1)
 DAY2 = date(2026, 3, 2)

@@ -21,8 +21,14 @@ import sqlalchemy as sa
 from flask import Flask
 
 from luca.extensions import db, slots
-from tests.conftest import ROOT, Api, RedisTarget, create_user, provider_overrides
-from tests.processes import flask_command, gunicorn, luca_env
+from tests.support import ROOT
+from tests.support.api import Api, signed
+from tests.support.apps import provider_env, provider_overrides
+from tests.support.processes import flask_command, gunicorn, luca_env
+from tests.support.services import RedisTarget
+
+# Runs once, on SQLite: answer slots live in Redis or memory (the answer path runs on both databases elsewhere).
+pytestmark = pytest.mark.sqlite_only
 
 HANG = 20  # seconds the provider takes to answer while answers are held in flight
 
@@ -55,12 +61,6 @@ def in_flight(server: Any, requests: list[Callable[[], Any]]) -> Iterator[list[A
         server.reset()  # cuts the hanging answers short: they end 503
         for thread in threads:
             thread.join(30)
-
-
-def signed(app: Flask, email: str) -> Api:
-    """A signed client of app for a new user."""
-    user_id, token = create_user(app, email)
-    return Api(app.test_client(), token, user_id)
 
 
 def asking(app: Flask, api: Api, conversation_id: str, content: str, **body: Any) -> Callable[[], Any]:
@@ -273,9 +273,8 @@ def test_every_way_an_answer_ends_gives_its_slot_back(app_factory, redis_target,
 @contextmanager
 def luca_under_gunicorn(tmp_path: Path, primary: Any, **settings: str) -> Iterator[tuple[str, str]]:
     """gunicorn on the primary test provider with one user; yields its base URL and the user's token."""
-    env = luca_env(DATABASE_URL=f"sqlite:///{tmp_path / 'luca.db'}", AI_PROVIDERS="primary",
-                   PRIMARY_BASE_URL=primary.url, PRIMARY_MODEL="primary-model", RATE_LIMITS_ENABLED="false",
-                   **settings)
+    env = luca_env(DATABASE_URL=f"sqlite:///{tmp_path / 'luca.db'}", **provider_env(primary),
+                   RATE_LIMITS_ENABLED="false", **settings)
     flask_command(env, "db", "upgrade")
     token = flask_command(env, "users", "create", "alice@example.com").strip().splitlines()[-1]
     with gunicorn(env) as (base, _process):

@@ -10,7 +10,11 @@ import pytest
 import config
 from config import normalise_database_url
 from luca.extensions import SERVICES, cache, openapi
-from tests.conftest import ROOT, create_user
+from tests.support import ROOT
+from tests.support.api import create_user
+
+# Runs once, on SQLite: the error shape and the OpenAPI document do not depend on the database.
+pytestmark = pytest.mark.sqlite_only
 
 
 @pytest.mark.parametrize("given,expected", [

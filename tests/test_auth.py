@@ -10,7 +10,8 @@ from sqlalchemy import select
 
 from luca.extensions import db
 from luca.models import ApiToken, User
-from tests.conftest import Api, RedisTarget, create_user
+from tests.support.api import Api, create_user
+from tests.support.services import RedisTarget
 
 
 def test_missing_token_is_401_with_challenge(client) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from luca.extensions import db
 from luca.models import Conversation, Message
-from tests.conftest import Api
+from tests.support.api import Api, multipart
 
 
 def row_counts(app) -> tuple[int, int]:
@@ -188,8 +188,6 @@ def test_analytics_days_must_be_real_iso_days(make_api, query: dict) -> None:
 
 
 def test_an_upload_name_with_control_characters_is_cleaned(api: Api, conversation: dict) -> None:
-    from tests.test_jobs import multipart
-
     body, content_type = multipart({"file": ("bad\x07name\t.csv", b"a,b\n1,2\n")})
     response = api.client.post(f"/api/conversations/{conversation['id']}/files", headers=api.headers(),
                                data=body, content_type=content_type)

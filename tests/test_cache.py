@@ -9,7 +9,9 @@ import pytest
 from flask import Flask
 
 from luca.extensions import breakers, cache, db
-from tests.conftest import Api, RedisTarget, count_statements, create_user
+from tests.support.api import Api, signed
+from tests.support.apps import count_statements
+from tests.support.services import RedisTarget
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -19,12 +21,6 @@ def tier_app(request, app_factory) -> Flask:
         return app_factory()
     target: RedisTarget = request.getfixturevalue("redis_target")
     return app_factory(**target.overrides())
-
-
-def signed(app: Flask, email: str = "alice@example.com") -> Api:
-    """A signed client of app for a new user."""
-    user_id, token = create_user(app, email)
-    return Api(app.test_client(), token, user_id)
 
 
 def test_a_cached_conversation_list_makes_no_statements(tier_app) -> None:
@@ -48,7 +44,7 @@ def test_an_uncached_list_makes_one_statement_because_the_token_is_cached(tier_a
 
 
 def test_me_is_served_from_the_cached_token_lookup(tier_app) -> None:
-    api = signed(tier_app)
+    api = signed(tier_app, "alice@example.com")
     api.get("/api/me")
     with count_statements(tier_app) as statements:
         assert api.get("/api/me").get_json()["email"] == "alice@example.com"

@@ -7,7 +7,8 @@ from datetime import timedelta
 
 from luca.extensions import db
 from luca.models import Conversation, Message, utcnow
-from tests.conftest import Api, count_statements
+from tests.support.api import Api
+from tests.support.apps import count_statements
 
 
 def walk(api: Api, path: str, limit: int, during: callable = None) -> list[dict]:

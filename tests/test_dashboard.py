@@ -10,7 +10,11 @@ from flask import Flask
 from rq import Queue
 
 from luca.admin.dashboard import dashboard_redis_url, guard_dashboard
-from tests.conftest import RedisTarget, basic, create_user
+from tests.support.api import basic, create_user
+from tests.support.services import RedisTarget
+
+# Runs once, on SQLite: rq-dashboard and its guard read Redis; the database only finds the token.
+pytestmark = pytest.mark.sqlite_only
 
 ADMIN = "ops@example.com"
 REALM = 'Basic realm="Luca operators", charset="UTF-8"'

@@ -12,7 +12,7 @@ from flask import Flask
 from config import TestConfig
 from luca import create_app
 from luca.extensions import breakers
-from tests.conftest import close_app
+from tests.support.apps import close_app
 
 
 class Blackhole:

@@ -10,8 +10,10 @@ from luca.ai.base import Provider
 from luca.ai.dedup import answer_key
 from luca.ai.offline import OfflineProvider
 from luca.extensions import cache
-from tests.conftest import Api, RedisTarget, create_user, provider_overrides
-from tests.test_streaming import parse_events
+from tests.support.api import Api, signed
+from tests.support.apps import provider_overrides
+from tests.support.services import RedisTarget
+from tests.support.sse import parse_events
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -20,12 +22,6 @@ def dedup_app(request, app_factory, servers) -> Flask:
     primary, _ = servers
     extra = request.getfixturevalue("redis_target").overrides() if request.param == "redis" else {}
     return app_factory(**provider_overrides(primary, **extra))
-
-
-def signed(app: Flask, email: str) -> Api:
-    """A signed client of app for a new user."""
-    user_id, token = create_user(app, email)
-    return Api(app.test_client(), token, user_id)
 
 
 def test_two_users_asking_the_same_first_question_make_one_provider_call(dedup_app, servers) -> None:

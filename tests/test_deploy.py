@@ -13,8 +13,9 @@ import yaml
 
 from config import Config, normalise_database_url
 from luca.redis import make_client
-from tests.conftest import ROOT, RedisTarget, temporary_postgres_database
-from tests.processes import BIN, luca_env
+from tests.support import ROOT
+from tests.support.processes import BIN, luca_env
+from tests.support.services import RedisTarget, temporary_postgres_database
 
 
 def procfile() -> dict[str, str]:

@@ -23,16 +23,15 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.conftest import ROOT, service_missing
-from tests.processes import flask_command, gunicorn, luca_env
-from tests.test_documents import make_pdf
+from tests.support import ROOT
+from tests.support.apps import provider_env
+from tests.support.documents import make_pdf
+from tests.support.pages import CHROMIUM, CHROMIUM_ARGS, require_chromium
+from tests.support.processes import flask_command, gunicorn, luca_env
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+pytestmark = pytest.mark.slow  # the module's gunicorn and Chromium take about 8 s to start
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 WAIT_MS = 15_000
-
 
 
 @dataclass
@@ -73,12 +72,10 @@ class Site:
 @pytest.fixture(scope="module")
 def site(provider_servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """Luca in a real gunicorn on a migrated SQLite file, answering with the primary test provider."""
-    if not CHROMIUM.exists():
-        service_missing(f"the browser tests need Debian's Chromium at {CHROMIUM} (apt-get install chromium)")
+    require_chromium()
     primary, _ = provider_servers
     tmp = tmp_path_factory.mktemp("e2e")
-    env = luca_env(DATABASE_URL=f"sqlite:///{tmp}/luca.db", AI_PROVIDERS="primary", PRIMARY_BASE_URL=primary.url,
-                   PRIMARY_MODEL="primary-model", PRIMARY_API_KEY="test-key", WEB_CONCURRENCY="1",
+    env = luca_env(DATABASE_URL=f"sqlite:///{tmp}/luca.db", **provider_env(primary), WEB_CONCURRENCY="1",
                    JOBS_RETRY_BACKOFF="0.5", AI_TIMEOUT="10")
     flask_command(env, "db", "upgrade")
     users = {"alice": ["alice@example.com", "--name", "Alice"], "bob": ["bob@example.com"],

@@ -4,6 +4,10 @@ Every drill runs its own PostgreSQL, Redis, gunicorn, RQ workers and provider se
 ports (bench/faults_stack.py). Each test asserts that nothing the API acknowledged was lost and
 that the drill's own conditions held; a failure prints the drill's whole report and the logs.
 Without PostgreSQL's server binaries or redis-server the tests skip, unless LUCA_REQUIRE_SERVICES=1.
+
+This is the one test module that imports bench: the drills are bench's (``make faults`` runs them
+at full length), and these tests are their shortened run, so they call the drills themselves
+rather than a copy of them.
 """
 from __future__ import annotations
 
@@ -20,7 +24,9 @@ from bench.faults_drills import (
     worker_killed,
 )
 from bench.faults_stack import BASE_SETTINGS, missing_binaries
-from tests.conftest import service_missing
+from tests.support.services import service_missing
+
+pytestmark = pytest.mark.slow  # each drill starts a whole stack and runs it for about 20 s
 
 
 @pytest.fixture(autouse=True)

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import flask_command, gunicorn, luca_env
+from tests.support.processes import flask_command, gunicorn, luca_env
 
 
+@pytest.mark.slow
 def test_streamed_deltas_reach_the_client_before_the_answer_is_finished(tmp_path: Path, servers) -> None:
     primary, _ = servers
     primary.configure(chunk_delay_ms=100)

@@ -13,10 +13,13 @@ from flask import Flask
 from playwright.sync_api import sync_playwright
 from rq import Queue
 
-from tests.conftest import RedisTarget, basic, create_user, service_missing
-from tests.processes import flask_command, gunicorn, luca_env
-from tests.test_e2e import CHROMIUM, CHROMIUM_ARGS
-from tests.test_web import assert_security_headers, audit
+from tests.support.api import basic, create_user
+from tests.support.pages import CHROMIUM, CHROMIUM_ARGS, assert_security_headers, audit, require_chromium
+from tests.support.processes import flask_command, gunicorn, luca_env
+from tests.support.services import RedisTarget
+
+# Runs once, on SQLite: headers are the same whatever the database.
+pytestmark = pytest.mark.sqlite_only
 
 ADMIN = "ops@example.com"
 
@@ -119,8 +122,7 @@ def test_a_dashboard_sign_in_prompt_carries_the_headers_too(dash_app: Flask) -> 
 @pytest.fixture
 def dashboard_site(tmp_path: Path, redis_target: RedisTarget) -> Iterator[tuple[str, str]]:
     """Luca under gunicorn on the test Redis; its base URL and an admin's token."""
-    if not CHROMIUM.exists():
-        service_missing(f"the browser tests need Debian's Chromium at {CHROMIUM} (apt-get install chromium)")
+    require_chromium()
     env = luca_env(DATABASE_URL=f"sqlite:///{tmp_path / 'luca.db'}", WEB_CONCURRENCY="1",
                    REDIS_URL=redis_target.url, REDIS_KEY_PREFIX=redis_target.prefix)
     flask_command(env, "db", "upgrade")
@@ -129,6 +131,7 @@ def dashboard_site(tmp_path: Path, redis_target: RedisTarget) -> Iterator[tuple[
         yield base, token
 
 
+@pytest.mark.slow
 def test_rq_dashboard_runs_its_scripts_under_its_policy_in_a_browser(dashboard_site: tuple[str, str],
                                                                       rq_queue: Queue) -> None:
     base, token = dashboard_site

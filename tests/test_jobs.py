@@ -5,77 +5,19 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
 
 import pytest
-from flask import Flask
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
-from bench.faults_load import heavy_pdf
 from luca.extensions import db, jobs
 from luca.jobs.tasks import generate_title, reconcile
-from luca.models import Conversation
-from tests.conftest import ROOT, Api, RedisTarget, create_user, provider_overrides
-from tests.processes import luca_env
-from tests.test_documents import encrypt_pdf, make_docx, make_docx_bomb, make_pdf, make_xlsx
-
-
-@dataclass
-class Stack:
-    """A web app and the environment of worker processes that share its database, Redis and provider."""
-
-    app: Flask
-    settings: dict[str, Any]
-    env: dict[str, str]
-    prefix: str
-    redis: RedisTarget
-
-    def worker(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-        """Run `python worker.py --burst` until the queues are empty."""
-        return subprocess.run([sys.executable, "worker.py", "--burst", *args], cwd=ROOT, env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
-
-    def start_worker(self) -> subprocess.Popen:
-        """Start a long-running worker process."""
-        return subprocess.Popen([sys.executable, "worker.py", "--no-reconcile"], cwd=ROOT, env=self.env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-@pytest.fixture
-def stack(app_factory, database_url: str, redis_target: RedisTarget, servers) -> Iterator[Stack]:
-    """RQ mode: queues of this test's own (QUEUE_PREFIX), real Redis, the primary test provider."""
-    primary, _ = servers
-    prefix = f"t{uuid.uuid4().hex[:8]}-"
-    settings = provider_overrides(primary, QUEUE_PREFIX=prefix, JOBS_RETRY_BACKOFF=0, JOBS_RECONCILE_GRACE=0,
-                                  **redis_target.overrides())
-    app = app_factory(**settings)
-    env = luca_env(DATABASE_URL=database_url, REDIS_URL=redis_target.url, REDIS_KEY_PREFIX=redis_target.prefix,
-                   QUEUE_PREFIX=prefix, JOBS_RETRY_BACKOFF="0", AI_PROVIDERS="primary",
-                   PRIMARY_BASE_URL=primary.url, PRIMARY_MODEL="primary-model", PRIMARY_API_KEY="test-key")
-    yield Stack(app, settings, env, prefix, redis_target)
-    client = redis_target.client
-    for pattern in (f"rq:*{prefix}*", f"rq:job:{prefix}*", f"rq:results:{prefix}*"):
-        keys = list(client.scan_iter(match=pattern, count=1000))
-        if keys:
-            client.delete(*keys)
-
-
-def signed(app: Flask, email: str = "alice@example.com") -> Api:
-    """A signed client of app for a new user."""
-    user_id, token = create_user(app, email)
-    return Api(app.test_client(), token, user_id)
-
-
-def conversation_row(app: Flask, conversation_id: str) -> Conversation:
-    """The conversation as stored."""
-    with app.app_context():
-        row = db.session.get(Conversation, uuid.UUID(conversation_id))
-        db.session.expunge(row)
-        return row
+from tests.support import ROOT
+from tests.support.api import file_status, multipart, signed, upload
+from tests.support.apps import conversation_row, provider_overrides
+from tests.support.documents import encrypt_pdf, heavy_pdf, make_docx, make_docx_bomb, make_pdf, make_xlsx
+from tests.support.jobs import Stack
 
 
 def test_a_real_worker_sets_the_title_and_the_list_shows_it_at_once(stack: Stack, servers) -> None:
@@ -114,12 +56,13 @@ def test_a_user_rename_during_the_title_job_wins(stack: Stack, servers) -> None:
         time.sleep(0.5)
     finally:
         worker.send_signal(signal.SIGTERM)
-        worker.communicate(timeout=30)
+        worker.wait(timeout=30)
     assert api.get("/api/conversations").get_json()["items"][0]["title"] == "My own name"
     row = conversation_row(stack.app, conversation["id"])
     assert (row.title, row.title_set_by_user) == ("My own name", True)
 
 
+@pytest.mark.slow
 def test_a_priority_job_enqueued_behind_fifty_waiting_jobs_runs_first(stack: Stack) -> None:
     api = signed(stack.app)
     with stack.app.app_context():
@@ -167,32 +110,6 @@ def test_a_title_job_that_always_fails_lands_in_the_failed_registry_with_a_fallb
     assert failed.get_job_ids() == [f"{stack.prefix}title-{conversation['id']}"]
     assert stats["failed"] == 1 and stats["inFailedRegistry"] == 1 and stats["failureRate"] == 1.0
     assert conversation_row(stack.app, conversation["id"]).title == "Which invoices must I keep and for how long"
-
-
-def multipart(fields: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
-    """A multipart/form-data body and its content type (built here: the test client leaves big bodies unclosed)."""
-    boundary = uuid.uuid4().hex
-    parts = [b"--%s\r\nContent-Disposition: form-data; name=\"%s\"; filename=\"%s\"\r\n"
-             b"Content-Type: application/octet-stream\r\n\r\n%s\r\n" % (boundary.encode(), field.encode(),
-                                                                          name.encode(), data)
-             for field, (name, data) in fields.items()]
-    return b"".join(parts) + b"--%s--\r\n" % boundary.encode(), f"multipart/form-data; boundary={boundary}"
-
-
-def upload(api: Api, conversation_id: str, name: str, data: bytes) -> dict[str, Any]:
-    """Upload a document and return the 202 body."""
-    body, content_type = multipart({"file": (name, data)})
-    response = api.client.post(f"/api/conversations/{conversation_id}/files", headers=api.headers(),
-                               data=body, content_type=content_type)
-    assert response.status_code == 202, response.get_json()
-    body = response.get_json()
-    assert body["status"] == "pending"
-    return body
-
-
-def file_status(api: Api, file_id: int) -> dict[str, Any]:
-    """A file's status as the API shows it."""
-    return api.get(f"/api/files/{file_id}").get_json()
 
 
 DOCUMENTS: dict[str, Callable[[], bytes]] = {
@@ -256,6 +173,7 @@ def test_a_question_with_a_file_is_never_answered_from_another_users_cache(stack
     assert len([r for r in primary.requests if r["messages"][-1]["content"] == "Summarise my document"]) == 2
 
 
+@pytest.mark.slow
 def test_work_enqueued_while_redis_is_down_is_finished_by_the_reconciler(stack: Stack, app_factory) -> None:
     web = app_factory(**{**stack.settings, "REDIS_URL": "redis://127.0.0.1:1/0"})  # Redis is down for the web
     api = signed(web)
@@ -276,6 +194,7 @@ def test_work_enqueued_while_redis_is_down_is_finished_by_the_reconciler(stack: 
     assert file_status(api, file_id)["status"] == "ready"
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_job_leaves_a_file_that_still_ends_ready(stack: Stack) -> None:
     api = signed(stack.app)
     conversation = api.new_conversation()

@@ -15,7 +15,11 @@ from sqlalchemy import select
 from luca.extensions import breakers, db, limits
 from luca.limits import GatewayStorage
 from luca.models import ApiToken
-from tests.conftest import Api, RedisTarget, basic, create_user
+from tests.support.api import Api, basic, create_user, multipart, signed
+from tests.support.services import RedisTarget
+
+# Runs once, on SQLite: rate limit counters live in Redis or memory, never in the database.
+pytestmark = pytest.mark.sqlite_only
 
 OTHER_ADDRESS = {"REMOTE_ADDR": "10.0.0.2"}
 
@@ -23,12 +27,6 @@ OTHER_ADDRESS = {"REMOTE_ADDR": "10.0.0.2"}
 def limited_app(app_factory: Callable[..., Flask], **overrides: Any) -> Flask:
     """An app with its rate limits (create_app gives every app its own)."""
     return app_factory(**overrides)
-
-
-def signed(app: Flask, email: str | None = None) -> Api:
-    """A signed client for a new user of app."""
-    user_id, token = create_user(app, email or f"user-{uuid.uuid4().hex[:8]}@example.com")
-    return Api(app.test_client(), token, user_id)
 
 
 def send(api: Api, conversation_id: str, count: int) -> list[int]:
@@ -75,20 +73,12 @@ def test_sending_and_retrying_share_one_budget(app_factory) -> None:
     assert_rate_limited(api.ask(conversation_id, "and now?"))
 
 
-def multipart(name: str, data: bytes) -> tuple[bytes, str]:
-    """A multipart/form-data body with one `file` field, and its content type."""
-    boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
-            f"Content-Type: text/plain\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
-
-
 def test_the_upload_past_the_budget_is_429(app_factory) -> None:
     app = limited_app(app_factory, RATE_LIMIT_UPLOADS="2 per hour")
     api, other = signed(app), signed(app)
 
     def upload(who: Api) -> Any:
-        body, content_type = multipart("notes.txt", b"Invoices are due in 30 days.")
+        body, content_type = multipart({"file": ("notes.txt", b"Invoices are due in 30 days.")})
         path = f"/api/conversations/{who.new_conversation()['id']}/files"
         return who.client.post(path, headers=who.headers(), data=body, content_type=content_type)
 

@@ -17,7 +17,10 @@ import luca
 from config import TestConfig
 from luca import create_app, logs
 from luca.logs import RedactSecrets, configure_logging, redact
-from tests.conftest import close_app
+from tests.support.apps import close_app
+
+# Runs once, on SQLite: log lines do not depend on the database.
+pytestmark = pytest.mark.sqlite_only
 
 log = logging.getLogger("luca.test_logs")
 

@@ -17,10 +17,14 @@ from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from luca.extensions import breakers, jobs
 from luca.metrics import record_ai_call
-from tests.conftest import Api, RedisTarget, create_user
-from tests.processes import flask_command, gunicorn, luca_env
+from luca.extensions import breakers, jobs
+from tests.support.api import Api, create_user
+from tests.support.processes import flask_command, gunicorn, luca_env
+from tests.support.services import RedisTarget
+
+# Runs once, on SQLite: what is counted does not depend on the database (SQL statement counts: on both).
+pytestmark = pytest.mark.sqlite_only
 
 CONVERSATION_ROUTE = "/api/conversations/<uuid:conversation_id>"
 DURATION_COUNT = "luca_http_request_duration_seconds_count"
@@ -203,6 +207,7 @@ def seed_stale_counts(directory: Path) -> None:
     assert list(directory.glob("counter_*.db"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("operator_dir", [False, True], ids=["temporary-dir", "operator-dir"])
 def test_two_gunicorn_workers_report_the_summed_counts(tmp_path: Path, operator_dir: bool) -> None:
     env = luca_env(DATABASE_URL=f"sqlite:///{tmp_path / 'luca.db'}", WEB_CONCURRENCY="2")
@@ -253,6 +258,7 @@ def sql_totals(client: FlaskClient, route: str) -> tuple[float, float]:
     return values.get("count", 0.0), values.get("sum", 0.0)
 
 
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 def test_sql_statements_per_request_are_counted_by_route(app_factory) -> None:
     app = app_factory()
     user_id, token = create_user(app, "sql@example.com")

@@ -14,7 +14,8 @@ from config import TestConfig
 from luca import create_app, search
 from luca.conversations import service
 from luca.extensions import db
-from tests.conftest import ROOT, temporary_postgres_database
+from tests.support import ROOT
+from tests.support.services import temporary_postgres_database
 
 MIGRATIONS = str(ROOT / "migrations")
 REQUIRED_INDEXES = {

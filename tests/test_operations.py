@@ -15,7 +15,10 @@ from flask_migrate import upgrade
 from config import TestConfig
 from luca import create_app
 from luca import extensions
-from tests.conftest import ROOT, Api, close_app, create_user, temporary_postgres_database
+from tests.support import ROOT
+from tests.support.api import Api, create_user
+from tests.support.apps import close_app
+from tests.support.services import temporary_postgres_database
 
 
 def admin_api(app: Flask) -> Api:

@@ -18,9 +18,10 @@ from rq import Queue
 from luca.extensions import breakers, db
 from luca.jobs.tasks import drain_outbox
 from luca.models import JobOutbox
-from tests.conftest import ROOT, count_statements, provider_overrides
-from tests.processes import flask_command, luca_env
-from tests.test_jobs import conversation_row, signed, upload
+from tests.support import ROOT
+from tests.support.api import signed, upload
+from tests.support.apps import conversation_row, count_statements, provider_env, provider_overrides
+from tests.support.processes import flask_command, luca_env
 
 DEAD_REDIS = "redis://127.0.0.1:1/0"
 
@@ -55,10 +56,7 @@ def queue_prefix(redis_target) -> Iterator[str]:
     """A QUEUE_PREFIX of the test's own; its RQ keys are deleted afterwards."""
     prefix = f"t{uuid.uuid4().hex[:8]}-"
     yield prefix
-    for pattern in (f"rq:*{prefix}*", f"rq:job:{prefix}*", f"rq:results:{prefix}*"):
-        keys = list(redis_target.client.scan_iter(match=pattern, count=1000))
-        if keys:
-            redis_target.client.delete(*keys)
+    redis_target.delete_queues(prefix)
 
 
 def web_and_worker_env(app_factory, database_url: str, redis_url: str, primary: Any,
@@ -66,8 +64,7 @@ def web_and_worker_env(app_factory, database_url: str, redis_url: str, primary: 
     """A web app in RQ mode and the environment of worker and CLI processes sharing its database and Redis."""
     app = app_factory(**provider_overrides(primary, REDIS_URL=redis_url, QUEUE_PREFIX=prefix, JOBS_RETRY_BACKOFF=0))
     env = luca_env(DATABASE_URL=database_url, REDIS_URL=redis_url, QUEUE_PREFIX=prefix, JOBS_RETRY_BACKOFF="0",
-                   AI_PROVIDERS="primary", PRIMARY_BASE_URL=primary.url, PRIMARY_MODEL="primary-model",
-                   PRIMARY_API_KEY="test-key")
+                   **provider_env(primary))
     return app, env
 
 
@@ -81,6 +78,7 @@ def ask_while_redis_is_down(web: Flask, kill: Callable[[], None]) -> str:
     return conversation_id
 
 
+@pytest.mark.slow
 def test_a_title_asked_for_while_redis_was_down_exists_within_30_s_of_redis_coming_back(
         app_factory, database_url: str, own_redis, servers) -> None:
     url, start, kill = own_redis
@@ -100,6 +98,7 @@ def test_a_title_asked_for_while_redis_was_down_exists_within_30_s_of_redis_comi
     assert outbox_rows(web) == []
 
 
+@pytest.mark.slow
 def test_jobs_reconcile_right_after_redis_returns_enqueues_the_kept_job_despite_the_grace(
         app_factory, database_url: str, own_redis, servers) -> None:
     url, start, kill = own_redis

@@ -10,7 +10,9 @@ import pytest
 from flask import Flask
 
 from luca.extensions import breakers
-from tests.conftest import Api, RedisTarget, create_user, provider_overrides
+from tests.support.api import Api, signed
+from tests.support.apps import provider_overrides
+from tests.support.services import RedisTarget
 
 
 @pytest.fixture
@@ -18,12 +20,6 @@ def chain_app(app_factory, servers) -> Flask:
     """An app whose providers are primary then backup; breakers open after 3 failures for 1 s."""
     primary, backup = servers
     return app_factory(**provider_overrides(primary, backup, AI_BREAKER_FAIL_MAX=3, AI_BREAKER_RESET_TIMEOUT=1.0))
-
-
-def signed(app: Flask, email: str = "alice@example.com") -> Api:
-    """A signed client of app for a new user."""
-    user_id, token = create_user(app, email)
-    return Api(app.test_client(), token, user_id)
 
 
 def breaker_state(app: Flask, provider: str) -> str:

@@ -21,18 +21,25 @@ from typing import Any
 import pytest
 from rq import Worker
 
-from bench.faults_load import heavy_pdf
 from config import Config
 from luca import sandbox
 from luca.documents import DocumentError, Limits, extract
 from luca.extensions import jobs
 from luca.sandbox import extract_isolated
-from tests.conftest import create_user
-from tests.processes import gunicorn, luca_env
-from tests.test_documents import (PDF, WORD_NAMESPACE, empty_paragraphs_docx, encrypt_pdf, make_docx, make_xlsx,
-                                  make_zip, shared_stream_pdf)
-from tests.test_jobs import Stack, file_status, multipart, signed, upload
-from tests.test_jobs import stack as stack  # noqa: F401 - the fixture: a real RQ worker's environment
+from tests.support.api import create_user, file_status, multipart, signed, upload
+from tests.support.documents import (
+    PDF,
+    WORD_NAMESPACE,
+    empty_paragraphs_docx,
+    encrypt_pdf,
+    heavy_pdf,
+    make_docx,
+    make_xlsx,
+    make_zip,
+    shared_stream_pdf,
+)
+from tests.support.jobs import Stack
+from tests.support.processes import gunicorn, luca_env
 
 CPU_SECONDS = Config.DOCUMENT_CPU_SECONDS
 HOSTILE: dict[str, tuple[Callable[[], bytes], str]] = {
@@ -248,7 +255,7 @@ def test_hostile_uploads_fail_naming_their_limit_and_the_worker_stays_small(stac
         if watcher.is_alive():
             watcher.join()
         worker.send_signal(signal.SIGTERM)
-        worker.communicate(timeout=30)
+        worker.wait(timeout=30)
     for name, (status, seconds) in outcomes.items():
         assert (status["status"], status["error"]) == ("failed", HOSTILE[name][1])
         assert seconds < CPU_SECONDS + 5, (name, seconds)

@@ -33,7 +33,8 @@ from schemathesis.specs.openapi.checks import ignored_auth
 
 from config import TestConfig
 from luca import create_app
-from tests.conftest import Api, close_app, create_user
+from tests.support.api import Api, create_user
+from tests.support.apps import close_app
 
 MAX_EXAMPLES = 50  # per operation and database, in the fuzzing phase (the coverage phase adds its own cases)
 

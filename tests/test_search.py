@@ -1,7 +1,7 @@
 """Full-text search over titles and messages, ranked, highlighted and scoped to one user."""
 from __future__ import annotations
 
-from tests.conftest import Api
+from tests.support.api import Api
 
 
 def hits(api: Api, query: str) -> list[dict]:

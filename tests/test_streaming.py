@@ -1,22 +1,14 @@
 """Streamed answers (Server-Sent Events): order, fallback before the first delta, cuts, disconnects."""
 from __future__ import annotations
 
-import json
 
 import pytest
 from flask import Flask
 
 from luca.extensions import breakers
-from tests.conftest import Api, create_user, provider_overrides
-
-
-def parse_events(text: str) -> list[tuple[str, dict]]:
-    """Split an SSE body into (event, data) pairs."""
-    events = []
-    for block in text.strip().split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
-        events.append((fields["event"], json.loads(fields["data"])))
-    return events
+from tests.support.api import Api, create_user
+from tests.support.apps import provider_overrides
+from tests.support.sse import parse_events
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Api
+from tests.support.api import Api
 
 DAY = "2024-01-01T00:00:00"
 UUID = "8f0e0c1e-0000-4000-8000-000000000000"
@@ -178,6 +178,7 @@ def requests_for(text: str, conversation_id: str) -> Iterator[tuple[str, str, di
     yield "patch", f"/api/conversations/{conversation_id}", {"data": body}
 
 
+@pytest.mark.slow
 def test_random_json_as_cursor_filter_or_body_never_gets_a_5xx(make_api) -> None:
     admin = make_api("root@example.com", admin=True)
     conversation = admin.new_conversation(metadata={"client": {"id": 7}})

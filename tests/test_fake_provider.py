@@ -1,4 +1,4 @@
-"""The local OpenAI-compatible test server, driven through the real openai SDK and plain HTTP."""
+"""The fake AI provider (tests/support/provider.py), driven through the real openai SDK and plain HTTP."""
 from __future__ import annotations
 
 import json
@@ -13,20 +13,20 @@ from typing import Any
 import openai
 import pytest
 
-from luca.ai.testserver import TestServer
+from tests.support.provider import FakeProvider
 
 MESSAGES = [{"role": "system", "content": "You are Luca."}, {"role": "user", "content": "What is VAT?"}]
 
 
 @pytest.fixture
-def server() -> Iterator[TestServer]:
+def server() -> Iterator[FakeProvider]:
     """A running test server named 'fake'."""
-    with TestServer(name="fake") as running:
+    with FakeProvider(name="fake") as running:
         yield running
 
 
 @pytest.fixture
-def client(server: TestServer) -> Iterator[openai.OpenAI]:
+def client(server: FakeProvider) -> Iterator[openai.OpenAI]:
     """An openai client for the server, without retries."""
     with openai.OpenAI(base_url=server.url, api_key="test", max_retries=0, timeout=5) as sdk:
         yield sdk
@@ -37,7 +37,7 @@ def ask(client: openai.OpenAI, **options: Any) -> Any:
     return client.chat.completions.create(model="gpt-test", messages=MESSAGES, **options)
 
 
-def http(server: TestServer, method: str, path: str, payload: Any = None) -> tuple[int, Any]:
+def http(server: FakeProvider, method: str, path: str, payload: Any = None) -> tuple[int, Any]:
     """A plain HTTP call to the server: status and decoded JSON body."""
     base = server.url.removesuffix("/v1")
     data = None if payload is None else json.dumps(payload).encode()
@@ -65,7 +65,7 @@ def test_answer_echoes_question_and_model_with_usage(client: openai.OpenAI) -> N
     assert result.usage.total_tokens == prompt + len(text) // 4 + 1
 
 
-def test_fixed_answer_setting(server: TestServer, client: openai.OpenAI) -> None:
+def test_fixed_answer_setting(server: FakeProvider, client: openai.OpenAI) -> None:
     server.configure(answer="Forty-two.")
     assert ask(client).choices[0].message.content == "Forty-two."
 
@@ -90,7 +90,7 @@ def test_stream_sends_usage_chunk_when_asked(client: openai.OpenAI) -> None:
     assert chunks[-1].usage.total_tokens == chunks[-1].usage.prompt_tokens + chunks[-1].usage.completion_tokens
 
 
-def test_stream_deltas_arrive_over_time(server: TestServer, client: openai.OpenAI) -> None:
+def test_stream_deltas_arrive_over_time(server: FakeProvider, client: openai.OpenAI) -> None:
     server.configure(chunk_delay_ms=50)
     arrivals = []
     with ask(client, stream=True) as stream:
@@ -106,7 +106,7 @@ def test_stream_deltas_arrive_over_time(server: TestServer, client: openai.OpenA
     (429, openai.RateLimitError),
     (400, openai.BadRequestError),
 ])
-def test_status_setting_raises_matching_sdk_error(server: TestServer, client: openai.OpenAI,
+def test_status_setting_raises_matching_sdk_error(server: FakeProvider, client: openai.OpenAI,
                                                   status: int, error: type[Exception]) -> None:
     server.configure(status=status)
     with pytest.raises(error) as caught:
@@ -115,14 +115,14 @@ def test_status_setting_raises_matching_sdk_error(server: TestServer, client: op
     assert server.stats()["by_status"] == {str(status): 1}
 
 
-def test_rate_limit_sends_retry_after(server: TestServer, client: openai.OpenAI) -> None:
+def test_rate_limit_sends_retry_after(server: FakeProvider, client: openai.OpenAI) -> None:
     server.configure(status=429)
     with pytest.raises(openai.RateLimitError) as caught:
         ask(client)
     assert caught.value.response.headers["retry-after"] == "1"
 
 
-def test_wrong_api_key_raises_authentication_error(server: TestServer, client: openai.OpenAI) -> None:
+def test_wrong_api_key_raises_authentication_error(server: FakeProvider, client: openai.OpenAI) -> None:
     server.configure(api_key="secret")
     with pytest.raises(openai.AuthenticationError):
         ask(client)
@@ -130,7 +130,7 @@ def test_wrong_api_key_raises_authentication_error(server: TestServer, client: o
         assert ask(right).choices[0].message.content.startswith("[fake]")
 
 
-def test_fail_next_fails_twice_then_recovers(server: TestServer, client: openai.OpenAI) -> None:
+def test_fail_next_fails_twice_then_recovers(server: FakeProvider, client: openai.OpenAI) -> None:
     server.configure(fail_next=2)
     for _ in range(2):
         with pytest.raises(openai.InternalServerError):
@@ -140,7 +140,7 @@ def test_fail_next_fails_twice_then_recovers(server: TestServer, client: openai.
     assert server.settings()["fail_next"] == 0
 
 
-def test_hang_makes_client_time_out_quickly(server: TestServer) -> None:
+def test_hang_makes_client_time_out_quickly(server: FakeProvider) -> None:
     server.configure(hang_s=2)
     started = time.perf_counter()
     with openai.OpenAI(base_url=server.url, api_key="test", max_retries=0, timeout=0.3) as impatient:
@@ -149,14 +149,14 @@ def test_hang_makes_client_time_out_quickly(server: TestServer) -> None:
     assert time.perf_counter() - started < 1.5
 
 
-def test_drop_raises_connection_error(server: TestServer, client: openai.OpenAI) -> None:
+def test_drop_raises_connection_error(server: FakeProvider, client: openai.OpenAI) -> None:
     server.configure(drop=True)
     with pytest.raises(openai.APIConnectionError) as caught:
         ask(client)
     assert not isinstance(caught.value, openai.APITimeoutError)
 
 
-def test_cut_stream_gives_two_deltas_then_an_error(server: TestServer, client: openai.OpenAI) -> None:
+def test_cut_stream_gives_two_deltas_then_an_error(server: FakeProvider, client: openai.OpenAI) -> None:
     server.configure(cut_after=2)
     deltas = []
     with pytest.raises(openai.APIConnectionError):
@@ -168,7 +168,7 @@ def test_cut_stream_gives_two_deltas_then_an_error(server: TestServer, client: o
     assert server.stats()["completed"] == 0
 
 
-def test_concurrent_calls_overlap(server: TestServer, client: openai.OpenAI) -> None:
+def test_concurrent_calls_overlap(server: FakeProvider, client: openai.OpenAI) -> None:
     server.configure(latency_ms=300)
     with ThreadPoolExecutor(max_workers=8) as pool:
         answers = list(pool.map(lambda _: ask(client).choices[0].message.content, range(8)))
@@ -179,7 +179,7 @@ def test_concurrent_calls_overlap(server: TestServer, client: openai.OpenAI) -> 
     assert stats["completed"] == 8
 
 
-def test_requests_log_keeps_bodies(server: TestServer, client: openai.OpenAI) -> None:
+def test_requests_log_keeps_bodies(server: FakeProvider, client: openai.OpenAI) -> None:
     ask(client, max_tokens=50)
     (body,) = server.requests
     assert body["model"] == "gpt-test"
@@ -187,20 +187,20 @@ def test_requests_log_keeps_bodies(server: TestServer, client: openai.OpenAI) ->
     assert body["max_tokens"] == 50
 
 
-def test_control_endpoint_configures_the_server(server: TestServer, client: openai.OpenAI) -> None:
+def test_control_endpoint_configures_the_server(server: FakeProvider, client: openai.OpenAI) -> None:
     status, settings = http(server, "POST", "/_control", {"answer": "Via HTTP.", "latency_ms": 1})
     assert status == 200
     assert settings["answer"] == "Via HTTP."
     assert ask(client).choices[0].message.content == "Via HTTP."
 
 
-def test_control_endpoint_rejects_unknown_settings(server: TestServer) -> None:
+def test_control_endpoint_rejects_unknown_settings(server: FakeProvider) -> None:
     status, body = http(server, "POST", "/_control", {"colour": "blue"})
     assert status == 400
     assert "colour" in body["error"]["message"]
 
 
-def test_stats_endpoint_reports_and_reset_clears(server: TestServer, client: openai.OpenAI) -> None:
+def test_stats_endpoint_reports_and_reset_clears(server: FakeProvider, client: openai.OpenAI) -> None:
     ask(client)
     with ask(client, stream=True) as stream:
         list(stream)
@@ -215,7 +215,7 @@ def test_stats_endpoint_reports_and_reset_clears(server: TestServer, client: ope
     assert server.settings()["answer"] is None
 
 
-def test_bad_json_and_missing_messages_are_400(server: TestServer) -> None:
+def test_bad_json_and_missing_messages_are_400(server: FakeProvider) -> None:
     request = urllib.request.Request(server.url + "/chat/completions", data=b"{not json", method="POST")
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(request, timeout=5)
@@ -227,7 +227,7 @@ def test_bad_json_and_missing_messages_are_400(server: TestServer) -> None:
     assert "messages" in body["error"]["message"]
 
 
-def test_unknown_path_is_404_and_models_are_listed(server: TestServer) -> None:
+def test_unknown_path_is_404_and_models_are_listed(server: FakeProvider) -> None:
     status, body = http(server, "GET", "/nowhere")
     assert status == 404
     assert "error" in body
@@ -237,7 +237,7 @@ def test_unknown_path_is_404_and_models_are_listed(server: TestServer) -> None:
     assert models["data"][0]["id"]
 
 
-def wait_until_active(server: TestServer) -> None:
+def wait_until_active(server: FakeProvider) -> None:
     """Wait until the server is busy with a request."""
     deadline = time.monotonic() + 5
     while server.stats()["active"] == 0 and time.monotonic() < deadline:
@@ -258,7 +258,7 @@ def call_in_thread(client: openai.OpenAI, errors: list[Exception]) -> threading.
 
 
 def test_stop_is_prompt_while_a_request_hangs() -> None:
-    server = TestServer(hang_s=30).start()
+    server = FakeProvider(hang_s=30).start()
     errors: list[Exception] = []
     with openai.OpenAI(base_url=server.url, api_key="test", max_retries=0, timeout=10) as sdk:
         caller = call_in_thread(sdk, errors)
@@ -271,7 +271,7 @@ def test_stop_is_prompt_while_a_request_hangs() -> None:
     assert len(errors) == 1
 
 
-def test_reset_cuts_short_a_hanging_request_and_forgets_it(server: TestServer, client: openai.OpenAI) -> None:
+def test_reset_cuts_short_a_hanging_request_and_forgets_it(server: FakeProvider, client: openai.OpenAI) -> None:
     server.configure(hang_s=30)
     errors: list[Exception] = []
     caller = call_in_thread(client, errors)

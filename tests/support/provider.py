@@ -1,11 +1,11 @@
-"""A local OpenAI-compatible HTTP server for tests and benchmarks, standard library only.
+"""The fake AI provider: a local OpenAI-compatible HTTP server for tests and benchmarks, standard library only.
 
 It speaks enough of the chat completions API for the official ``openai`` SDK to talk to it
 with ``base_url=server.url``, answers deterministically, and can be told to misbehave
 (latency, error statuses, failures that recover, hangs, dropped connections, cut streams)
 while it runs, through ``configure()`` or ``POST /_control``.
 
-    with TestServer(latency_ms=300, name="fake") as server:
+    with FakeProvider(latency_ms=300, name="fake") as server:
         client = openai.OpenAI(base_url=server.url, api_key="test")
 
 A completion request goes through, in order: ``hang_s`` (sleep), ``drop`` (close without an
@@ -14,7 +14,7 @@ answer), ``api_key`` (401), validation (400), ``fail_next`` (``fail_status``), `
 Stats are settled just before the last bytes of a response go out, so a client that has its
 answer already sees it counted.
 
-Command line: ``python -m luca.ai.testserver --port 8900 --latency-ms 800 --name bench``.
+Command line: ``python -m tests.support.provider --port 8900 --latency-ms 800 --name bench``.
 """
 from __future__ import annotations
 
@@ -119,13 +119,13 @@ class _Call:
 
 
 class _Server(ThreadingHTTPServer):
-    """The HTTP server, knowing the TestServer it belongs to."""
+    """The HTTP server, knowing the FakeProvider it belongs to."""
 
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, owner: TestServer, address: tuple[str, int]) -> None:
+    def __init__(self, owner: FakeProvider, address: tuple[str, int]) -> None:
         self.owner = owner
         super().__init__(address, _Handler)
         # A client may vanish between select() and accept(); a blocking accept would then
@@ -145,8 +145,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     @property
-    def owner(self) -> TestServer:
-        """The TestServer this handler serves."""
+    def owner(self) -> FakeProvider:
+        """The FakeProvider this handler serves."""
         return self.server.owner
 
     def setup(self) -> None:
@@ -309,10 +309,8 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
 
-class TestServer:
+class FakeProvider:
     """A local OpenAI-compatible chat completions server whose behaviour tests can change."""
-
-    __test__ = False  # not a pytest test class
 
     def __init__(self, port: int = 0, latency_ms: int = 0, name: str = "fake", *,
                  verbose: bool = False, **settings: Any) -> None:
@@ -334,7 +332,7 @@ class TestServer:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def start(self) -> TestServer:
+    def start(self) -> FakeProvider:
         """Serve on 127.0.0.1 in a daemon thread; return self."""
         if self._httpd is not None:
             raise RuntimeError("the server is already running")
@@ -343,7 +341,7 @@ class TestServer:
         self._httpd = _Server(self, ("127.0.0.1", self.port))
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"testserver-{self.name}", daemon=True)
+                                        name=f"fake-provider-{self.name}", daemon=True)
         self._thread.start()
         return self
 
@@ -366,7 +364,7 @@ class TestServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> TestServer:
+    def __enter__(self) -> FakeProvider:
         """Start serving."""
         return self.start()
 
@@ -499,7 +497,7 @@ class TestServer:
 
 def main(argv: list[str] | None = None) -> None:
     """Serve until interrupted (the command line entry point)."""
-    parser = argparse.ArgumentParser(description="A local OpenAI-compatible test server.")
+    parser = argparse.ArgumentParser(description="The fake AI provider: a local OpenAI-compatible server.")
     parser.add_argument("--port", type=int, default=8900, help="port on 127.0.0.1 (0 picks a free one)")
     parser.add_argument("--latency-ms", type=int, default=0, help="delay before each answer / first chunk")
     parser.add_argument("--chunk-delay-ms", type=int, default=0, help="delay between streamed chunks")
@@ -508,7 +506,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-key", default=None, help="require this bearer key")
     parser.add_argument("--verbose", action="store_true", help="log every request")
     args = parser.parse_args(argv)
-    server = TestServer(port=args.port, latency_ms=args.latency_ms, name=args.name, verbose=args.verbose,
+    server = FakeProvider(port=args.port, latency_ms=args.latency_ms, name=args.name, verbose=args.verbose,
                         chunk_delay_ms=args.chunk_delay_ms, answer=args.answer, api_key=args.api_key)
     server.start()
     # SIGTERM (e.g. from a benchmark script) stops as cleanly as Ctrl-C.
