@@ -115,6 +115,33 @@ def test_twenty_concurrent_identical_requests_make_exactly_one_provider_call(ded
     assert sum(not a["cached"] for a in answers) == 1
 
 
+def test_waiting_twins_get_the_leaders_answer_even_when_the_cache_lost_it(dedup_app, servers, monkeypatch) -> None:
+    primary, _ = servers
+    primary.configure(latency_ms=500)
+    with dedup_app.app_context():
+        service = cache.of()
+    monkeypatch.setattr(service, "set", lambda *args, **kwargs: None)  # every write lost, as to a failing Redis
+    users = [signed(dedup_app, f"user{i}@example.com") for i in range(5)]
+    conversations = [u.new_conversation()["id"] for u in users]
+    start = threading.Barrier(len(users))
+    answers: list[dict] = []
+
+    def ask(api: Api, conversation: str) -> None:
+        client = dedup_app.test_client()
+        start.wait()
+        response = client.post(f"/api/conversations/{conversation}/messages",
+                               json={"content": "Is a gym membership deductible?"}, headers=api.headers())
+        answers.append(response.get_json()["answer"])
+
+    threads = [threading.Thread(target=ask, args=pair) for pair in zip(users, conversations)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert primary.stats()["requests"] == 1
+    assert sum(not a["cached"] for a in answers) == 1
+
+
 def test_concurrent_identical_requests_in_two_processes_make_one_call(app_factory, servers,
                                                                       redis_target: RedisTarget) -> None:
     primary, _ = servers

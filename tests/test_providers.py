@@ -66,14 +66,18 @@ def test_context_stays_within_the_token_budget(app_factory, servers) -> None:
 
 def test_concurrent_messages_through_one_provider_overlap(chain_app, servers) -> None:
     primary, _ = servers
-    primary.configure(latency_ms=300)
+    # Long enough that all eight are in flight together even on a loaded machine; a breaker that
+    # serialised calls would show one at a time whatever the latency.
+    primary.configure(latency_ms=1500)
     # Eight users: one user may have only AI_MAX_CONCURRENT_PER_USER (3) answers in flight.
     users = [signed(chain_app, f"user{i}@example.com") for i in range(8)]
     conversations = [(api, api.new_conversation()["id"]) for api in users]
     statuses: list[int] = []
+    start = threading.Barrier(len(conversations))
 
     def send(api: Api, conversation_id: str) -> None:
         client = chain_app.test_client()
+        start.wait()
         response = client.post(f"/api/conversations/{conversation_id}/messages",
                                json={"content": f"question for {conversation_id}"}, headers=api.headers())
         statuses.append(response.status_code)

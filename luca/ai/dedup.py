@@ -17,7 +17,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
 
 from flask import Flask
@@ -47,6 +47,14 @@ def answer_key(route: Sequence[Provider], context: list[ChatMessage], user_id: i
     return cache_key("ai", f"user{user_id}" if private else "shared", digest)
 
 
+@dataclass
+class Flight:
+    """One answer being computed in this process: set when it ends, with the answer if there is one."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    answer: Completion | None = None
+
+
 class Deduplicator:
     """Serves repeated answers from the cache and collapses concurrent identical calls into one."""
 
@@ -55,7 +63,7 @@ class Deduplicator:
         self.ttl: int = app.config["AI_DEDUP_TTL"]
         self.wait_seconds: float = app.config["AI_DEDUP_WAIT"]
         self.lock_seconds: float = app.config["AI_TIMEOUT"] + 5  # the longest a leader may compute
-        self._inflight: dict[str, threading.Event] = {}
+        self._inflight: dict[str, Flight] = {}
         self._owned: set[str] = set()
         self._lock = threading.Lock()
 
@@ -78,7 +86,11 @@ class Deduplicator:
         return completion, False
 
     def store(self, key: str, completion: Completion) -> None:
-        """Keep an answer for later identical contexts."""
+        """Keep an answer for later identical contexts (and hand it to this process's waiting twins)."""
+        with self._lock:
+            flight = self._inflight.get(key)
+            if flight is not None:
+                flight.answer = completion
         self.cache.set(key, asdict(completion), ttl=self.ttl)
 
     # -- single flight -----------------------------------------------------------------
@@ -94,12 +106,12 @@ class Deduplicator:
             self.cache.count("dedup.hits")
             return hit, False
         with self._lock:
-            event = self._inflight.get(key)
-            if event is None:
-                self._inflight[key] = threading.Event()
-        if event is not None:  # a thread of this process is on it
-            event.wait(self.wait_seconds)
-            return self._answered_meanwhile(key), False
+            flight = self._inflight.get(key)
+            if flight is None:
+                self._inflight[key] = Flight()
+        if flight is not None:  # a thread of this process is on it
+            flight.done.wait(self.wait_seconds)
+            return self._answered_meanwhile(key, flight), False
         if self._lock_across_processes(key):
             self.cache.count("dedup.misses")
             return None, True
@@ -123,8 +135,9 @@ class Deduplicator:
                 pass
         self._finish_local(key)
 
-    def _answered_meanwhile(self, key: str) -> Completion | None:
-        hit = self.cached(key)
+    def _answered_meanwhile(self, key: str, flight: Flight) -> Completion | None:
+        # The twin's answer itself, so a Redis that failed to store or to read it costs no second call.
+        hit = flight.answer or self.cached(key)
         self.cache.count("dedup.waited" if hit else "dedup.misses")
         return hit
 
@@ -165,9 +178,9 @@ class Deduplicator:
 
     def _finish_local(self, key: str) -> None:
         with self._lock:
-            event = self._inflight.pop(key, None)
-        if event:
-            event.set()
+            flight = self._inflight.pop(key, None)
+        if flight:
+            flight.done.set()
 
 
 class ReplayStream:
