@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
@@ -14,7 +14,8 @@ from werkzeug.routing import IntegerConverter, Rule, UUIDConverter
 
 from luca.errors import APIError, not_found
 from luca.extensions import openapi
-from luca.schemas import MessageOut
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 # The largest id a row can have (BIGINT on PostgreSQL, INTEGER on SQLite: both signed 64-bit).
 MAX_ID = 2**63 - 1
@@ -32,7 +33,9 @@ class EndpointSpec:
     content_type: str = "application/json"
     optional_body: bool = False
     upload: str | None = None  # the multipart field of an upload endpoint
-    extra_responses: dict[int, str] = field(default_factory=dict)
+    # Server-Sent Events the endpoint may answer instead (200, text/event-stream), by event name.
+    events: Mapping[str, type[BaseModel]] | None = None
+    events_description: str = "Server-Sent Events"
 
 
 def validation_details(exc: ValidationError) -> list[dict[str, str]]:
@@ -79,7 +82,7 @@ def to_response(result: Any, status: int) -> Any:
     return result
 
 
-def endpoint(**spec_args: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def endpoint(**spec_args: Any) -> Decorator:
     """Declare an endpoint's body, query and response models; validated values arrive as kwargs."""
     spec = EndpointSpec(**spec_args)
 
@@ -102,6 +105,15 @@ def endpoint(**spec_args: Any) -> Callable[[Callable[..., Any]], Callable[..., A
     return decorate
 
 
+def endpoints(errors: tuple[int, ...]) -> Callable[..., Decorator]:
+    """A blueprint's endpoint(): the same, with the errors every endpoint of the blueprint may answer added."""
+
+    def blueprint_endpoint(**spec_args: Any) -> Decorator:
+        return endpoint(**{**spec_args, "errors": (*errors, *spec_args.get("errors", ()))})
+
+    return blueprint_endpoint
+
+
 ERROR_DESCRIPTIONS = {
     400: "Bad request (malformed JSON, invalid cursor)",
     401: "Missing, wrong or revoked token",
@@ -113,8 +125,8 @@ ERROR_DESCRIPTIONS = {
     429: "Too many requests (a budget of this user, or of this address's failed authentications); see Retry-After",
     503: "A dependency is unavailable; see Retry-After",
 }
-# Any endpoint under /api may answer these: it needs a token (401, and 429 once this address has used up its
-# failed-authentication budget), may name an unknown row (404) and needs the database (503).
+# Any endpoint of a blueprint behind a token may answer these: it needs the token (401, and 429 once this
+# address has used up its failed-authentication budget), may name an unknown row (404) and needs the database (503).
 API_ERRORS = (401, 404, 429, 503)
 # An endpoint that reads a body may also answer these.
 BODY_ERRORS = (400, 413, 415, 422)
@@ -122,36 +134,24 @@ RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying aga
                                "schema": {"type": "integer", "minimum": 1}}}
 
 
-def event_stream(message: dict[str, Any]) -> dict[str, Any]:
-    """The Server-Sent Events of a streamed answer (see luca.conversations.answers); data is JSON.
+def event_stream(events: Mapping[str, type[BaseModel]], refs: Mapping[tuple[type[BaseModel], str], Any]
+                 ) -> dict[str, Any]:
+    """The schema of a text/event-stream response: one of the events, each named, its data one model as JSON.
 
     In OpenAPI 3.1 the schema of a text/event-stream response describes one event.
     """
-    def event(name: str, required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
-        return {"type": "object", "required": ["event", "data"], "properties": {
-            "event": {"const": name},
-            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": {
-                "type": "object", "required": required, "properties": properties}}}}
-
     return {"oneOf": [
-        event("start", ["conversation_id", "message", "provider", "model", "cached"], {
-            "conversation_id": {"type": "string", "format": "uuid"}, "message": message,
-            "provider": {"type": "string"}, "model": {"type": "string"}, "cached": {"type": "boolean"}}),
-        event("delta", ["text"], {"text": {"type": "string"}}),
-        event("end", ["message"], {"message": message}),
-        event("error", ["code", "message"], {"code": {"type": "string"}, "message": {"type": "string"},
-                                             "answer": message}),
+        {"type": "object", "required": ["event", "data"], "properties": {
+            "event": {"const": name},
+            "data": {"type": "string", "contentMediaType": "application/json",
+                     "contentSchema": refs[(model, "serialization")]}}}
+        for name, model in events.items()
     ]}
-
-
-def streams(spec: EndpointSpec) -> bool:
-    """Whether the endpoint answers 200 with Server-Sent Events when its body says "stream": true."""
-    return spec.body is not None and "stream" in spec.body.model_fields
 
 
 def openapi_document(app: Flask) -> dict[str, Any]:
     """Build the OpenAPI 3.1 document from every endpoint that declares a spec."""
-    specs: list[tuple[str, str, Callable[..., Any], EndpointSpec, list[dict[str, Any]]]] = []
+    specs: list[tuple[str, str, Rule, Callable[..., Any], EndpointSpec]] = []
     for rule in app.url_map.iter_rules():
         view = app.view_functions.get(rule.endpoint)
         spec = getattr(view, "api_spec", None)
@@ -159,25 +159,24 @@ def openapi_document(app: Flask) -> dict[str, Any]:
             continue
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
-            specs.append((path, method.lower(), view, spec, path_parameters(rule)))
+            specs.append((path, method.lower(), rule, view, spec))
 
-    wanted = {(s.body, "validation") for _, _, _, s, _ in specs if s.body is not None}
-    wanted |= {(s.response, "serialization") for _, _, _, s, _ in specs if s.response is not None}
+    wanted = {(s.body, "validation") for *_, s in specs if s.body is not None}
+    wanted |= {(s.response, "serialization") for *_, s in specs if s.response is not None}
+    wanted |= {(model, "serialization") for *_, s in specs for model in (s.events or {}).values()}
     wanted.add((ErrorBody, "serialization"))
-    if any(streams(s) for _, _, _, s, _ in specs):
-        wanted.add((MessageOut, "serialization"))
     refs, schema = models_json_schema(sorted(wanted, key=lambda pair: (pair[0].__name__, pair[1])),
                                       ref_template="#/components/schemas/{model}")
     components = schema.get("$defs", {})
 
     paths: dict[str, dict[str, Any]] = {}
-    for path, method, view, spec, params in specs:
+    for path, method, rule, view, spec in specs:
         doc = (view.__doc__ or "").strip()
         operation: dict[str, Any] = {
-            "operationId": f"{view.__module__.split('.')[-2]}_{view.__name__}_{method}",
+            "operationId": f"{rule.endpoint.replace('.', '_')}_{method}",
             "summary": doc.splitlines()[0] if doc else view.__name__,
             "tags": [path.split("/")[2] if path.count("/") > 1 else "api"],
-            "parameters": params + query_parameters(spec.query),
+            "parameters": path_parameters(rule) + query_parameters(spec.query),
             "responses": {},
         }
         if spec.upload:
@@ -191,15 +190,10 @@ def openapi_document(app: Flask) -> dict[str, Any]:
         if spec.response is not None:
             ok["content"] = {spec.content_type: {"schema": refs[(spec.response, "serialization")]}}
         operation["responses"][str(spec.status)] = ok
-        for status, description in spec.extra_responses.items():
-            operation["responses"][str(status)] = {"description": description}
-        if streams(spec):
-            operation["responses"].setdefault("200", {"description": "With stream: true, Server-Sent Events"})
-            operation["responses"]["200"]["content"] = {"text/event-stream": {
-                "schema": event_stream(refs[(MessageOut, "serialization")])}}
+        if spec.events:
+            operation["responses"]["200"] = {"description": spec.events_description, "content": {
+                "text/event-stream": {"schema": event_stream(spec.events, refs)}}}
         errors = set(spec.errors)
-        if path.startswith("/api"):
-            errors.update(API_ERRORS)
         if spec.body is not None or spec.upload:
             errors.update(BODY_ERRORS)
         for status in sorted(errors):

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from cachelib.serializers import RedisSerializer
 from flask import Flask
 from flask_caching import Cache
 
@@ -54,10 +55,18 @@ class CacheService:
         self.memory = Cache(config={"CACHE_TYPE": "SimpleCache", "CACHE_THRESHOLD": config["CACHE_MEMORY_ITEMS"],
                                     "CACHE_DEFAULT_TIMEOUT": self.fallback_ttl})
         self.memory.init_app(app)
+        # Owned here, as Flask-Caching has no way to count a SimpleCache's keys: the service notes the keys
+        # it puts in memory and counts those the tier still has (memory_keys).
+        self._memory_keys: set[str] = set()
+        self._memory_items: int = config["CACHE_MEMORY_ITEMS"]
+        # Public API: the shared tier's serializer is handed to Flask-Caching (its CACHE_SERIALIZER setting),
+        # so a value the versioned-get script reads past Flask-Caching is decoded by that same serializer.
+        self.serializer = RedisSerializer()
         self.shared: Cache | None = None
         if self.redis is not None:
             self.shared = Cache(config={"CACHE_TYPE": "RedisCache", "CACHE_REDIS_HOST": self.redis,
-                                        "CACHE_KEY_PREFIX": self.redis_key(""), "CACHE_DEFAULT_TIMEOUT": self.ttl})
+                                        "CACHE_KEY_PREFIX": self.redis_key(""), "CACHE_DEFAULT_TIMEOUT": self.ttl,
+                                        "CACHE_SERIALIZER": self.serializer})
             self.shared.init_app(app)
         self._redis_ok: bool | None = None  # None until the first command
         self._counts: Counter[str] = Counter()
@@ -93,6 +102,20 @@ class CacheService:
             log.info("[Redis] Connected successfully%s", " (the cache uses Redis again)" if previous is False else "")
         else:
             log.warning("[Cache] Redis unavailable (%s); using the in-process cache", type(exc).__name__)
+
+    def _remember(self, key: str, value: Any, ttl: int) -> None:
+        """Keep value in process memory for ttl seconds, and note its key."""
+        self.memory.set(key, value, timeout=ttl)
+        with self._lock:
+            self._memory_keys.add(key)
+            if len(self._memory_keys) > 2 * self._memory_items:  # the tier drops keys by itself; so must the notes
+                self._memory_keys = {k for k in self._memory_keys if self.memory.has(k)}
+
+    def memory_keys(self) -> int:
+        """How many keys process memory holds (unexpired; public has() asked for each key put there)."""
+        with self._lock:
+            self._memory_keys = {k for k in self._memory_keys if self.memory.has(k)}
+            return len(self._memory_keys)
 
     def count(self, what: str) -> None:
         """Add one to a named statistic (shared through Redis every few seconds)."""
@@ -135,7 +158,7 @@ class CacheService:
                 return value
         ok, value = self._redis_call(lambda c: c.get(key))
         if ok and near and value is not None and self.near_ttl:
-            self.memory.set(key, value, timeout=self.near_ttl)
+            self._remember(key, value, self.near_ttl)
         tier = "redis" if ok else "memory"
         if not ok:
             value = self.memory.get(key)
@@ -156,7 +179,7 @@ class CacheService:
         if not ok:
             ttl = min(ttl, self.fallback_ttl, self.near_ttl if near else ttl)
             if ttl > 0:  # SimpleCache keeps a 0 timeout forever
-                self.memory.set(key, value, timeout=ttl)
+                self._remember(key, value, ttl)
         log.debug("[Cache] Set %s (TTL: %ss)", key, ttl)
 
     def delete(self, *keys: str) -> bool:
@@ -165,6 +188,8 @@ class CacheService:
             return True
         ok, _ = self._redis_call(lambda c: c.delete_many(*keys))
         self.memory.delete_many(*keys)
+        with self._lock:
+            self._memory_keys.difference_update(keys)
         return ok or self.shared is None
 
     def user_version(self, user_id: int) -> int:
@@ -188,7 +213,7 @@ class CacheService:
             ok, found = self._redis_call(lambda c: script(keys=[self.redis_key(cache_key("ver", user_id))],
                                                           args=[self.redis_key(stem), tail]))
             if ok:
-                value = self.shared.cache.serializer.loads(found[1])
+                value = self.serializer.loads(found[1])
                 self.count(f"redis.{'hits' if value is not None else 'misses'}")
                 return stem + (found[0] or b"0").decode() + tail, value
         key = cache_key(kind, user_id, f"v{self.user_version(user_id)}", *parts)
@@ -206,7 +231,7 @@ class CacheService:
         key = cache_key("ver", user_id)
         with self._lock:
             self._memory_versions[key] = self._memory_versions.get(key, 0) + 1
-        self._redis_call(lambda c: c.cache.inc(key))
+        self._redis_call(lambda c: c.cache.inc(key))  # Cache.cache: Flask-Caching's public door to the backend
 
     def counts(self) -> Counter[str]:
         """Every statistic: the shared totals when Redis answers, else this process's own."""
@@ -241,7 +266,7 @@ class CacheService:
         return {
             "enabled": not self.disabled,
             "hitRate": rate(all_hits, all_misses),
-            "memory": {**tier("memory"), "keys": len(getattr(self.memory.cache, "_cache", {}))},
+            "memory": {**tier("memory"), "keys": self.memory_keys()},
             "redis": {**tier("redis"), "configured": self.shared is not None, "status": self._redis_status(),
                       "ready": self.shared is not None and breaker.redis_available(),
                       "breaker": breaker.current_state},
@@ -263,6 +288,7 @@ class CacheService:
         self.memory.clear()
         with self._lock:
             self._memory_versions.clear()
+            self._memory_keys.clear()
         if self.redis is None:
             return 0
         deleted = 0

@@ -7,7 +7,8 @@ process (the handler, the filters) is set up once, however many apps a process b
   host (gunicorn --log-config, pytest) already put handlers on the root logger, those are
   kept and Luca adds none; LOG_FORMAT and LOG_LEVEL then apply only to gunicorn's loggers.
 - LOG_FORMAT=text (default) writes "time LEVEL logger: message"; LOG_FORMAT=json writes one
-  JSON object per line: time, level, logger, message, exc_info, request_id and extra fields.
+  JSON object per line (python-json-logger's formatter): time, level, logger, message, exc_info,
+  request_id and extra fields.
 - RedactSecrets, on every handler Luca configures and on the root logger's existing
   handlers, rewrites each record so that API tokens, Authorization values, passwords in
   URLs and DSNs, provider keys and the app's configured secret values never reach a line,
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import re
 import sys
@@ -35,6 +35,7 @@ from urllib.parse import unquote, urlsplit
 
 from flask import Flask, g, has_request_context, request
 from flask.wrappers import Response
+from pythonjsonlogger import json as jsonlogger
 
 log = logging.getLogger(__name__)
 
@@ -231,30 +232,49 @@ def current_request_id() -> str | None:
     return g.request_id
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, exc_info, request_id, extra fields."""
+# Luca's own fields of a JSON line; an extra field of the same name is written as extra_<name>
+# (through rename_fields, and for request_id, which only a request has, in add_fields).
+_JSON_FIELDS = ("time", "level", "logger", "message", "exc_info", "stack_info", "request_id")
+
+
+class JsonFormatter(jsonlogger.JsonFormatter):
+    """One JSON object per line: time, level, logger, message, exc_info, request_id, extra fields.
+
+    python-json-logger gathers the fields and the extra ones; Luca's part is the redaction
+    and escaping (redact_record, _jsonable), the UTC time and the request id.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            ["asctime", "levelname", "name", "message"],
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger",
+                           **{name: f"extra_{name}" for name in ("time", "level", "logger")}},
+            reserved_attrs=sorted(_STANDARD_ATTRIBUTES), json_default=str)
 
     def format(self, record: logging.LogRecord) -> str:
         """Format a redacted record as a JSON line."""
         redact_record(record)
-        payload: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
-                    .replace("+00:00", "Z"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_text:
-            payload["exc_info"] = record.exc_text
-        if record.stack_info:
-            payload["stack_info"] = record.stack_info
+        return super().format(record)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """The record's time in UTC, to the millisecond: 2024-05-01T12:00:00.123Z."""
+        return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def formatException(self, ei: Any) -> str:
+        """Nothing: redact_record already wrote the redacted traceback to exc_text, which the base class takes."""
+        return ""
+
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
+        """Luca's fields, then the extra ones (redacted and escaped like the message), then the request id."""
+        super().add_fields(log_data, record, message_dict)
+        for key, value in log_data.items():
+            if key not in _JSON_FIELDS:
+                log_data[key] = _jsonable(value)
         request_id = current_request_id()
         if request_id is not None:
-            payload["request_id"] = request_id
-        for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRIBUTES and not key.startswith("_"):
-                payload[f"extra_{key}" if key in payload else key] = _jsonable(value)
-        return json.dumps(payload, default=str)
+            if "request_id" in log_data:
+                log_data["extra_request_id"] = log_data.pop("request_id")
+            log_data["request_id"] = request_id
 
 
 class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]

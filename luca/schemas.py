@@ -162,6 +162,41 @@ class MessageOut(Out):
     created_at: UTCDateTime
 
 
+class StartEvent(BaseModel):
+    """The first event of a streamed answer: the stored question, and who answers it."""
+
+    conversation_id: uuid.UUID
+    message: MessageOut
+    provider: str
+    model: str
+    cached: bool
+
+
+class DeltaEvent(BaseModel):
+    """The next piece of the answer's text."""
+
+    text: str
+
+
+class EndEvent(BaseModel):
+    """The last event of a whole answer: the stored answer."""
+
+    message: MessageOut
+
+
+class ErrorEvent(BaseModel):
+    """The last event of an answer cut off: the part received, stored as incomplete."""
+
+    code: str
+    message: str
+    answer: MessageOut
+
+
+# The Server-Sent Events of a streamed answer by name: start, delta..., then end or error.
+ANSWER_EVENTS: dict[str, type[BaseModel]] = {"start": StartEvent, "delta": DeltaEvent, "end": EndEvent,
+                                             "error": ErrorEvent}
+
+
 class MessagePage(BaseModel):
     """A page of messages; pass next_cursor back as cursor for the next one."""
 

@@ -176,6 +176,21 @@ def test_stats_count_hits_and_misses_per_tier(tier_app, request) -> None:
     assert set(stats) >= {"memory", "redis", "dedup"}
 
 
+@pytest.mark.sqlite_only
+def test_stats_count_the_keys_the_memory_tier_holds(app_factory) -> None:
+    app = app_factory()  # no Redis: every value is kept in memory
+    service = cache.of(app)
+    with app.app_context():
+        service.set("a", 1)
+        service.set("b", {"x": 2})
+        service.set("b", {"x": 3})
+        assert service.get_stats()["memory"]["keys"] == 2
+        service.delete("a")
+        assert service.get_stats()["memory"]["keys"] == 1
+        service.clear()
+        assert service.get_stats()["memory"]["keys"] == 0
+
+
 def test_a_redis_killed_mid_test_never_fails_a_request_and_is_used_again_when_back(app_factory, own_redis,
                                                                                      caplog) -> None:
     url, start, kill = own_redis

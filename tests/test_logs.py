@@ -152,6 +152,23 @@ def test_json_format_puts_the_redacted_traceback_in_exc_info(
     assert "luca:***@db" in line["exc_info"] and "hunter2secret" not in line["exc_info"]
 
 
+def test_json_extra_fields_named_like_lucas_own_are_written_as_extra_fields(
+        luca_owns_root: Callable[[], AbstractContextManager[None]], capsys: pytest.CaptureFixture[str]) -> None:
+    with luca_owns_root():
+        app = bare_app(LOG_FORMAT="json")
+        configure_logging(app)
+        extra = {"time": "noon", "level": "high", "logger": "me", "request_id": "forged"}
+        log.info("outside", extra=extra)
+        with app.test_request_context(headers={"X-Request-ID": "req-9"}):
+            log.info("inside", extra=extra)
+    outside, inside = json_lines(capsys.readouterr().err)
+    assert outside["level"] == "INFO" and outside["logger"] == "luca.test_logs" and outside["time"].endswith("Z")
+    assert {k: outside[k] for k in ("extra_time", "extra_level", "extra_logger")} == {
+        "extra_time": "noon", "extra_level": "high", "extra_logger": "me"}
+    assert outside["request_id"] == "forged"  # outside a request the name is free
+    assert inside["request_id"] == "req-9" and inside["extra_request_id"] == "forged"
+
+
 def test_text_format_is_the_default(luca_owns_root: Callable[[], AbstractContextManager[None]],
                                     capsys: pytest.CaptureFixture[str]) -> None:
     with luca_owns_root():

@@ -8,8 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from luca import analytics, extensions
-from luca.admin import bp
-from luca.api import endpoint
+from luca.admin import bp, endpoint
 from luca.errors import APIError, not_found
 from luca.extensions import cache, db, jobs
 from luca.models import User, utcnow

@@ -2,7 +2,6 @@
 deduplicated unless opted out."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 import weakref
@@ -11,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from flask import Response, stream_with_context
+from pydantic import BaseModel
 
 from luca.ai import chain
 from luca.ai.base import ChatMessage, Completion, estimate_tokens
@@ -21,7 +21,7 @@ from luca.errors import APIError
 from luca.extensions import cache, dedup, providers, slots
 from luca.jobs.tasks import enqueue_title
 from luca.models import Conversation, Message
-from luca.schemas import Exchange, MessageOut
+from luca.schemas import ANSWER_EVENTS, DeltaEvent, EndEvent, ErrorEvent, Exchange, MessageOut, StartEvent
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +29,13 @@ log = logging.getLogger(__name__)
 SLOT_RETRY_AFTER = 5
 
 
-def sse(event: str, data: Any) -> str:
-    """One Server-Sent Event."""
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+# The event name of each model in ANSWER_EVENTS, the table the OpenAPI document is built from.
+EVENT_NAMES = {model: name for name, model in ANSWER_EVENTS.items()}
 
 
-def message_json(message: Message) -> Any:
-    """A message as JSON-ready data."""
-    return MessageOut.model_validate(message).model_dump(mode="json")
+def sse(data: BaseModel) -> str:
+    """One Server-Sent Event of an answer stream, named for its model; the data is the model as JSON."""
+    return f"event: {EVENT_NAMES[type(data)]}\ndata: {data.model_dump_json(ensure_ascii=True)}\n\n"
 
 
 def unavailable(exc: ProvidersUnavailable, question: Message) -> APIError:
@@ -150,19 +149,18 @@ def stream_response(conversation: Conversation, question: Message, context: list
         saved = False
         deltas = iter(stream)
         try:
-            yield sse("start", {"conversation_id": str(conversation.id), "message": message_json(question),
-                                "provider": stream.provider.name, "model": stream.provider.model,
-                                "cached": cached})
+            yield sse(StartEvent(conversation_id=conversation.id, message=MessageOut.model_validate(question),
+                                 provider=stream.provider.name, model=stream.provider.model, cached=cached))
             for delta in deltas:
                 parts.append(delta)
-                yield sse("delta", {"text": delta})
+                yield sse(DeltaEvent(text=delta))
         except Exception as exc:  # noqa: BLE001 - the provider broke off after the first delta
             log.warning("[AI] %s stream broke off (%s)", stream.provider.name, type(exc).__name__)
             saved = True
             partial = save(parts, "incomplete")
-            yield sse("error", {"code": "stream_interrupted",
-                                "message": "the answer was cut off; the part received is saved as incomplete",
-                                "answer": message_json(partial)})
+            yield sse(ErrorEvent(code="stream_interrupted",
+                                 message="the answer was cut off; the part received is saved as incomplete",
+                                 answer=MessageOut.model_validate(partial)))
             return
         finally:
             close = getattr(deltas, "close", None)
@@ -176,7 +174,7 @@ def stream_response(conversation: Conversation, question: Message, context: list
         saved = True
         answer = save(parts, "complete")
         enqueue_title(conversation)
-        yield sse("end", {"message": message_json(answer)})
+        yield sse(EndEvent(message=MessageOut.model_validate(answer)))
 
     return Response(events(), status=200, mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -7,9 +7,8 @@ import uuid
 from flask import current_app, request
 from sqlalchemy import select
 
-from luca.api import endpoint
 from luca.auth import current_user
-from luca.conversations import bp
+from luca.conversations import bp, endpoint
 from luca.conversations.service import get_conversation
 from luca.errors import APIError, not_found
 from luca.extensions import db

@@ -16,16 +16,16 @@ from sqlalchemy.exc import SQLAlchemyError
 from luca import search
 from luca.ai.base import ChatMessage
 from luca.ai.context import build_context
-from luca.api import endpoint
 from luca.auth import current_user
 from luca.cache import cache_key
-from luca.conversations import answers, bp, service
+from luca.conversations import answers, bp, endpoint, service
 from luca.conversations.files import documents_context
 from luca.errors import APIError, is_database_unavailable, rollback_quietly
 from luca.extensions import cache
 from luca.limits import rate_limit
 from luca.models import Conversation, Message
 from luca.schemas import (
+    ANSWER_EVENTS,
     ConversationCreate,
     ConversationListQuery,
     ConversationOut,
@@ -184,7 +184,8 @@ def wants_cache(body: MessageCreate | RetryRequest) -> bool:
 @bp.post("/conversations/<uuid:conversation_id>/messages")
 @rate_limit("messages")
 @endpoint(body=MessageCreate, response=Exchange, status=201, errors=(400, 413, 415, 422, 429, 503),
-          extra_responses={200: "With stream: true, Server-Sent Events: start, delta..., end or error"})
+          events=ANSWER_EVENTS,
+          events_description="With stream: true, Server-Sent Events: start, delta..., end or error")
 def send_message(conversation_id: uuid.UUID, body: MessageCreate) -> Any:
     """Ask a question: it is stored, the AI answers (whole, or streamed with stream: true)."""
     content = question_text(body)
@@ -202,7 +203,7 @@ def send_message(conversation_id: uuid.UUID, body: MessageCreate) -> Any:
 @bp.post("/conversations/<uuid:conversation_id>/messages/<int:message_id>/retry")
 @rate_limit("messages")
 @endpoint(body=RetryRequest, optional_body=True, response=Exchange, status=201, errors=(400, 415, 422, 429, 503),
-          extra_responses={200: "With stream: true, Server-Sent Events as for sending a message"})
+          events=ANSWER_EVENTS, events_description="With stream: true, Server-Sent Events as for sending a message")
 def retry_message(conversation_id: uuid.UUID, message_id: int, body: RetryRequest) -> Any:
     """Ask again for an answer to a stored question (after a 503, or to get a fresh answer)."""
     conversation, question, history = service.load_for_retry(current_user().id, conversation_id, message_id)
