@@ -12,7 +12,8 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 
 from luca.extensions import db, jobs
-from luca.jobs.tasks import generate_title, reconcile
+from luca.jobs.reconcile import reconcile
+from luca.jobs.tasks import generate_title
 from tests.support import ROOT
 from tests.support.api import file_status, multipart, signed, upload
 from tests.support.apps import conversation_row, provider_overrides

@@ -17,9 +17,9 @@ from luca.ai.base import ChatMessage, Completion, estimate_tokens
 from luca.ai.chain import AnswerStream, ProvidersUnavailable
 from luca.ai.dedup import Deduplicator, ReplayStream, answer_key
 from luca.conversations import service
+from luca.conversations.titles import enqueue_title
 from luca.errors import APIError
 from luca.extensions import cache, dedup, providers, slots
-from luca.jobs.tasks import enqueue_title
 from luca.models import Conversation, Message
 from luca.schemas import ANSWER_EVENTS, DeltaEvent, EndEvent, ErrorEvent, Exchange, MessageOut, StartEvent
 

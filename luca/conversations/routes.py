@@ -19,7 +19,7 @@ from luca.ai.context import build_context
 from luca.auth import current_user
 from luca.cache import cache_key
 from luca.conversations import answers, bp, endpoint, service
-from luca.conversations.files import documents_context
+from luca.conversations.documents import documents_context
 from luca.errors import APIError, is_database_unavailable, rollback_quietly
 from luca.extensions import cache
 from luca.limits import rate_limit

@@ -13,9 +13,9 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from luca import search
 from luca.ai.base import Completion
+from luca.conversations.titles import hold_title
 from luca.errors import APIError, not_found
 from luca.extensions import cache, db
-from luca.jobs.tasks import hold_title
 from luca.models import Conversation, Message, utcnow
 from luca.pagination import keyset_page
 from luca.schemas import json_depth, storable
