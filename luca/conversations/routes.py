@@ -20,7 +20,7 @@ from luca.auth import current_user
 from luca.cache import cache_key
 from luca.conversations import answers, bp, endpoint, service
 from luca.conversations.documents import documents_context
-from luca.errors import APIError, is_database_unavailable, rollback_quietly
+from luca.errors import is_database_unavailable, rollback_quietly
 from luca.extensions import cache
 from luca.limits import rate_limit
 from luca.models import Conversation, Message
@@ -155,19 +155,6 @@ def list_messages(conversation_id: uuid.UUID, query: MessageListQuery) -> Respon
     return cached_for_user("messages", user_id, parts, build)
 
 
-def question_text(body: MessageCreate) -> str:
-    """The question, trimmed and within the configured length."""
-    content = body.content.strip()
-    if not content:
-        raise APIError(422, "validation_error", "content must not be blank",
-                       [{"field": "content", "message": "must not be blank"}])
-    limit = current_app.config["MAX_MESSAGE_CHARS"]
-    if len(content) > limit:
-        raise APIError(422, "content_too_long", f"content is {len(content)} characters; the limit is {limit}",
-                       [{"field": "content", "message": f"at most {limit} characters"}])
-    return content
-
-
 def context_for(conversation: Conversation, history: Sequence[Message | service.Turn],
                 question: str) -> tuple[list[ChatMessage], list[str]]:
     """The messages sent to the provider (documents, earlier complete turns, the question) and file digests."""
@@ -188,7 +175,7 @@ def wants_cache(body: MessageCreate | RetryRequest) -> bool:
           events_description="With stream: true, Server-Sent Events: start, delta..., end or error")
 def send_message(conversation_id: uuid.UUID, body: MessageCreate) -> Any:
     """Ask a question: it is stored, the AI answers (whole, or streamed with stream: true)."""
-    content = question_text(body)
+    content = body.content  # trimmed and within MAX_MESSAGE_CHARS (schemas.MessageCreate)
     conversation, history = service.load_for_answer(current_user().id, conversation_id)
 
     def answer() -> Any:
