@@ -14,8 +14,8 @@ from typing import Any
 from flask import Flask, current_app
 from sqlalchemy import select, update
 
+from luca.conversations.service import owned
 from luca.documents import DocumentError, Limits
-from luca.errors import NotFound
 from luca.extensions import db
 from luca.jobs import outbox
 from luca.jobs.queue import QUEUES, job_id
@@ -40,12 +40,7 @@ def add_file(conversation: Conversation, filename: str, data: bytes) -> File:
 
 def user_file(user_id: int, file_id: int) -> File:
     """One of the user's files; NotFound when unknown or someone else's."""
-    found = db.session.execute(
-        select(File).where(File.id == file_id, File.user_id == user_id)
-    ).scalar_one_or_none()
-    if found is None:
-        raise NotFound("file")
-    return found
+    return owned(File, file_id, user_id, "file")
 
 
 def conversation_files(conversation_id: uuid.UUID) -> Sequence[File]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from flask import current_app
 from sqlalchemy import JSON, Select, and_, delete, func, insert, select, tuple_, type_coerce, update
@@ -24,16 +24,22 @@ CONVERSATION_KEYS = (Conversation.pinned, Conversation.updated_at, Conversation.
 CONVERSATION_KEY_TYPES = (bool, datetime, uuid.UUID)
 MESSAGE_KEYS = (Message.created_at, Message.id)
 MESSAGE_KEY_TYPES = (datetime, int)
+T = TypeVar("T")
+
+
+def owned(model: type[T], row_id: Any, user_id: int, what: str) -> T:
+    """One of the user's rows (a conversation, a file) by its id; NotFound when unknown or someone else's."""
+    row = db.session.execute(
+        select(model).where(model.id == row_id, model.user_id == user_id)  # type: ignore[attr-defined]
+    ).scalar_one_or_none()
+    if row is None:
+        raise NotFound(what)
+    return row
 
 
 def get_conversation(user_id: int, conversation_id: uuid.UUID) -> Conversation:
     """The user's conversation; NotFound when unknown or someone else's."""
-    conversation = db.session.execute(
-        select(Conversation).where(Conversation.id == conversation_id, Conversation.user_id == user_id)
-    ).scalar_one_or_none()
-    if conversation is None:
-        raise NotFound("conversation")
-    return conversation
+    return owned(Conversation, conversation_id, user_id, "conversation")
 
 
 def metadata_filter(raw: str) -> Any:
