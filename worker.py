@@ -22,8 +22,10 @@ from rq import Worker
 from luca import create_app
 from luca.extensions import jobs, redis_gateway, shutdown
 from luca.jobs import tasks  # noqa: F401 - preloaded so work horses fork with the jobs imported
+from luca.jobs.outbox import drain
 from luca.jobs.queue import Jobs
-from luca.jobs.tasks import bind_app, drain_outbox, reconcile
+from luca.jobs.reconcile import reconcile
+from luca.jobs.tasks import bind_app
 from luca.redis import REDIS_ERRORS
 
 log = logging.getLogger("luca.worker")
@@ -93,7 +95,7 @@ def drain_forever(app, stop: threading.Event) -> None:  # noqa: ANN001
 def drain_quietly(app) -> None:  # noqa: ANN001
     """Drain the outbox; a failed round (the database down too) is logged and tried again later."""
     try:
-        drain_outbox(app)
+        drain(app)
     except Exception:  # noqa: BLE001 - the loop must outlive a bad round
         log.exception("[Outbox] drain failed")
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
-from flask import Flask, Response, render_template, request
+from flask import Flask, Response, current_app, render_template, request
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 from werkzeug.routing import IntegerConverter, Rule, UUIDConverter
@@ -51,13 +51,17 @@ def parse_body(model: type[BaseModel]) -> BaseModel:
     if not request.is_json:
         raise APIError(415, "unsupported_media_type", "send a JSON body with Content-Type: application/json")
     raw = request.get_data(cache=True)
-    try:
-        return model.model_validate_json(raw or b"{}")
+    try:  # validators read configured limits from the context: the app's settings
+        return model.model_validate_json(raw or b"{}", context=current_app.config)
     except ValidationError as exc:
-        invalid = [err for err in exc.errors(include_url=False, include_input=False) if err["type"] == "json_invalid"]
+        errors = exc.errors(include_url=False, include_input=False)
+        invalid = [err for err in errors if err["type"] == "json_invalid"]
         if invalid:  # the parser's reason, e.g. "recursion limit exceeded" for JSON nested 200 deep
             raise APIError(400, "invalid_json", "the request body is not valid JSON",
                            [{"field": "body", "message": invalid[0]["msg"]}]) from None
+        coded = [err for err in errors if (err.get("ctx") or {}).get("error_code")]
+        if coded:  # a limit with a code of its own (e.g. content_too_long), which names the limit
+            raise APIError(422, coded[0]["ctx"]["error_code"], coded[0]["msg"], validation_details(exc)) from None
         raise APIError(422, "validation_error", "the request body is not valid",
                        validation_details(exc)) from None
 
@@ -65,7 +69,7 @@ def parse_body(model: type[BaseModel]) -> BaseModel:
 def parse_query(model: type[BaseModel]) -> BaseModel:
     """Validate the query string against model; 422 when it does not fit."""
     try:
-        return model.model_validate(request.args.to_dict())
+        return model.model_validate(request.args.to_dict(), context=current_app.config)
     except ValidationError as exc:
         raise APIError(422, "validation_error", "the query string is not valid",
                        validation_details(exc)) from None

@@ -17,9 +17,13 @@ from collections.abc import Callable
 from typing import Any
 
 from cachelib.serializers import RedisSerializer
-from flask import Flask
+from flask import Flask, Response
 from flask_caching import Cache
+from pybreaker import CircuitBreakerError
+from pydantic import BaseModel
+from sqlalchemy.exc import SQLAlchemyError
 
+from luca.errors import is_database_unavailable, rollback_quietly
 from luca.extensions import redis_gateway
 from luca.redis import REDIS_ERRORS, join_key
 
@@ -39,6 +43,11 @@ return {version, redis.call('GET', ARGV[1] .. version .. ARGV[2])}
 def cache_key(kind: str, *parts: Any) -> str:
     """The one place cache keys are made: kind, then the parts, colon-separated (the same in both tiers)."""
     return join_key(kind, *parts)
+
+
+def json_response(body: str, cache_status: str, status: int = 200) -> Response:
+    """A JSON body that is already serialised, with its X-Cache status."""
+    return Response(body, status=status, mimetype="application/json", headers={"X-Cache": cache_status})
 
 
 class CacheService:
@@ -75,6 +84,7 @@ class CacheService:
         self._lock = threading.Lock()
         self._memory_versions: dict[str, int] = {}
         self._script: Any = None
+        self.stale_ttl: int = config["CACHE_STALE_TTL"]
 
     def redis_key(self, key: str) -> str:
         """Where a cache key lives in Redis (under the cache's prefix, so RQ's keys are never touched)."""
@@ -218,6 +228,33 @@ class CacheService:
                 return stem + (found[0] or b"0").decode() + tail, value
         key = cache_key(kind, user_id, f"v{self.user_version(user_id)}", *parts)
         return key, self.get(key)
+
+    def cached_for_user(self, kind: str, user_id: int, parts: tuple[Any, ...], build: Callable[[], BaseModel],
+                        keep_stale: bool = False) -> Response:
+        """Serve a per-user JSON body from the cache, or build, cache and serve it (X-Cache: hit, miss, disabled).
+
+        With keep_stale, a copy outlives the fresh one and is served (X-Cache: stale) when
+        the database cannot be reached.
+        """
+        if self.disabled:
+            return json_response(build().model_dump_json(), "disabled")
+        key, body = self.get_for_user(kind, user_id, *parts)
+        if body is not None:
+            return json_response(body, "hit")
+        stale_key = cache_key("stale", kind, user_id, *parts)
+        try:
+            body = build().model_dump_json()
+        except (SQLAlchemyError, CircuitBreakerError) as exc:
+            if keep_stale and (isinstance(exc, CircuitBreakerError) or is_database_unavailable(exc)):
+                stale = self.get(stale_key)
+                if stale is not None:
+                    rollback_quietly()
+                    return json_response(stale, "stale")
+            raise
+        self.set(key, body)
+        if keep_stale:
+            self.set(stale_key, body, ttl=self.stale_ttl)
+        return json_response(body, "miss")
 
     def _versioned_get_script(self) -> Any:
         if self._script is None:

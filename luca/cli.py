@@ -12,7 +12,7 @@ from sqlalchemy import func, select, update
 
 from luca.auth import forget_tokens, hash_token, issue_token
 from luca.extensions import breakers, cache, db, jobs
-from luca.jobs.tasks import reconcile
+from luca.jobs.reconcile import reconcile
 from luca.models import ApiToken, User, utcnow
 
 users_cli = AppGroup("users", help="Create users.")

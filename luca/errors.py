@@ -33,6 +33,48 @@ class APIError(Exception):
         self.headers = headers or {}
 
 
+class DomainError(Exception):
+    """An error of a layer below the web (services, pagination, documents); the web layer answers it as HTTP."""
+
+    def __init__(self, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class NotFound(DomainError):
+    """An unknown id, or one that belongs to someone else (a 404)."""
+
+    def __init__(self, what: str = "resource") -> None:
+        super().__init__(f"{what} not found")
+
+
+class InvalidCursor(DomainError):
+    """A cursor this API did not write (a 400)."""
+
+    def __init__(self) -> None:
+        super().__init__("the cursor is not valid; start again without one")
+
+
+class InvalidInput(DomainError):
+    """A value the client sent that a lower layer refuses, with a stable code (a 400)."""
+
+    def __init__(self, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message, details)
+        self.code = code
+
+
+def as_api_error(exc: DomainError) -> APIError:
+    """The HTTP answer to a domain error: its status and code in the one JSON error shape."""
+    if isinstance(exc, NotFound):
+        return APIError(404, "not_found", exc.message)
+    if isinstance(exc, InvalidCursor):
+        return APIError(400, "invalid_cursor", exc.message)
+    if isinstance(exc, InvalidInput):
+        return APIError(400, exc.code, exc.message, exc.details)
+    return APIError(400, "bad_request", exc.message, exc.details)
+
+
 def not_found(what: str = "resource") -> APIError:
     """The error for an unknown id, or an id that belongs to someone else."""
     return APIError(404, "not_found", f"{what} not found")
@@ -74,6 +116,11 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(APIError)
     def handle_api_error(exc: APIError) -> ResponseReturnValue:
         return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+    @app.errorhandler(DomainError)
+    def handle_domain_error(exc: DomainError) -> ResponseReturnValue:
+        error = as_api_error(exc)
+        return error_response(error.status, error.code, error.message, error.details)
 
     @app.errorhandler(HTTPException)
     def handle_http_error(exc: HTTPException) -> ResponseReturnValue:

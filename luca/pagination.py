@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Select, tuple_
 from sqlalchemy.orm import InstrumentedAttribute
 
-from luca.errors import APIError
+from luca.errors import InvalidCursor
 
 # The range of a key column that holds an integer (BIGINT on PostgreSQL, INTEGER on SQLite).
 INT_RANGE = range(-(2**63), 2**63)
@@ -54,11 +54,6 @@ CODECS: dict[type, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
 }
 
 
-def invalid_cursor() -> APIError:
-    """The error for a cursor that this API did not write."""
-    return APIError(400, "invalid_cursor", "the cursor is not valid; start again without one")
-
-
 def encode_cursor(values: Sequence[Any]) -> str:
     """Turn the sort key of the last row on a page into an opaque cursor."""
     payload = [CODECS[type(v)][0](v) for v in values]
@@ -66,7 +61,7 @@ def encode_cursor(values: Sequence[Any]) -> str:
 
 
 def decode_cursor(cursor: str, types: Sequence[type]) -> list[Any]:
-    """Read a cursor back into typed key values; 400 unless encode_cursor wrote exactly this."""
+    """Read a cursor back into typed key values; InvalidCursor unless encode_cursor wrote exactly this."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         payload = json.loads(raw)
@@ -77,7 +72,7 @@ def decode_cursor(cursor: str, types: Sequence[type]) -> list[Any]:
             raise ValueError("not written by encode_cursor")  # e.g. "{...}" UUIDs, "2024-01-01" days
         return values
     except (ValueError, TypeError, OverflowError, RecursionError):  # UnicodeDecodeError is a ValueError
-        raise invalid_cursor() from None
+        raise InvalidCursor() from None
 
 
 def keyset_page(

@@ -1,12 +1,16 @@
 """The API's request and response models (pydantic v2); the OpenAPI document is built from them."""
 from __future__ import annotations
 
+import json
 import math
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
+from flask import current_app
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 UTCDateTime = Annotated[
     datetime,
@@ -51,6 +55,61 @@ def json_depth(value: Any) -> int:
     return depth
 
 
+def configured(info: ValidationInfo, name: str) -> int:
+    """A configured limit (MAX_*): from the validation context luca.api passes (the app's config), else the app's."""
+    return (info.context or current_app.config)[name]
+
+
+def refused(code: str, message: str, **context: Any) -> PydanticCustomError:
+    """A validation error answered with its own error code (422 `code`, not `validation_error`); see luca.api."""
+    return PydanticCustomError(code, message, {"error_code": code, **context})
+
+
+def at_most(setting: str) -> Callable[[str, ValidationInfo], str]:
+    """A validator: the string is at most the configured number of characters (pydantic's own error)."""
+
+    def check(value: str, info: ValidationInfo) -> str:
+        limit = configured(info, setting)
+        if len(value) > limit:
+            raise PydanticCustomError("string_too_long", "String should have at most {max_length} characters",
+                                      {"max_length": limit})
+        return value
+
+    return check
+
+
+def question(value: str, info: ValidationInfo) -> str:
+    """A question: trimmed, not blank, at most MAX_MESSAGE_CHARS characters (content_too_long names the limit)."""
+    content = value.strip()
+    if not content:
+        raise PydanticCustomError("blank", "must not be blank")
+    limit = configured(info, "MAX_MESSAGE_CHARS")
+    if len(content) > limit:
+        raise refused("content_too_long", "content is {length} characters; the limit is {limit}",
+                      length=len(content), limit=limit)
+    return content
+
+
+def metadata_within_limits(value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+    """Conversation metadata nested at most MAX_METADATA_DEPTH deep and at most MAX_METADATA_BYTES as compact JSON."""
+    if value is None:
+        return value
+    depth, limit = json_depth(value), configured(info, "MAX_METADATA_DEPTH")
+    if depth > limit:
+        raise refused("metadata_too_deep", "metadata nests {depth} levels deep; the limit is {limit}",
+                      depth=depth, limit=limit)
+    size, limit = len(json.dumps(value, separators=(",", ":"))), configured(info, "MAX_METADATA_BYTES")
+    if size > limit:
+        raise refused("metadata_too_large", "metadata is {size} bytes; the limit is {limit}", size=size, limit=limit)
+    return value
+
+
+Title = Annotated[str, Field(min_length=1, description="at most MAX_TITLE_CHARS characters (200)"),
+                  AfterValidator(at_most("MAX_TITLE_CHARS"))]
+Metadata = Annotated[dict[str, Any], Field(description="free-form JSON: at most MAX_METADATA_DEPTH levels (32) and "
+                                                       "MAX_METADATA_BYTES (16 KiB) as compact JSON")]
+
+
 class Body(BaseModel):
     """A request body: strict types, unknown fields rejected, nothing a database cannot store."""
 
@@ -81,16 +140,16 @@ class UserOut(Out):
 class ConversationCreate(Body):
     """Start a conversation; the title is generated after the first answer when not given."""
 
-    title: Annotated[str, Field(min_length=1, max_length=200)] | None = None
-    metadata: dict[str, Any] | None = None
+    title: Title | None = None
+    metadata: Annotated[Metadata | None, AfterValidator(metadata_within_limits)] = None
 
 
 class ConversationUpdate(Body):
     """Rename, pin or unpin, or replace the metadata of a conversation."""
 
-    title: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    title: Title | None = None
     pinned: bool | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: Annotated[Metadata | None, AfterValidator(metadata_within_limits)] = None
 
 
 class ConversationOut(Out):
@@ -133,7 +192,8 @@ class MessageListQuery(BaseModel):
 class MessageCreate(Body):
     """A user's question."""
 
-    content: Annotated[str, Field(min_length=1)]
+    content: Annotated[str, Field(min_length=1, description="trimmed; not blank, at most MAX_MESSAGE_CHARS "
+                                                            "characters (20,000)"), AfterValidator(question)]
     stream: bool = False
     cache: bool = True
 

@@ -92,6 +92,13 @@ def test_bad_conversation_bodies_are_422(app, api: Api, body) -> None:
     assert row_counts(app) == before
 
 
+def test_the_title_limit_is_the_configured_one(app, api: Api) -> None:
+    app.config["MAX_TITLE_CHARS"] = 10
+    error = assert_error(api.post("/api/conversations", json={"title": "x" * 11}), 422, "validation_error")
+    assert error["details"] == [{"field": "title", "message": "String should have at most 10 characters"}]
+    assert api.post("/api/conversations", json={"title": "x" * 10}).status_code == 201
+
+
 def test_oversized_metadata_is_422(app, api: Api) -> None:
     app.config["MAX_METADATA_BYTES"] = 100
     assert_error(api.post("/api/conversations", json={"metadata": {"k": "v" * 200}}), 422, "metadata_too_large")

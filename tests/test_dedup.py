@@ -180,6 +180,37 @@ def test_a_streamed_repeat_is_replayed_from_the_cache(dedup_app, servers) -> Non
     assert second[-1][1]["message"]["content"] == first[-1][1]["message"]["content"]
 
 
+def test_two_concurrent_streamed_twins_of_one_user_make_one_provider_call(dedup_app, servers, monkeypatch) -> None:
+    primary, _ = servers
+    primary.configure(latency_ms=300)
+    with dedup_app.app_context():
+        service = cache.of()
+    # Every cache write lost (as to a failing Redis): the twin can only get the answer the leader hands its
+    # flight, which it can only do while the flight is open, i.e. if it stores the answer before finishing.
+    monkeypatch.setattr(service, "set", lambda *args, **kwargs: None)
+    api = signed(dedup_app, "alice@example.com")
+    conversations = [api.new_conversation()["id"] for _ in range(2)]
+    start = threading.Barrier(2)
+    streams: list[list[tuple[str, dict]]] = []
+
+    def ask(conversation: str) -> None:
+        client = dedup_app.test_client()
+        start.wait()
+        response = client.post(f"/api/conversations/{conversation}/messages",
+                               json={"content": "What is a trial balance?", "stream": True}, headers=api.headers())
+        streams.append(parse_events(response.get_data(as_text=True)))
+
+    threads = [threading.Thread(target=ask, args=(c,)) for c in conversations]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert primary.stats()["requests"] == 1  # the twin woke to the leader's stored answer
+    assert [events[-1][0] for events in streams] == ["end", "end"]
+    assert sorted(events[-1][1]["message"]["cached"] for events in streams) == [False, True]
+    assert streams[0][-1][1]["message"]["content"] == streams[1][-1][1]["message"]["content"]
+
+
 def test_a_failed_leader_lets_the_next_request_call_the_provider(dedup_app, servers) -> None:
     primary, _ = servers
     primary.configure(fail_next=1, fail_status=500)

@@ -8,11 +8,13 @@ import time
 from collections.abc import Callable
 
 import pytest
-from rq.job import Job
+from rq.job import Job, Retry
 from rq.registry import FailedJobRegistry
 
 from luca.extensions import db, jobs
-from luca.jobs.tasks import generate_title, reconcile
+from luca.jobs.queue import InProcessJob, job_id
+from luca.jobs.reconcile import reconcile
+from luca.jobs.tasks import generate_title
 from tests.support import ROOT
 from tests.support.api import file_status, multipart, signed, upload
 from tests.support.apps import conversation_row, provider_overrides
@@ -247,6 +249,33 @@ def test_disable_queues_runs_jobs_before_the_request_returns(app_factory, server
     assert file_status(api, file_id)["status"] == "ready"
     with app.app_context():
         assert jobs.mode == "inline"
+
+
+def test_in_process_title_jobs_are_retried_as_rq_retries_them(app_factory, servers) -> None:
+    primary, _ = servers
+    app = app_factory(**provider_overrides(primary, DISABLE_QUEUES=True, JOBS_RETRY_BACKOFF=0))
+    api = signed(app)
+    conversation = api.new_conversation(title=None)
+    api.ask(conversation["id"], "What is a balance sheet?")
+    api.patch(f"/api/conversations/{conversation['id']}", json={"title": None})  # Luca names it again
+    primary.configure(fail_next=2, fail_status=503)
+    with app.app_context():
+        before = jobs.stats()["titleGeneration"]
+        jobs.enqueue("titles", generate_title, conversation["id"], job_id=job_id("titles", conversation["id"]))
+        after = jobs.stats()["titleGeneration"]
+    assert (after["retried"] - before["retried"], after["completed"] - before["completed"], after["failed"]) == \
+        (2, 1, 0)
+    assert conversation_row(app, conversation["id"]).title.startswith("[primary]")
+
+
+def test_in_process_retries_wait_as_rq_retry_says() -> None:
+    job = InProcessJob.of(Retry(max=3, interval=[5, 20]))
+    waits = []
+    while job.should_retry:
+        waits.append(job.get_retry_interval())
+        job.retries_left -= 1
+    assert waits == [5, 5, 20]  # RQ's rule: with more retries than intervals, the first is used again
+    assert not InProcessJob.of(None).should_retry
 
 
 def test_files_of_other_users_are_404(stack: Stack) -> None:

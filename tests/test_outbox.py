@@ -16,7 +16,7 @@ from redis import Redis
 from rq import Queue
 
 from luca.extensions import breakers, db
-from luca.jobs.tasks import drain_outbox
+from luca.jobs.outbox import drain as drain_outbox
 from luca.models import JobOutbox
 from tests.support import ROOT
 from tests.support.api import signed, upload

@@ -17,9 +17,9 @@ from luca.ai.base import ChatMessage, Completion, estimate_tokens
 from luca.ai.chain import AnswerStream, ProvidersUnavailable
 from luca.ai.dedup import Deduplicator, ReplayStream, answer_key
 from luca.conversations import service
+from luca.conversations.titles import enqueue_title
 from luca.errors import APIError
 from luca.extensions import cache, dedup, providers, slots
-from luca.jobs.tasks import enqueue_title
 from luca.models import Conversation, Message
 from luca.schemas import ANSWER_EVENTS, DeltaEvent, EndEvent, ErrorEvent, Exchange, MessageOut, StartEvent
 
@@ -146,7 +146,7 @@ def stream_response(conversation: Conversation, question: Message, context: list
     @stream_with_context
     def events() -> Iterator[str]:
         parts: list[str] = []
-        saved = False
+        saved = completed = False
         deltas = iter(stream)
         try:
             yield sse(StartEvent(conversation_id=conversation.id, message=MessageOut.model_validate(question),
@@ -154,6 +154,7 @@ def stream_response(conversation: Conversation, question: Message, context: list
             for delta in deltas:
                 parts.append(delta)
                 yield sse(DeltaEvent(text=delta))
+            completed = True
         except Exception as exc:  # noqa: BLE001 - the provider broke off after the first delta
             log.warning("[AI] %s stream broke off (%s)", stream.provider.name, type(exc).__name__)
             saved = True
@@ -169,10 +170,14 @@ def stream_response(conversation: Conversation, question: Message, context: list
             if not saved and stream.end is None:  # the client went away mid-answer
                 saved = True
                 save(parts, "incomplete")
-            if leader and deduplicator:
+            if leader and deduplicator and not completed:  # no answer to store: waiting twins compute their own
                 deduplicator.finish(key)
         saved = True
-        answer = save(parts, "complete")
+        try:
+            answer = save(parts, "complete")  # stores the answer for deduplication first ...
+        finally:
+            if leader and deduplicator:
+                deduplicator.finish(key)  # ... so the twins waiting on this flight wake to it
         enqueue_title(conversation)
         yield sse(EndEvent(message=MessageOut.model_validate(answer)))
 

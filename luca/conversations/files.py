@@ -1,20 +1,18 @@
-"""Documents uploaded to a conversation: upload (202, processed by a job), status, and their text as context."""
+"""Documents uploaded to a conversation, the HTTP views: upload (202, processed by a job), status, lists.
+
+Their rows, processing and context live in luca.conversations.documents.
+"""
 from __future__ import annotations
 
-import hashlib
 import uuid
 
 from flask import current_app, request
-from sqlalchemy import select
 
 from luca.auth import current_user
-from luca.conversations import bp, endpoint
+from luca.conversations import bp, documents, endpoint
 from luca.conversations.service import get_conversation
-from luca.errors import APIError, not_found
-from luca.extensions import db
-from luca.jobs.tasks import enqueue_file, hold_file
+from luca.errors import APIError
 from luca.limits import rate_limit
-from luca.models import Conversation, File, utcnow
 from luca.schemas import FileList, FileOut
 
 
@@ -39,16 +37,8 @@ def upload_file(conversation_id: uuid.UUID) -> tuple[FileOut, int]:
     if not data:
         raise APIError(422, "validation_error", "the file is empty", [{"field": "file", "message": "empty"}])
     conversation = get_conversation(current_user().id, conversation_id)
-    now = utcnow()
-    stored = File(conversation_id=conversation.id, user_id=conversation.user_id,
-                  filename=clean_filename(upload.filename), size=len(data),
-                  sha256=hashlib.sha256(data).hexdigest(), data=data, created_at=now, updated_at=now)
-    db.session.add(stored)
-    if not conversation.has_files:
-        conversation.has_files = True
-    hold_file(stored)  # only when Redis is known down: then the job rides this transaction
-    db.session.commit()
-    enqueue_file(stored.id)
+    stored = documents.add_file(conversation, clean_filename(upload.filename), data)
+    documents.enqueue_file(stored.id)
     return FileOut.model_validate(stored), 202
 
 
@@ -62,12 +52,7 @@ def clean_filename(name: str | None) -> str:
 @endpoint(response=FileOut)
 def get_file(file_id: int) -> FileOut:
     """A document's processing status, progress and error, if any."""
-    found = db.session.execute(
-        select(File).where(File.id == file_id, File.user_id == current_user().id)
-    ).scalar_one_or_none()
-    if found is None:
-        raise not_found("file")
-    return FileOut.model_validate(found)
+    return FileOut.model_validate(documents.user_file(current_user().id, file_id))
 
 
 @bp.get("/conversations/<uuid:conversation_id>/files")
@@ -75,32 +60,4 @@ def get_file(file_id: int) -> FileOut:
 def list_files(conversation_id: uuid.UUID) -> FileList:
     """The documents of a conversation, oldest first."""
     conversation = get_conversation(current_user().id, conversation_id)
-    files = db.session.execute(
-        select(File).where(File.conversation_id == conversation.id).order_by(File.created_at, File.id)
-    ).scalars().all()
-    return FileList(items=[FileOut.model_validate(f) for f in files])
-
-
-def documents_context(conversation: Conversation) -> tuple[str | None, list[str]]:
-    """The text of the conversation's ready documents within the token budget, and every file's digest.
-
-    The digests make the answer's deduplication key private to the user and change it
-    whenever a document is added.
-    """
-    if not conversation.has_files:
-        return None, []
-    rows = db.session.execute(
-        select(File.filename, File.status, File.sha256, File.text).where(File.conversation_id == conversation.id)
-        .order_by(File.created_at, File.id)
-    ).all()
-    digests = [row.sha256 for row in rows]
-    ready = [row for row in rows if row.status == "ready" and row.text]
-    if not ready:
-        return None, digests
-    budget_chars = current_app.config["AI_FILE_CONTEXT_TOKENS"] * 4
-    share = budget_chars // len(ready)
-    parts = []
-    for row in ready:
-        text = row.text if len(row.text) <= share else row.text[:share] + "\n[… truncated]"
-        parts.append(f"### {row.filename}\n{text}")
-    return "Documents the user attached to this conversation:\n\n" + "\n\n".join(parts), digests
+    return FileList(items=[FileOut.model_validate(f) for f in documents.conversation_files(conversation.id)])

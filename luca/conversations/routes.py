@@ -5,22 +5,17 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from flask import Response, current_app, request
-from pybreaker import CircuitBreakerError
-from pydantic import BaseModel
-from sqlalchemy.exc import SQLAlchemyError
+from flask import Response, request
 
 from luca import search
 from luca.ai.base import ChatMessage
 from luca.ai.context import build_context
 from luca.auth import current_user
-from luca.cache import cache_key
 from luca.conversations import answers, bp, endpoint, service
-from luca.conversations.files import documents_context
-from luca.errors import APIError, is_database_unavailable, rollback_quietly
+from luca.conversations.documents import documents_context
 from luca.extensions import cache
 from luca.limits import rate_limit
 from luca.models import Conversation, Message
@@ -53,39 +48,6 @@ def me() -> UserOut:
     return UserOut.model_validate(current_user())
 
 
-def json_response(body: str, cache_status: str, status: int = 200) -> Response:
-    """A JSON body that is already serialised, with its X-Cache status."""
-    return Response(body, status=status, mimetype="application/json", headers={"X-Cache": cache_status})
-
-
-def cached_for_user(kind: str, user_id: int, parts: tuple[Any, ...], build: Callable[[], BaseModel],
-                    keep_stale: bool = False) -> Response:
-    """Serve a per-user JSON body from the cache, or build, cache and serve it.
-
-    With keep_stale, a copy outlives the fresh one and is served (X-Cache: stale) when
-    the database cannot be reached.
-    """
-    if cache.disabled:
-        return json_response(build().model_dump_json(), "disabled")
-    key, body = cache.get_for_user(kind, user_id, *parts)
-    if body is not None:
-        return json_response(body, "hit")
-    stale_key = cache_key("stale", kind, user_id, *parts)
-    try:
-        body = build().model_dump_json()
-    except (SQLAlchemyError, CircuitBreakerError) as exc:
-        if keep_stale and (isinstance(exc, CircuitBreakerError) or is_database_unavailable(exc)):
-            stale = cache.get(stale_key)
-            if stale is not None:
-                rollback_quietly()
-                return json_response(stale, "stale")
-        raise
-    cache.set(key, body)
-    if keep_stale:
-        cache.set(stale_key, body, ttl=current_app.config["CACHE_STALE_TTL"])
-    return json_response(body, "miss")
-
-
 @bp.get("/conversations")
 @endpoint(query=ConversationListQuery, response=ConversationPage, errors=(400, 422))
 def list_conversations(query: ConversationListQuery) -> Response:
@@ -98,7 +60,7 @@ def list_conversations(query: ConversationListQuery) -> Response:
         return ConversationPage(items=[ConversationOut.model_validate(c) for c in items], next_cursor=next_cursor)
 
     parts = (query.limit, query.cursor or "", query.q or "", query.metadata or "")
-    return cached_for_user("conversations", user_id, (hash_parts(parts),), build, keep_stale=True)
+    return cache.cached_for_user("conversations", user_id, (hash_parts(parts),), build, keep_stale=True)
 
 
 def hash_parts(parts: tuple[Any, ...]) -> str:
@@ -119,7 +81,7 @@ def create_conversation(body: ConversationCreate) -> ConversationOut:
 def get_conversation(conversation_id: uuid.UUID) -> Response:
     """One of the user's conversations."""
     user_id = current_user().id
-    return cached_for_user("conversation", user_id, (conversation_id,), lambda: ConversationOut.model_validate(
+    return cache.cached_for_user("conversation", user_id, (conversation_id,), lambda: ConversationOut.model_validate(
         service.get_conversation(user_id, conversation_id)))
 
 
@@ -152,20 +114,7 @@ def list_messages(conversation_id: uuid.UUID, query: MessageListQuery) -> Respon
         return MessagePage(items=[MessageOut.model_validate(m) for m in items], next_cursor=next_cursor)
 
     parts = (conversation_id, hash_parts((query.limit, query.cursor or "", query.order)))
-    return cached_for_user("messages", user_id, parts, build)
-
-
-def question_text(body: MessageCreate) -> str:
-    """The question, trimmed and within the configured length."""
-    content = body.content.strip()
-    if not content:
-        raise APIError(422, "validation_error", "content must not be blank",
-                       [{"field": "content", "message": "must not be blank"}])
-    limit = current_app.config["MAX_MESSAGE_CHARS"]
-    if len(content) > limit:
-        raise APIError(422, "content_too_long", f"content is {len(content)} characters; the limit is {limit}",
-                       [{"field": "content", "message": f"at most {limit} characters"}])
-    return content
+    return cache.cached_for_user("messages", user_id, parts, build)
 
 
 def context_for(conversation: Conversation, history: Sequence[Message | service.Turn],
@@ -188,7 +137,7 @@ def wants_cache(body: MessageCreate | RetryRequest) -> bool:
           events_description="With stream: true, Server-Sent Events: start, delta..., end or error")
 def send_message(conversation_id: uuid.UUID, body: MessageCreate) -> Any:
     """Ask a question: it is stored, the AI answers (whole, or streamed with stream: true)."""
-    content = question_text(body)
+    content = body.content  # trimmed and within MAX_MESSAGE_CHARS (schemas.MessageCreate)
     conversation, history = service.load_for_answer(current_user().id, conversation_id)
 
     def answer() -> Any:
@@ -226,4 +175,4 @@ def search_messages(query: SearchQuery) -> Response:
         hits = search.search(user_id, query.q, query.limit)
         return SearchResults(query=query.q, items=[SearchHit.model_validate(h, from_attributes=True) for h in hits])
 
-    return cached_for_user("search", user_id, (hash_parts((query.q, query.limit)),), build)
+    return cache.cached_for_user("search", user_id, (hash_parts((query.q, query.limit)),), build)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from flask import current_app
 from sqlalchemy import JSON, Select, and_, delete, func, insert, select, tuple_, type_coerce, update
@@ -13,9 +13,9 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from luca import search
 from luca.ai.base import Completion
-from luca.errors import APIError, not_found
+from luca.conversations.titles import hold_title
+from luca.errors import InvalidInput, NotFound
 from luca.extensions import cache, db
-from luca.jobs.tasks import hold_title
 from luca.models import Conversation, Message, utcnow
 from luca.pagination import keyset_page
 from luca.schemas import json_depth, storable
@@ -24,28 +24,22 @@ CONVERSATION_KEYS = (Conversation.pinned, Conversation.updated_at, Conversation.
 CONVERSATION_KEY_TYPES = (bool, datetime, uuid.UUID)
 MESSAGE_KEYS = (Message.created_at, Message.id)
 MESSAGE_KEY_TYPES = (datetime, int)
+T = TypeVar("T")
 
 
-def check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
-    """Refuse metadata nested deeper or larger than the configured caps."""
-    depth, limit = json_depth(metadata), current_app.config["MAX_METADATA_DEPTH"]
-    if depth > limit:
-        raise APIError(422, "metadata_too_deep", f"metadata nests {depth} levels deep; the limit is {limit}")
-    size = len(json.dumps(metadata, separators=(",", ":")))
-    if size > current_app.config["MAX_METADATA_BYTES"]:
-        raise APIError(422, "metadata_too_large",
-                       f"metadata is {size} bytes; the limit is {current_app.config['MAX_METADATA_BYTES']}")
-    return metadata
+def owned(model: type[T], row_id: Any, user_id: int, what: str) -> T:
+    """One of the user's rows (a conversation, a file) by its id; NotFound when unknown or someone else's."""
+    row = db.session.execute(
+        select(model).where(model.id == row_id, model.user_id == user_id)  # type: ignore[attr-defined]
+    ).scalar_one_or_none()
+    if row is None:
+        raise NotFound(what)
+    return row
 
 
 def get_conversation(user_id: int, conversation_id: uuid.UUID) -> Conversation:
-    """The user's conversation; 404 when unknown or someone else's."""
-    conversation = db.session.execute(
-        select(Conversation).where(Conversation.id == conversation_id, Conversation.user_id == user_id)
-    ).scalar_one_or_none()
-    if conversation is None:
-        raise not_found("conversation")
-    return conversation
+    """The user's conversation; NotFound when unknown or someone else's."""
+    return owned(Conversation, conversation_id, user_id, "conversation")
 
 
 def metadata_filter(raw: str) -> Any:
@@ -54,17 +48,17 @@ def metadata_filter(raw: str) -> Any:
     try:
         wanted = json.loads(raw)
     except json.JSONDecodeError:
-        raise APIError(400, "invalid_metadata_filter", "metadata must be a JSON object") from None
+        raise InvalidInput("invalid_metadata_filter", "metadata must be a JSON object") from None
     except RecursionError:
-        raise APIError(400, "invalid_metadata_filter", f"metadata nests deeper than the limit of {limit} levels") from None
+        raise InvalidInput("invalid_metadata_filter", f"metadata nests deeper than the limit of {limit} levels") from None
     if not isinstance(wanted, dict) or not wanted:
-        raise APIError(400, "invalid_metadata_filter", "metadata must be a non-empty JSON object")
+        raise InvalidInput("invalid_metadata_filter", "metadata must be a non-empty JSON object")
     if (depth := json_depth(wanted)) > limit:
-        raise APIError(400, "invalid_metadata_filter", f"metadata nests {depth} levels deep; the limit is {limit}")
+        raise InvalidInput("invalid_metadata_filter", f"metadata nests {depth} levels deep; the limit is {limit}")
     try:
         storable(wanted)
     except ValueError as exc:
-        raise APIError(400, "invalid_metadata_filter", f"metadata {exc}") from None
+        raise InvalidInput("invalid_metadata_filter", f"metadata {exc}") from None
     if db.engine.dialect.name == "postgresql":
         return type_coerce(Conversation.meta, JSONB).contains(wanted)
     # SQLite has no containment operator: compare each leaf by its JSON path.
@@ -135,7 +129,7 @@ def create_conversation(user_id: int, title: str | None, metadata: dict[str, Any
     now = utcnow()
     conversation = Conversation(
         user_id=user_id, title=title, title_set_by_user=title is not None,
-        meta=check_metadata(metadata or {}), created_at=now, updated_at=now,
+        meta=metadata or {}, created_at=now, updated_at=now,
     )
     db.session.add(conversation)
     db.session.commit()
@@ -152,20 +146,20 @@ def update_conversation(conversation: Conversation, changes: dict[str, Any]) -> 
     if changes.get("pinned") is not None:
         conversation.pinned = changes["pinned"]
     if changes.get("metadata") is not None:
-        conversation.meta = check_metadata(changes["metadata"])
+        conversation.meta = changes["metadata"]
     db.session.commit()
     cache.bump_user(conversation.user_id)
     return conversation
 
 
 def delete_conversation(user_id: int, conversation_id: uuid.UUID) -> None:
-    """Delete the user's conversation and its messages; 404 when it is not theirs."""
+    """Delete the user's conversation and its messages; NotFound when it is not theirs."""
     result = db.session.execute(
         delete(Conversation).where(Conversation.id == conversation_id, Conversation.user_id == user_id)
     )
     if result.rowcount == 0:
         db.session.rollback()
-        raise not_found("conversation")
+        raise NotFound("conversation")
     db.session.commit()
     cache.bump_user(user_id)
 
@@ -204,7 +198,7 @@ def load_for_answer(user_id: int, conversation_id: uuid.UUID) -> tuple[Conversat
         .where(Conversation.id == conversation_id, Conversation.user_id == user_id)
     ).first()
     if row is None:
-        raise not_found("conversation")
+        raise NotFound("conversation")
     conversation, newest_first = row
     return conversation, [Turn(*item) for item in reversed(newest_first or [])]
 
@@ -218,7 +212,7 @@ def load_for_retry(user_id: int, conversation_id: uuid.UUID,
                               Message.role == "user")
     ).scalar_one_or_none()
     if question is None:
-        raise not_found("question")
+        raise NotFound("question")
     earlier = db.session.execute(
         select(Message)
         .where(Message.conversation_id == conversation_id,

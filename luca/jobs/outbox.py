@@ -2,7 +2,7 @@
 
 A request that finds the `redis` breaker already open writes its job here in the same
 transaction as the work, and sends Redis nothing; a request whose enqueue fails after its
-commit writes the job right then. `luca.jobs.tasks.drain_outbox` enqueues the rows and deletes
+commit writes the job right then. `drain()` enqueues the rows and deletes
 them as soon as Redis answers (the worker every JOBS_OUTBOX_INTERVAL seconds and when Redis
 comes back, `jobs reconcile` at once). Job ids are deterministic, so a job enqueued twice runs once.
 With Redis up nothing is written here: the happy path costs no statement.
@@ -13,13 +13,14 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from flask import g
+from flask import Flask, g
 from sqlalchemy import Row, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from luca.errors import rollback_quietly
 from luca.extensions import db, jobs
+from luca.jobs.queue import QUEUES
 from luca.models import JobOutbox, utcnow
 
 log = logging.getLogger(__name__)
@@ -83,3 +84,37 @@ def remove(ids: Sequence[int]) -> None:
     """Delete jobs that Redis has taken."""
     db.session.execute(delete(JobOutbox).where(JobOutbox.id.in_(ids)).execution_options(synchronize_session=False))
     db.session.commit()
+
+
+def submit(kind: str, job_id: str, *args: Any) -> None:
+    """After the work's commit: enqueue its job; if Redis does not take it, keep it in the outbox."""
+    if held(job_id):
+        return
+    spec = QUEUES[kind]
+    if not jobs.enqueue(kind, spec.function(), *args, job_id=job_id, priority=spec.priority):
+        record(kind, job_id, args)
+
+
+def drain(app: Flask) -> list[tuple[str, str]]:
+    """Enqueue the jobs in the outbox, oldest first, and delete them; stop at the first that Redis refuses.
+
+    Returns (kind, job_id) of each job enqueued.
+    """
+    taken: list[tuple[str, str]] = []
+    with app.app_context():
+        if redis_known_down():
+            return taken
+        try:
+            rows = []
+            for row in pending():
+                spec = QUEUES[row.kind]
+                if not jobs.enqueue(row.kind, spec.function(), *row.args, job_id=row.job_id, priority=spec.priority):
+                    break
+                rows.append(row.id)
+                taken.append((row.kind, row.job_id))
+            if rows:
+                remove(rows)
+                log.info("[Outbox] enqueued %d kept jobs", len(rows))
+        finally:
+            db.session.remove()
+    return taken

@@ -22,6 +22,7 @@ from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.utils import import_attribute
 
 from luca.extensions import redis_gateway
 from luca.redis import REDIS_ERRORS
@@ -31,37 +32,69 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class QueueSpec:
-    """One queue: its name, the name its statistics go by, and how its jobs run."""
+    """One queue and every name it goes by: its RQ queue, its statistics, its log lines and its job ids."""
 
-    name: str
-    stats_name: str
+    name: str  # the RQ queue (under QUEUE_PREFIX), the outbox's kind, the statistics' counters
+    stats_name: str  # the key of its admin statistics (the seed's camelCase)
+    log_name: str  # the tag of its log lines, e.g. [TitleQueue]
+    id_prefix: str  # job ids are <id_prefix>-<key>: see job_id()
+    task: str  # the import path of its job function (luca.jobs.tasks), resolved when a job is enqueued
     attempts: int
     timeout_setting: str
+    priority: int = 0  # > 0: its jobs go ahead of every waiting job
     result_ttl: int = 300
     failure_ttl: int = 7 * 24 * 3600
+
+    def function(self) -> Callable[..., Any]:
+        """The job function (imported on first use: the tasks import the modules that enqueue them)."""
+        return import_attribute(self.task)
 
 
 # Listed in the order a worker listens: titles first (a user is looking at "New chat").
 QUEUES: dict[str, QueueSpec] = {
-    "titles": QueueSpec("titles", "titleGeneration", attempts=3, timeout_setting="TITLE_JOB_TIMEOUT"),
-    "files": QueueSpec("files", "fileProcessing", attempts=2, timeout_setting="FILE_JOB_TIMEOUT"),
-    "analytics": QueueSpec("analytics", "analytics", attempts=2, timeout_setting="ANALYTICS_JOB_TIMEOUT",
-                           result_ttl=60),
+    "titles": QueueSpec("titles", "titleGeneration", "TitleQueue", "title", "luca.jobs.tasks.generate_title",
+                        attempts=3, timeout_setting="TITLE_JOB_TIMEOUT"),
+    "files": QueueSpec("files", "fileProcessing", "FileQueue", "file", "luca.jobs.tasks.process_file",
+                       attempts=2, timeout_setting="FILE_JOB_TIMEOUT", priority=1),
+    "analytics": QueueSpec("analytics", "analytics", "AnalyticsQueue", "analytics", "luca.jobs.tasks.rollup_analytics",
+                           attempts=2, timeout_setting="ANALYTICS_JOB_TIMEOUT", result_ttl=60),
 }
 
-# (attempt, attempts) of the job running in this thread, for jobs outside RQ.
-_attempt: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("luca_job_attempt", default=None)
+
+def job_id(kind: str, key: Any) -> str:
+    """The one spelling of a job's id: deterministic, so the same work enqueued twice is one job."""
+    return f"{QUEUES[kind].id_prefix}-{key}"
+
+
 ACTIVE = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
+
+
+@dataclass
+class InProcessJob:
+    """A job run outside RQ, its retries counted as RQ counts a job's: rq.Retry's max and intervals."""
+
+    retries_left: int
+    retry_intervals: list[int]
+    get_retry_interval = Job.get_retry_interval  # RQ's own: the wait before the next retry
+    should_retry = Job.should_retry
+
+    @classmethod
+    def of(cls, retry: Retry | None) -> InProcessJob:
+        """A job about to run its first attempt under retry (None: no retries)."""
+        return cls(retry.max, retry.intervals) if retry else cls(0, [])
+
+
+# The in-process job running in this thread (RQ's get_current_job() for jobs outside RQ).
+_current: contextvars.ContextVar[InProcessJob | None] = contextvars.ContextVar("luca_job", default=None)
 
 
 def is_final_attempt() -> bool:
     """Whether the running job has no retries left (so it should leave a final answer)."""
-    attempt = _attempt.get()
-    if attempt is not None:
-        return attempt[0] >= attempt[1]
-    from rq import get_current_job
+    job: Any = _current.get()
+    if job is None:
+        from rq import get_current_job
 
-    job = get_current_job()
+        job = get_current_job()
     return job is None or not job.retries_left
 
 
@@ -129,7 +162,7 @@ class Jobs:
         options = {
             "job_id": job_id, "job_timeout": self.config[spec.timeout_setting], "result_ttl": spec.result_ttl,
             "failure_ttl": spec.failure_ttl, "at_front": priority > 0, "unique": True,
-            "retry": Retry(max=spec.attempts - 1, interval=backoff(spec.attempts, self.config["JOBS_RETRY_BACKOFF"])),
+            "retry": self.retry(spec),
             "description": f"{func.__name__}({', '.join(map(str, args))})",
         }
         try:
@@ -157,29 +190,36 @@ class Jobs:
             self._local[f"{spec.name}.waiting"] += 1
         self._pool.submit(self._run_with_attempts, spec, func, args, True)
 
+    def retry(self, spec: QueueSpec) -> Retry | None:
+        """How a queue's jobs are retried, in RQ and in process: attempts - 1 times, waiting longer each time."""
+        if spec.attempts < 2:
+            return None
+        return Retry(max=spec.attempts - 1, interval=backoff(spec.attempts, self.config["JOBS_RETRY_BACKOFF"]))
+
     def _run_with_attempts(self, spec: QueueSpec, func: Callable[..., Any], args: tuple[Any, ...],
                            wait: bool) -> None:
-        """Run a job with its attempts (waiting between them only off the request path)."""
+        """Run a job and its retries as RQ would (waiting between them only off the request path)."""
         with self._lock:
             if wait:
                 self._local[f"{spec.name}.waiting"] -= 1
             self._local[f"{spec.name}.active"] += 1
+        job = InProcessJob.of(self.retry(spec))
+        token = _current.set(job)
         try:
-            delays = backoff(spec.attempts, self.config["JOBS_RETRY_BACKOFF"])
-            for attempt in range(1, spec.attempts + 1):
-                token = _attempt.set((attempt, spec.attempts))
+            while True:
                 try:
                     with self.app.app_context():
                         func(*args)
                     return
                 except Exception:  # noqa: BLE001 - counted and logged by the task; retried here
-                    if attempt == spec.attempts:
+                    if not job.should_retry:
                         return
-                    if wait:
-                        time.sleep(delays[attempt - 1])
-                finally:
-                    _attempt.reset(token)
+                    interval = job.get_retry_interval()
+                    job.retries_left -= 1
+                    if wait and interval:
+                        time.sleep(interval)
         finally:
+            _current.reset(token)
             with self._lock:
                 self._local[f"{spec.name}.active"] -= 1
 
@@ -199,7 +239,7 @@ class Jobs:
                 self._ticker.start()
 
     def _tick_forever(self, stop: threading.Event) -> None:
-        from luca.jobs.tasks import reconcile_analytics  # the tasks import this module
+        from luca.jobs.reconcile import reconcile_analytics  # it imports this module
 
         while not stop.wait(self.config["JOBS_RECONCILE_INTERVAL"]):
             try:
