@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import openai
@@ -17,9 +18,12 @@ import pytest
 from flask import Flask, g
 
 from luca.ai.context import SYSTEM_PROMPT
+from luca.ai.dedup import answer_key, sharing_scope
+from luca.ai.offline import OfflineProvider
 from luca.auth import CurrentUser
 from luca.errors import APIError
 from luca.models import utcnow
+from luca.openai_api import completions
 from luca.openai_api.routes import require_scope
 from tests.support.api import Api, signed
 from tests.support.apps import provider_overrides, serving
@@ -333,3 +337,36 @@ def test_a_token_with_scopes_needs_write_to_ask(app: Flask) -> None:
         g.user.scopes = ("read", "write")
         require_scope("write")
     assert raised.value.status == 403
+
+
+@pytest.mark.sqlite_only
+def test_first_questions_are_shared_within_an_organisation_only() -> None:
+    route = [OfflineProvider()]
+    context = [{"role": "system", "content": "You are Luca."}, *QUESTION]
+    acme_1, acme_2, other = (SimpleNamespace(organisation_id=org) for org in (1, 1, 2))
+    key = {name: answer_key(route, context, index, scope=sharing_scope(user))
+           for index, (name, user) in enumerate({"acme_1": acme_1, "acme_2": acme_2, "other": other}.items())}
+    assert key["acme_1"] == key["acme_2"] != key["other"]
+    assert sharing_scope(SimpleNamespace()) == "shared"  # users without organisations: today's rule
+    assert answer_key(route, context, 1, scope="user") != answer_key(route, context, 2, scope="user")
+
+
+@pytest.mark.sqlite_only
+def test_the_budget_hook_runs_before_the_provider_and_not_for_a_deduplicated_answer(luca: Luca, monkeypatch) -> None:
+    """The seam the budgets work fills in: a refusal there is the client's RateLimitError, with no provider call."""
+    reserved: list[int] = []
+
+    def reserve(user: CurrentUser, *args: Any) -> None:
+        reserved.append(user.id)
+        if len(reserved) > 1:
+            raise APIError(429, "budget_exceeded", "this month's budget is spent", headers={"Retry-After": "60"})
+
+    monkeypatch.setattr(completions, "reserve_budget", reserve)
+    with luca.sdk() as alice, luca.sdk() as bob:
+        alice.chat.completions.create(model="luca", messages=QUESTION)
+        bob.chat.completions.create(model="luca", messages=QUESTION)  # a deduplication hit: nothing reserved
+        with pytest.raises(openai.RateLimitError) as raised:
+            bob.chat.completions.create(model="luca", messages=[{"role": "user", "content": "What is EBIT?"}],
+                                        stream=True)
+    assert len(reserved) == 2 and luca.primary.stats()["requests"] == 1
+    assert raised.value.body["type"] == "insufficient_quota" and raised.value.response.headers["Retry-After"] == "60"

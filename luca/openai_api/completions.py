@@ -215,14 +215,16 @@ def stream(body: ChatCompletionRequest, user: CurrentUser, route: Sequence[Provi
     if hit:
         source = ReplayStream(hit)
     else:
-        reservation = reserve_budget(user, route, context, options)
         try:
+            reservation = reserve_budget(user, route, context, options)
             source = chain.open_stream(context, route, options)
-        except ProvidersUnavailable as exc:
-            if leader and deduplicator:
+        except BaseException as exc:
+            if leader and deduplicator:  # waiting twins must not wait for a stream that never began
                 deduplicator.finish(key)
-            settle_budget(reservation, None)
-            raise unavailable(exc) from None
+            if isinstance(exc, ProvidersUnavailable):
+                settle_budget(reservation, None)
+                raise unavailable(exc) from None
+            raise
     cached = hit is not None
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id(source.provider.name, source.provider.model)}
