@@ -53,6 +53,12 @@ def model_id(provider: str, model: str) -> str:
     return f"{provider}/{model}"
 
 
+def answered_as(route: Sequence[Provider], provider: str, model: str) -> str:
+    """The model id of who answered, as GET /v1/models lists it (a provider may report a dated model name)."""
+    configured = next((p for p in route if p.name == provider), None)
+    return model_id(provider, configured.model if configured else model)
+
+
 def resolve_route(model: str) -> list[Provider]:
     """The providers a model id names: "luca" is the whole fallback chain, "<provider>/<model>" one of them."""
     route = providers.all()
@@ -191,7 +197,7 @@ def answer(body: ChatCompletionRequest, user: CurrentUser) -> Any:
             service.add_answer(conversation, completion, cached=cached)
             enqueue_title(conversation)
         result = ChatCompletion(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()),
-                                model=model_id(completion.provider, completion.model),
+                                model=answered_as(route, completion.provider, completion.model),
                                 choices=[Choice(message=AssistantMessage(content=completion.text))],
                                 usage=usage_of(completion))
         return Response(result.model_dump_json(), mimetype="application/json",
@@ -227,7 +233,8 @@ def stream(body: ChatCompletionRequest, user: CurrentUser, route: Sequence[Provi
             raise
     cached = hit is not None
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id(source.provider.name, source.provider.model)}
+    base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
+            "model": answered_as(route, source.provider.name, source.provider.model)}
     started = time.perf_counter()
 
     def completion_of(parts: list[str]) -> Completion:

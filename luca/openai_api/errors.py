@@ -1,4 +1,6 @@
-"""Every error under /v1 in OpenAI's shape, {"error": {"message", "type", "code", "param"}}, so clients' retry logic works.
+"""Every error under /v1 in OpenAI's shape, {"error": {"message", "type", "code", "param"}}.
+
+Clients' own retry logic then works.
 
 Luca's handlers (luca/errors.py, luca/limits.py) still decide the status, the message and the
 headers (Retry-After, WWW-Authenticate); one after-request hook rewrites the body. That also
