@@ -71,8 +71,10 @@ def test_every_chunk_conforms_and_the_stream_ends_with_done(user: Api) -> None:
     assert response.status_code == 200 and response.mimetype == "text/event-stream"
     events = data_events(response.get_data(as_text=True))
     assert events[-1] == "[DONE]"
-    chunks = [conforming(ChatCompletionChunk, json.loads(data)) for data in events[:-1]]
+    bodies = [json.loads(data) for data in events[:-1]]
+    chunks = [conforming(ChatCompletionChunk, body) for body in bodies]
     assert chunks[-1].usage is not None and len(chunks) > 3
+    assert all("usage" in body for body in bodies)  # null but in the last, as OpenAI's include_usage does
 
 
 def test_models_conform(user: Api) -> None:

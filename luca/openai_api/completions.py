@@ -7,6 +7,7 @@ the last question and its answer are stored there with luca.conversations.servic
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -206,9 +207,12 @@ def answer(body: ChatCompletionRequest, user: CurrentUser) -> Any:
     return within_slot(user.id, respond)  # the REST API's answer slots: one cap for both doors
 
 
-def chunk_event(chunk: ChatCompletionChunk) -> str:
-    """One Server-Sent Event of a streamed answer."""
-    return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+def chunk_event(chunk: ChatCompletionChunk, with_usage: bool = False) -> str:
+    """One Server-Sent Event of a streamed answer; with include_usage every chunk has usage (null but the last)."""
+    data = chunk.model_dump(exclude_none=True)
+    if with_usage:
+        data.setdefault("usage", None)
+    return f"data: {json.dumps(data, separators=(',', ':'), ensure_ascii=False)}\n\n"
 
 
 def stream(body: ChatCompletionRequest, user: CurrentUser, route: Sequence[Provider], context: list[ChatMessage],
@@ -250,11 +254,12 @@ def stream(body: ChatCompletionRequest, user: CurrentUser, route: Sequence[Provi
         finished: Completion | None = None
         deltas = iter(source)
         try:
-            yield chunk_event(ChatCompletionChunk(**base, choices=[ChunkChoice(delta=Delta(role="assistant",
-                                                                                           content=""))]))
+            first = ChunkChoice(delta=Delta(role="assistant", content=""))
+            yield chunk_event(ChatCompletionChunk(**base, choices=[first]), include_usage)
             for delta in deltas:
                 parts.append(delta)
-                yield chunk_event(ChatCompletionChunk(**base, choices=[ChunkChoice(delta=Delta(content=delta))]))
+                yield chunk_event(ChatCompletionChunk(**base, choices=[ChunkChoice(delta=Delta(content=delta))]),
+                                  include_usage)
             finished = completion_of(parts)
             if deduplicator and not cached:
                 deduplicator.store(key, finished)  # before finish(): waiting twins read it as they wake
@@ -278,7 +283,8 @@ def stream(body: ChatCompletionRequest, user: CurrentUser, route: Sequence[Provi
             return
         if conversation is not None:
             enqueue_title(conversation)
-        yield chunk_event(ChatCompletionChunk(**base, choices=[ChunkChoice(delta=Delta(), finish_reason="stop")]))
+        last = ChunkChoice(delta=Delta(), finish_reason="stop")
+        yield chunk_event(ChatCompletionChunk(**base, choices=[last]), include_usage)
         if include_usage:
             yield chunk_event(ChatCompletionChunk(**base, choices=[], usage=usage_of(finished)))
         yield "data: [DONE]\n\n"
