@@ -13,6 +13,13 @@ class ChatMessage(TypedDict):
     content: str
 
 
+class Options(TypedDict, total=False):
+    """What a client may ask of one call besides the messages (the OpenAI-compatible door passes them)."""
+
+    max_tokens: int
+    temperature: float
+
+
 @dataclass
 class Completion:
     """A finished answer and who wrote it."""
@@ -39,11 +46,11 @@ class Provider(Protocol):
     name: str
     model: str
 
-    def complete(self, messages: list[ChatMessage]) -> Completion:
+    def complete(self, messages: list[ChatMessage], options: Options | None = None) -> Completion:
         """Answer the context in one piece."""
         ...
 
-    def stream(self, messages: list[ChatMessage]) -> Iterator[str | StreamEnd]:
+    def stream(self, messages: list[ChatMessage], options: Options | None = None) -> Iterator[str | StreamEnd]:
         """Answer the context as text deltas, then one StreamEnd."""
         ...
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from flask import Flask
 from pybreaker import CircuitBreakerError
 
-from luca.ai.base import ChatMessage, Completion, Provider, StreamEnd
+from luca.ai.base import ChatMessage, Completion, Options, Provider, StreamEnd
 from luca.ai.offline import OfflineProvider
 from luca.ai.providers import OpenAICompatibleProvider
 from luca.breakers import Breaker
@@ -110,14 +110,15 @@ def record_success(completion: Completion) -> None:
                    completion.tokens_in, completion.tokens_out)
 
 
-def answer(messages: list[ChatMessage]) -> Completion:
-    """Answer with the first provider that can; ProvidersUnavailable when none can."""
+def answer(messages: list[ChatMessage], route: Sequence[Provider] | None = None,
+           options: Options | None = None) -> Completion:
+    """Answer with the first provider of route (default: all, in order) that can; ProvidersUnavailable when none can."""
     errors: list[str] = []
-    for provider in providers.all():
+    for provider in route or providers.all():
         started = time.perf_counter()
         try:
             with guarded(provider):
-                completion = provider.complete(messages)
+                completion = provider.complete(messages, options)
         except Exception as exc:  # noqa: BLE001 - any provider error means: try the next one
             errors.append(describe(provider, exc))
             record_failure(provider, exc, started)
@@ -166,10 +167,11 @@ class AnswerStream:
                        self.end.tokens_in if self.end else 0, self.end.tokens_out if self.end else 0)
 
 
-def open_stream(messages: list[ChatMessage]) -> AnswerStream:
-    """Start streaming from the first provider that produces a first delta (fallback happens only here)."""
+def open_stream(messages: list[ChatMessage], route: Sequence[Provider] | None = None,
+                options: Options | None = None) -> AnswerStream:
+    """Start streaming from the first provider of route that produces a first delta (fallback happens only here)."""
     errors: list[str] = []
-    for provider in providers.all():
+    for provider in route or providers.all():
         breaker = breaker_for(provider)
         started = time.perf_counter()
         try:
@@ -178,7 +180,7 @@ def open_stream(messages: list[ChatMessage]) -> AnswerStream:
             errors.append(describe(provider, exc))
             record_failure(provider, exc, started)
             continue
-        rest = provider.stream(messages)
+        rest = provider.stream(messages, options)
         try:
             first = next(rest)
         except Exception as exc:  # noqa: BLE001 - before the first delta, any error means: next provider

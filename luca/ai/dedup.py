@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 from flask import Flask
 
-from luca.ai.base import ChatMessage, Completion, Provider, StreamEnd
+from luca.ai.base import ChatMessage, Completion, Options, Provider, StreamEnd
 from luca.cache import cache_key
 from luca.extensions import cache
 from luca.redis import REDIS_ERRORS
@@ -33,18 +33,36 @@ POLL_SECONDS = 0.05
 
 
 def answer_key(route: Sequence[Provider], context: list[ChatMessage], user_id: int,
-               file_digests: Sequence[str] = ()) -> str:
-    """The dedup cache key of a context: shared when nothing in it is private, else the user's own."""
+               file_digests: Sequence[str] = (), *, scope: str = "shared", options: Options | None = None) -> str:
+    """The dedup cache key of a context: shared within scope when nothing in it is private, else the user's own.
+
+    scope names who may share a context without private content: "shared" (every user, today's
+    REST rule), "org<id>" (one organisation's users, once users have organisations) or "user"
+    (nobody: the caller knows the context holds something private, e.g. a client's own system
+    prompt). options (max_tokens, temperature) change the answer, so they are part of the key.
+    """
     questions = [m for m in context if m["role"] == "user"]
-    private = bool(file_digests) or len(questions) != 1 or any(m["role"] == "assistant" for m in context)
-    material = json.dumps({
+    private = (scope == "user" or bool(file_digests) or len(questions) != 1
+               or any(m["role"] == "assistant" for m in context))
+    material = {
         "route": [[p.name, p.model] for p in route],
         "mode": "chat",
         "messages": [[m["role"], m["content"]] for m in context],
         "files": list(file_digests),
-    }, separators=(",", ":"), ensure_ascii=False)
-    digest = hashlib.sha256(material.encode()).hexdigest()
-    return cache_key("ai", f"user{user_id}" if private else "shared", digest)
+    }
+    if options:  # absent for the REST API, whose keys stay what they were
+        material["options"] = dict(sorted(options.items()))
+    digest = hashlib.sha256(json.dumps(material, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
+    return cache_key("ai", f"user{user_id}" if private else scope, digest)
+
+
+def sharing_scope(user: object) -> str:
+    """Where a user's contexts without private content are shared: their organisation once users have one.
+
+    Until users carry an organisation_id (the organisations issue), that is every user ("shared").
+    """
+    organisation = getattr(user, "organisation_id", None)
+    return f"org{organisation}" if organisation is not None else "shared"
 
 
 @dataclass

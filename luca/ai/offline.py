@@ -5,7 +5,7 @@ import re
 import time
 from collections.abc import Iterator
 
-from luca.ai.base import ChatMessage, Completion, StreamEnd, estimate_tokens
+from luca.ai.base import ChatMessage, Completion, Options, StreamEnd, estimate_tokens
 
 NOTICE = "(Offline answer: no AI provider is configured, so Luca answers from a small built-in guide.)"
 
@@ -63,8 +63,8 @@ class OfflineProvider:
         body = best[1] if best[0] & found else DEFAULT
         return f"{body}\n\n{NOTICE}"
 
-    def complete(self, messages: list[ChatMessage]) -> Completion:
-        """Answer in one piece."""
+    def complete(self, messages: list[ChatMessage], options: Options | None = None) -> Completion:
+        """Answer in one piece (the guide's text does not depend on options)."""
         started = time.perf_counter()
         text = self.answer_text(messages)
         return Completion(
@@ -76,7 +76,7 @@ class OfflineProvider:
             latency_ms=int((time.perf_counter() - started) * 1000),
         )
 
-    def stream(self, messages: list[ChatMessage]) -> Iterator[str | StreamEnd]:
+    def stream(self, messages: list[ChatMessage], options: Options | None = None) -> Iterator[str | StreamEnd]:
         """Answer word by word, as a streaming provider would."""
         text = self.answer_text(messages)
         for piece in re.findall(r"\S+\s*", text):

@@ -14,7 +14,7 @@ import openai
 from openai import Stream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from luca.ai.base import ChatMessage, Completion, StreamEnd, estimate_tokens
+from luca.ai.base import ChatMessage, Completion, Options, StreamEnd, estimate_tokens
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,8 @@ class OpenAICompatibleProvider:
             http_client=HttpClient(),
         )
 
-    def request_body(self, messages: list[ChatMessage], **extra: object) -> dict[str, object]:
+    def request_body(self, messages: list[ChatMessage], options: Options | None = None,
+                     **extra: object) -> dict[str, object]:
         """The chat-completions request.
 
         It is sent with the SDK's client.post() rather than chat.completions.create(): the
@@ -81,13 +82,19 @@ class OpenAICompatibleProvider:
         more CPU than the rest of the request (3 ms for 20 messages, measured in bench).
         Errors, auth, timeouts and response types are the SDK's either way.
         """
-        return {"model": self.model, "messages": messages, "max_tokens": self.max_tokens, **extra}
+        body: dict[str, object] = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens, **extra}
+        if options:  # a client's own max_tokens never goes above AI_MAX_OUTPUT_TOKENS
+            if "max_tokens" in options:
+                body["max_tokens"] = min(options["max_tokens"], self.max_tokens)
+            if "temperature" in options:
+                body["temperature"] = options["temperature"]
+        return body
 
-    def complete(self, messages: list[ChatMessage]) -> Completion:
+    def complete(self, messages: list[ChatMessage], options: Options | None = None) -> Completion:
         """Ask for the whole answer at once."""
         started = time.perf_counter()
         response = self.client.post("/chat/completions", cast_to=ChatCompletion,
-                                    body=self.request_body(messages))
+                                    body=self.request_body(messages, options))
         text = (response.choices[0].message.content or "") if response.choices else ""
         usage = response.usage
         return Completion(
@@ -99,11 +106,11 @@ class OpenAICompatibleProvider:
             latency_ms=int((time.perf_counter() - started) * 1000),
         )
 
-    def stream(self, messages: list[ChatMessage]) -> Iterator[str | StreamEnd]:
+    def stream(self, messages: list[ChatMessage], options: Options | None = None) -> Iterator[str | StreamEnd]:
         """Yield the answer's text deltas as they arrive, then the usage counts."""
         stream = self.client.post(
             "/chat/completions", cast_to=ChatCompletion, stream=True, stream_cls=Stream[ChatCompletionChunk],
-            body=self.request_body(messages, stream=True, stream_options={"include_usage": True}))
+            body=self.request_body(messages, options, stream=True, stream_options={"include_usage": True}))
         tokens_in = tokens_out = 0
         produced: list[str] = []
         finished = False

@@ -98,3 +98,22 @@ def provider_env(*servers: Any) -> dict[str, str]:
         env.update({f"{prefix}_BASE_URL": server.url, f"{prefix}_MODEL": f"{server.name}-model",
                     f"{prefix}_API_KEY": "test-key"})
     return env
+
+
+@contextmanager
+def serving(app: Flask) -> Iterator[str]:
+    """Serve app over real HTTP (werkzeug, a thread per request) on a free port for the block; yield its base URL.
+
+    For clients that need a URL, such as the openai SDK, while the test keeps the app's fixtures.
+    """
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
