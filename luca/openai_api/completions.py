@@ -27,7 +27,7 @@ from luca.conversations import service
 from luca.conversations.answers import within_slot
 from luca.errors import APIError, not_found
 from luca.extensions import cache, dedup, providers
-from luca.jobs.tasks import enqueue_title
+from luca.conversations.titles import enqueue_title
 from luca.models import Conversation
 from luca.openai_api.errors import invalid
 from luca.openai_api.schemas import (
