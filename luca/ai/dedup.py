@@ -3,7 +3,8 @@
 The key is a hash of everything the answer depends on: the provider route (names and
 models, in order), the system prompt, every message of the context and the content of
 attached files. Only a context with nothing private in it — a conversation's first
-question, no files — is shared between users; anything else is scoped to its user.
+question, no files — is shared between the users of one organisation; anything else is
+scoped to its user. Nothing is shared across organisations.
 Concurrent identical requests make one provider call (single flight): the first takes a
 lock (in the process, and in Redis across processes), the others wait for its answer for
 a bounded time and then call the provider themselves.
@@ -33,10 +34,11 @@ POLL_SECONDS = 0.05
 
 
 def answer_key(route: Sequence[Provider], context: list[ChatMessage], user_id: int,
-               file_digests: Sequence[str] = ()) -> str:
-    """The dedup cache key of a context: shared when nothing in it is private, else the user's own."""
+               file_digests: Sequence[str] = (), organisation_id: int | None = None) -> str:
+    """The dedup cache key of a context: the organisation's when nothing in it is private, else the user's own."""
     questions = [m for m in context if m["role"] == "user"]
-    private = bool(file_digests) or len(questions) != 1 or any(m["role"] == "assistant" for m in context)
+    private = (bool(file_digests) or len(questions) != 1 or any(m["role"] == "assistant" for m in context)
+               or organisation_id is None)
     material = json.dumps({
         "route": [[p.name, p.model] for p in route],
         "mode": "chat",
@@ -44,7 +46,7 @@ def answer_key(route: Sequence[Provider], context: list[ChatMessage], user_id: i
         "files": list(file_digests),
     }, separators=(",", ":"), ensure_ascii=False)
     digest = hashlib.sha256(material.encode()).hexdigest()
-    return cache_key("ai", f"user{user_id}" if private else "shared", digest)
+    return cache_key("ai", f"user{user_id}" if private else f"org{organisation_id}", digest)
 
 
 @dataclass

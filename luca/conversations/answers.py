@@ -16,6 +16,7 @@ from luca.ai import chain
 from luca.ai.base import ChatMessage, Completion, estimate_tokens
 from luca.ai.chain import AnswerStream, ProvidersUnavailable
 from luca.ai.dedup import Deduplicator, ReplayStream, answer_key
+from luca.auth import current_user
 from luca.conversations import service
 from luca.errors import APIError
 from luca.extensions import cache, dedup, providers, slots
@@ -89,7 +90,8 @@ def respond(conversation: Conversation, question: Message, context: list[ChatMes
     Unless the client opted out, identical contexts are answered once (see luca.ai.dedup).
     """
     deduplicator = dedup.of() if use_cache and not cache.disabled else None
-    key = answer_key(providers.all(), context, conversation.user_id, file_digests) if deduplicator else ""
+    key = answer_key(providers.all(), context, conversation.user_id, file_digests,
+                     organisation_id=current_user().organisation_id) if deduplicator else ""
     if stream:
         return stream_response(conversation, question, context, deduplicator, key)
     started = time.perf_counter()

@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 import uuid
+from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -58,21 +59,33 @@ def json_response(body: str, cache_status: str, status: int = 200) -> Response:
     return Response(body, status=status, mimetype="application/json", headers={"X-Cache": cache_status})
 
 
-def cached_for_user(kind: str, user_id: int, parts: tuple[Any, ...], build: Callable[[], BaseModel],
+@dataclass(frozen=True)
+class Uncached:
+    """A body cached_for_user() must serve but not keep: a colleague's shared conversation, which its owner
+    may unshare at any moment (the viewer's cache version would not change)."""
+
+    body: BaseModel
+
+
+def cached_for_user(kind: str, user_id: int, parts: tuple[Any, ...], build: Callable[[], BaseModel | Uncached],
                     keep_stale: bool = False) -> Response:
     """Serve a per-user JSON body from the cache, or build, cache and serve it.
 
     With keep_stale, a copy outlives the fresh one and is served (X-Cache: stale) when
-    the database cannot be reached.
+    the database cannot be reached. A build() that answers Uncached(body) is served, never kept.
     """
     if cache.disabled:
-        return json_response(build().model_dump_json(), "disabled")
+        built = build()
+        return json_response((built.body if isinstance(built, Uncached) else built).model_dump_json(), "disabled")
     key, body = cache.get_for_user(kind, user_id, *parts)
     if body is not None:
         return json_response(body, "hit")
     stale_key = cache_key("stale", kind, user_id, *parts)
     try:
-        body = build().model_dump_json()
+        built = build()
+        if isinstance(built, Uncached):
+            return json_response(built.body.model_dump_json(), "bypass")
+        body = built.model_dump_json()
     except (SQLAlchemyError, CircuitBreakerError) as exc:
         if keep_stale and (isinstance(exc, CircuitBreakerError) or is_database_unavailable(exc)):
             stale = cache.get(stale_key)
@@ -89,13 +102,15 @@ def cached_for_user(kind: str, user_id: int, parts: tuple[Any, ...], build: Call
 @bp.get("/conversations")
 @endpoint(query=ConversationListQuery, response=ConversationPage, errors=(400, 422))
 def list_conversations(query: ConversationListQuery) -> Response:
-    """The user's conversations, pinned first then newest activity, a page at a time."""
+    """The user's conversations, pinned first then newest activity, a page at a time (shared=true: colleagues')."""
     user_id = current_user().id
 
-    def build() -> ConversationPage:
+    def build() -> BaseModel | Uncached:
         items, next_cursor = service.conversation_page(
-            user_id, limit=query.limit, cursor=query.cursor, metadata=query.metadata, q=query.q)
-        return ConversationPage(items=[ConversationOut.model_validate(c) for c in items], next_cursor=next_cursor)
+            user_id, limit=query.limit, cursor=query.cursor, metadata=query.metadata, q=query.q,
+            shared=bool(query.shared))
+        page = ConversationPage(items=[ConversationOut.model_validate(c) for c in items], next_cursor=next_cursor)
+        return Uncached(body=page) if query.shared else page
 
     parts = (query.limit, query.cursor or "", query.q or "", query.metadata or "")
     return cached_for_user("conversations", user_id, (hash_parts(parts),), build, keep_stale=True)
@@ -117,10 +132,15 @@ def create_conversation(body: ConversationCreate) -> ConversationOut:
 @bp.get("/conversations/<uuid:conversation_id>")
 @endpoint(response=ConversationOut)
 def get_conversation(conversation_id: uuid.UUID) -> Response:
-    """One of the user's conversations."""
+    """One of the user's conversations, or one a colleague shared."""
     user_id = current_user().id
-    return cached_for_user("conversation", user_id, (conversation_id,), lambda: ConversationOut.model_validate(
-        service.get_conversation(user_id, conversation_id)))
+
+    def build() -> BaseModel | Uncached:
+        conversation = service.conversation_access(user_id, conversation_id, write=False)
+        body = ConversationOut.model_validate(conversation)
+        return Uncached(body=body) if service.shared_with_me(conversation, user_id) else body
+
+    return cached_for_user("conversation", user_id, (conversation_id,), build)
 
 
 @bp.patch("/conversations/<uuid:conversation_id>")
@@ -146,10 +166,11 @@ def list_messages(conversation_id: uuid.UUID, query: MessageListQuery) -> Respon
     """A conversation's messages, a page at a time (newest first unless order=asc)."""
     user_id = current_user().id
 
-    def build() -> MessagePage:
+    def build() -> BaseModel | Uncached:
         items, next_cursor = service.message_page(user_id, conversation_id, limit=query.limit,
                                                   cursor=query.cursor, descending=query.order == "desc")
-        return MessagePage(items=[MessageOut.model_validate(m) for m in items], next_cursor=next_cursor)
+        page = MessagePage(items=[MessageOut.model_validate(m) for m in items], next_cursor=next_cursor)
+        return Uncached(body=page) if any(m.user_id != user_id for m in items) else page
 
     parts = (conversation_id, hash_parts((query.limit, query.cursor or "", query.order)))
     return cached_for_user("messages", user_id, parts, build)
