@@ -105,12 +105,14 @@ def list_conversations(query: ConversationListQuery) -> Response:
     """The user's conversations, pinned first then newest activity, a page at a time (shared=true: colleagues')."""
     user_id = current_user().id
 
-    def build() -> BaseModel | Uncached:
+    def build() -> ConversationPage:
         items, next_cursor = service.conversation_page(
             user_id, limit=query.limit, cursor=query.cursor, metadata=query.metadata, q=query.q,
             shared=bool(query.shared))
-        page = ConversationPage(items=[ConversationOut.model_validate(c) for c in items], next_cursor=next_cursor)
-        return Uncached(body=page) if query.shared else page
+        return ConversationPage(items=[ConversationOut.model_validate(c) for c in items], next_cursor=next_cursor)
+
+    if query.shared:  # never cached: an owner's unsharing must show at once, and it changes no version of ours
+        return json_response(build().model_dump_json(), "bypass")
 
     parts = (query.limit, query.cursor or "", query.q or "", query.metadata or "")
     return cached_for_user("conversations", user_id, (hash_parts(parts),), build, keep_stale=True)
