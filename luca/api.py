@@ -216,7 +216,8 @@ def openapi_document(app: Flask) -> dict[str, Any]:
         "components": {
             "schemas": components,
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"},
-                                "sessionCookie": {"type": "apiKey", "in": "cookie", "name": app.config["SESSION_COOKIE"],
+                                "sessionCookie": {"type": "apiKey", "in": "cookie",
+                                                  "name": app.config.get("SESSION_COOKIE", "session"),
                                                   "description": "From POST /api/auth/login; writes also need "
                                                                  "the X-CSRF-Token header"}},
         },

@@ -6,6 +6,7 @@ from datetime import date, datetime, time, timedelta
 from sqlalchemy import case, func, select
 
 from luca.accounts import bp, endpoint, service
+from luca.admin.routes import parse_day
 from luca.accounts.schemas import (
     InvitationCreate,
     InvitationOut,
@@ -118,17 +119,6 @@ def invite(body: InvitationCreate) -> InvitationOut:
         raise APIError(409, "email_taken", "an account with this email already exists")
     url, token, invitation = service.create_invitation(me.organisation_id, body.email, body.role, me.id)
     return InvitationOut(url=url, token=token, expires_at=invitation.expires_at)
-
-
-def parse_day(value: str | None, field: str) -> date | None:
-    """A YYYY-MM-DD value as a date; 422 for a day that does not exist."""
-    if value is None:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise APIError(422, "validation_error", f"{field} is not a day",
-                       [{"field": field, "message": "not a valid YYYY-MM-DD day"}]) from None
 
 
 @bp.get("/org/usage")
