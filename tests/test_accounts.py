@@ -19,6 +19,7 @@ from tests.support import ROOT
 from tests.support.accounts import PASSWORD, Browser, login, member
 from tests.support.api import Api
 from tests.support.services import temporary_postgres_database
+from tests.support.smtp import MailSink
 
 
 def signup(app: Flask, email: str, password: str = PASSWORD, name: str = "") -> tuple[object, object]:
@@ -169,6 +170,21 @@ def test_forgot_answers_the_same_for_known_and_unknown_emails_and_needs_no_mail_
     unknown = client.post("/api/auth/forgot", json={"email": "nobody@firm.example"})
     assert (known.status_code, known.data) == (unknown.status_code, unknown.data) == (202, b"")
     assert count(app, PasswordReset) == 1  # only set_password's link: without MAIL_URL nothing is made
+
+
+@pytest.mark.sqlite_only
+def test_forgot_mails_a_working_reset_link_when_mail_url_is_set(app_factory) -> None:
+    with MailSink() as sink:
+        app = app_factory(MAIL_URL=sink.url, PUBLIC_URL="https://luca.example")
+        member(app, "ada@firm.example")
+        client = app.test_client()
+        assert client.post("/api/auth/forgot", json={"email": "Ada@firm.example"}).status_code == 202
+        assert client.post("/api/auth/forgot", json={"email": "nobody@firm.example"}).status_code == 202
+    assert [m["To"] for m in sink.messages] == ["ada@firm.example"]
+    text = sink.messages[0].get_content()
+    token = text.split("https://luca.example/reset-password?token=")[1].split()[0]
+    assert client.post("/api/auth/reset", json={"token": token, "password": "from the mail, long"}).status_code == 204
+    login(app, "ada@firm.example", "from the mail, long")
 
 
 # -- throttling ------------------------------------------------------------------------------------
