@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 
-from flask import Response, current_app
+from flask import Flask, Response, current_app
 from sqlalchemy import select
 
 from luca.accounts import bp, endpoint, service
@@ -118,13 +119,21 @@ def forgot_password(body: ForgotRequest) -> tuple[str, int]:
     user = service.find_user(body.email)
     if user is not None and user.membership is not None and current_app.config["MAIL_URL"]:
         link = service.create_reset_link(user)
+        # Sent after the answer, on a thread: its time must not tell who has an account.
+        threading.Thread(target=mail_reset_link, args=(current_app._get_current_object(), user.email, link),
+                         daemon=True).start()
+    return "", 202
+
+
+def mail_reset_link(app: Flask, email: str, link: str) -> None:
+    """Mail a reset link (on its own thread); a failure is logged, never raised."""
+    with app.app_context():
         try:
-            service.send_mail(user.email, "Reset your Luca password",
+            service.send_mail(email, "Reset your Luca password",
                               f"Open this link within an hour to choose a new password:\n\n{link}\n\n"
                               "If you did not ask for it, ignore this mail.")
-        except OSError as exc:  # smtplib's errors are OSErrors: the answer must not tell who has an account
+        except OSError as exc:  # smtplib's errors are OSErrors
             log.warning("reset mail not sent: %s", type(exc).__name__)
-    return "", 202
 
 
 @bp.post("/auth/reset")
