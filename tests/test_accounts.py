@@ -392,3 +392,12 @@ def test_the_migration_gives_existing_users_an_organisation_and_tokens_every_sco
         with temporary_postgres_database("luca_accounts") as url:
             run(url)
 
+
+
+@pytest.mark.sqlite_only
+def test_the_openapi_document_marks_only_the_sign_in_endpoints_public(client) -> None:
+    paths = client.get("/api/openapi.json").get_json()["paths"]
+    public = sorted(f"{method.upper()} {path}" for path, operations in paths.items()
+                    for method, operation in operations.items() if operation.get("security") == [])
+    assert public == ["POST /api/auth/accept-invitation", "POST /api/auth/forgot", "POST /api/auth/login",
+                      "POST /api/auth/reset", "POST /api/auth/signup"]
