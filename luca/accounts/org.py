@@ -74,7 +74,8 @@ def colleague(user_id: int) -> Membership:
     (unless an owner) for an owner."""
     me = service.require_role(*service.ADMIN_ROLES)
     membership = db.session.execute(select(Membership).where(
-        Membership.user_id == user_id, Membership.organisation_id == me.organisation_id)).scalar_one_or_none()
+        Membership.user_id == service.existing_id(user_id, "member"),
+        Membership.organisation_id == me.organisation_id)).scalar_one_or_none()
     if membership is None:
         raise not_found("member")
     if user_id == me.id:

@@ -95,7 +95,7 @@ def list_sessions() -> SessionList:
 @endpoint(status=204, errors=(403,))
 def delete_session(session_id: int) -> tuple[str, int]:
     """End one of the user's sessions (signs that browser out at once)."""
-    if service.end_sessions(current_user().id, only=session_id) == 0:
+    if service.end_sessions(current_user().id, only=service.existing_id(session_id, "session")) == 0:
         raise not_found("session")
     return "", 204
 

@@ -24,7 +24,7 @@ from limits.strategies import FixedWindowRateLimiter
 from sqlalchemy import func, select, update
 
 from luca.auth import CurrentUser, current_user, forget_sessions, forget_tokens, forget_user, hash_token
-from luca.errors import APIError
+from luca.errors import APIError, not_found
 from luca.extensions import db, limits
 from luca.limits import client_address, limited_message
 from luca.models import ApiToken, Invitation, Membership, Organisation, PasswordReset, User, UserSession, utcnow
@@ -35,6 +35,18 @@ hasher = PasswordHasher()  # argon2id, argon2-cffi's recommended parameters
 ADMIN_ROLES = ("owner", "admin")
 INVALID_LOGIN = "wrong email or password"
 _dummy_hash: str | None = None
+
+
+# Rows of users, api_tokens and user_sessions have 32-bit ids; a larger one names no row (and PostgreSQL
+# would refuse to compare it with the column).
+MAX_INT_ID = 2**31 - 1
+
+
+def existing_id(value: int, what: str) -> int:
+    """value, when a 32-bit id column can hold it; else the 404 of an unknown row."""
+    if value > MAX_INT_ID:
+        raise not_found(what)
+    return value
 
 
 # -- passwords ---------------------------------------------------------------------------

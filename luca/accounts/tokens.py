@@ -6,6 +6,7 @@ from datetime import timedelta
 from sqlalchemy import select, update
 
 from luca.accounts import bp, endpoint
+from luca.accounts.service import existing_id
 from luca.accounts.schemas import TokenCreate, TokenCreated, TokenList, TokenOut
 from luca.auth import SCOPES, current_user, forget_tokens, issue_token
 from luca.errors import APIError, not_found
@@ -47,7 +48,8 @@ def create_token(body: TokenCreate) -> TokenCreated:
 @endpoint(status=204, errors=(403,))
 def revoke_token(token_id: int) -> tuple[str, int]:
     """Revoke one of the user's tokens (at once here, in other processes within CACHE_NEAR_TTL)."""
-    where = (ApiToken.id == token_id, ApiToken.user_id == current_user().id, ApiToken.revoked_at.is_(None))
+    where = (ApiToken.id == existing_id(token_id, "token"), ApiToken.user_id == current_user().id,
+             ApiToken.revoked_at.is_(None))
     token_hash = db.session.execute(select(ApiToken.token_hash).where(*where)).scalar_one_or_none()
     if token_hash is None:
         raise not_found("token")
