@@ -62,6 +62,14 @@ def test_the_session_cookie_is_secure_over_https(app_factory) -> None:
 
 
 @pytest.mark.sqlite_only
+def test_the_session_cookie_is_secure_behind_a_trusted_https_proxy(app_factory) -> None:
+    app = app_factory(SIGNUP="open", TRUSTED_PROXY_HOPS=1)
+    response = app.test_client().post("/api/auth/signup", headers={"X-Forwarded-Proto": "https"},
+                                      json={"email": "a@firm.example", "password": PASSWORD})
+    assert response.status_code == 201 and "Secure" in response.headers["Set-Cookie"]
+
+
+@pytest.mark.sqlite_only
 def test_passwords_need_twelve_characters_and_emails_are_unique(app_factory) -> None:
     app = app_factory(SIGNUP="open")
     _, short = signup(app, "a@firm.example", password="eleven char")
