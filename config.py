@@ -175,6 +175,20 @@ class Config:
     ALERT_CACHE_HIT_RATE = env_float("ALERT_CACHE_HIT_RATE", 0.40)
     ALERT_MIN_SAMPLES = env_int("ALERT_MIN_SAMPLES", 20)
 
+    # Accounts (luca/accounts/): who may sign up, the session cookie, mail for reset links, login throttling.
+    SIGNUP = os.environ.get("SIGNUP", "invite").strip().lower()  # open: anyone; invite: only by invitation
+    PASSWORD_MIN_LENGTH = env_int("PASSWORD_MIN_LENGTH", 12)
+    SESSION_COOKIE = os.environ.get("SESSION_COOKIE", "luca_session")
+    SESSION_LIFETIME_HOURS = env_int("SESSION_LIFETIME_HOURS", 14 * 24)
+    INVITATION_LIFETIME_HOURS = env_int("INVITATION_LIFETIME_HOURS", 7 * 24)
+    RESET_LIFETIME_MINUTES = env_int("RESET_LIFETIME_MINUTES", 60)
+    # Where links in mail and CLI output point; unset: the address the request came to (localhost for the CLI).
+    PUBLIC_URL = os.environ.get("PUBLIC_URL") or None
+    MAIL_URL = os.environ.get("MAIL_URL") or None  # smtp://user:pass@host:port or smtps://...
+    MAIL_FROM = os.environ.get("MAIL_FROM", "luca@localhost")
+    # Failed sign-ins per account (the address's budget is RATE_LIMIT_AUTH_FAILURES).
+    RATE_LIMIT_LOGIN_FAILURES = os.environ.get("RATE_LIMIT_LOGIN_FAILURES", "5 per 15 minutes")
+
     AI_BREAKER_FAIL_MAX = env_int("AI_BREAKER_FAIL_MAX", 5)
     AI_BREAKER_RESET_TIMEOUT = env_float("AI_BREAKER_RESET_TIMEOUT", 60.0)
     AI_BREAKER_SHARED_READ = env_float("AI_BREAKER_SHARED_READ", 1.0)

@@ -136,7 +136,8 @@ def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    """Mount the API (/api, /api/admin), the OpenAI-compatible API (/v1), rq-dashboard (/admin/rq), docs, health, metrics and the web pages."""
+    """Mount the API (/api, /api/auth, /api/tokens, /api/org, /api/admin), the OpenAI-compatible API (/v1), rq-dashboard (/admin/rq), docs, health, metrics and the web pages."""
+    from luca.accounts import bp as accounts_bp
     from luca.admin import bp as admin_bp
     from luca.admin.dashboard import register_dashboard
     from luca.api import register_docs
@@ -147,6 +148,7 @@ def register_blueprints(app: Flask) -> None:
     from luca.web import register_web
 
     app.register_blueprint(conversations_bp, url_prefix="/api")
+    app.register_blueprint(accounts_bp, url_prefix="/api")
     app.register_blueprint(admin_bp, url_prefix="/api/admin")
     app.register_blueprint(openai_bp, url_prefix="/v1")  # the OpenAI-compatible door
     register_dashboard(app)

@@ -36,6 +36,7 @@ class EndpointSpec:
     # Server-Sent Events the endpoint may answer instead (200, text/event-stream), by event name.
     events: Mapping[str, type[BaseModel]] | None = None
     events_description: str = "Server-Sent Events"
+    public: bool = False  # needs no credentials (signing in, signing up); the document says so with security: []
 
 
 def validation_details(exc: ValidationError) -> list[dict[str, str]]:
@@ -183,6 +184,8 @@ def openapi_document(app: Flask) -> dict[str, Any]:
             "parameters": path_parameters(rule) + query_parameters(spec.query),
             "responses": {},
         }
+        if spec.public:
+            operation["security"] = []
         if spec.upload:
             operation["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": {
                 "type": "object", "required": [spec.upload],
@@ -216,9 +219,13 @@ def openapi_document(app: Flask) -> dict[str, Any]:
         "paths": dict(sorted(paths.items())),
         "components": {
             "schemas": components,
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"},
+                                "sessionCookie": {"type": "apiKey", "in": "cookie",
+                                                  "name": app.config.get("SESSION_COOKIE", "session"),
+                                                  "description": "From POST /api/auth/login; writes also need "
+                                                                 "the X-CSRF-Token header"}},
         },
-        "security": [{"bearerAuth": []}],
+        "security": [{"bearerAuth": []}],  # or the session cookie (sessionCookie), for the web page
     }
 
 

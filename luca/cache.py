@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,14 @@ return {version, redis.call('GET', ARGV[1] .. version .. ARGV[2])}
 def cache_key(kind: str, *parts: Any) -> str:
     """The one place cache keys are made: kind, then the parts, colon-separated (the same in both tiers)."""
     return join_key(kind, *parts)
+
+
+@dataclass(frozen=True)
+class Uncached:
+    """A body cached_for_user() must serve but not keep: a colleague's shared conversation, which its owner
+    may unshare at any moment (the viewer's cache version would not change)."""
+
+    body: BaseModel
 
 
 def json_response(body: str, cache_status: str, status: int = 200) -> Response:
@@ -229,21 +238,25 @@ class CacheService:
         key = cache_key(kind, user_id, f"v{self.user_version(user_id)}", *parts)
         return key, self.get(key)
 
-    def cached_for_user(self, kind: str, user_id: int, parts: tuple[Any, ...], build: Callable[[], BaseModel],
-                        keep_stale: bool = False) -> Response:
+    def cached_for_user(self, kind: str, user_id: int, parts: tuple[Any, ...],
+                        build: Callable[[], BaseModel | Uncached], keep_stale: bool = False) -> Response:
         """Serve a per-user JSON body from the cache, or build, cache and serve it (X-Cache: hit, miss, disabled).
 
         With keep_stale, a copy outlives the fresh one and is served (X-Cache: stale) when
-        the database cannot be reached.
+        the database cannot be reached. A build() that answers Uncached(body) is served, never kept.
         """
         if self.disabled:
-            return json_response(build().model_dump_json(), "disabled")
+            built = build()
+            return json_response((built.body if isinstance(built, Uncached) else built).model_dump_json(), "disabled")
         key, body = self.get_for_user(kind, user_id, *parts)
         if body is not None:
             return json_response(body, "hit")
         stale_key = cache_key("stale", kind, user_id, *parts)
         try:
-            body = build().model_dump_json()
+            built = build()
+            if isinstance(built, Uncached):
+                return json_response(built.body.model_dump_json(), "bypass")
+            body = built.model_dump_json()
         except (SQLAlchemyError, CircuitBreakerError) as exc:
             if keep_stale and (isinstance(exc, CircuitBreakerError) or is_database_unavailable(exc)):
                 stale = self.get(stale_key)

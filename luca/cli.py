@@ -13,9 +13,9 @@ from sqlalchemy import func, select, update
 from luca.auth import forget_tokens, hash_token, issue_token
 from luca.extensions import breakers, cache, db, jobs
 from luca.jobs.reconcile import reconcile
-from luca.models import ApiToken, User, utcnow
+from luca.models import ApiToken, Membership, Organisation, User, utcnow
 
-users_cli = AppGroup("users", help="Create users.")
+users_cli = AppGroup("users", help="Create users, print password reset links.")
 tokens_cli = AppGroup("tokens", help="Create, list and revoke API tokens.")
 cache_cli = AppGroup("cache", help="Manage the cache.")
 jobs_cli = AppGroup("jobs", help="Background jobs.")
@@ -38,20 +38,47 @@ def find_user(email: str) -> User:
 @users_cli.command("create")
 @click.argument("email")
 @click.option("--name", default="", help="Display name.")
-@click.option("--admin", is_flag=True, help="Allow the operator endpoints.")
-def create_user(email: str, name: str, admin: bool) -> None:
+@click.option("--admin", is_flag=True, help="Allow the operator endpoints (a platform operator).")
+@click.option("--org", "org_name", default=None,
+              help="Join the organisation of this name as a member (its owner when it is new); "
+                   "default: a new organisation of the user's own.")
+def create_user(email: str, name: str, admin: bool, org_name: str | None) -> None:
     """Create a user and print its first API token (the last line of output)."""
+    from luca.accounts.service import create_account
+
     email = email.strip().lower()
     if "@" not in email or len(email) > 254:
         raise click.ClickException("give a valid email address")
     if db.session.execute(select(User.id).where(User.email == email)).first():
         raise click.ClickException(f"a user with email {email} already exists; use `tokens create`")
-    user = User(email=email, name=name, is_admin=admin)
-    db.session.add(user)
-    token = issue_token(user, name="cli")
+    organisation, role = None, "owner"
+    if org_name:
+        organisation = db.session.execute(select(Organisation).where(Organisation.name == org_name)
+                                          .order_by(Organisation.id)).scalars().first()
+        if organisation is None:
+            organisation = Organisation(name=org_name[:120])
+        else:
+            role = "member"
+    user = create_account(email, name, organisation=organisation, role=role, is_admin=admin)
+    token, _ = issue_token(user, name="cli")
     db.session.commit()
-    click.echo(f"created {'admin ' if admin else ''}user {email} (id {user.id}); its API token:")
+    click.echo(f"created {'admin ' if admin else ''}user {email} (id {user.id}, {role} of organisation "
+               f"{user.membership.organisation_id}); its API token:")
     click.echo(token)
+
+
+@users_cli.command("reset-link")
+@click.argument("email")
+def reset_link(email: str) -> None:
+    """Print a one-time link, valid for an hour, with which the user chooses a new password (no mail needed)."""
+    from luca.accounts.service import create_reset_link
+
+    user = find_user(email)
+    if user.membership is None:
+        raise click.ClickException(f"{user.email} belongs to no organisation (removed); invite them again")
+    click.echo(f"password reset link for {user.email} (one use, valid {current_app.config['RESET_LIFETIME_MINUTES']} "
+               "minutes):")
+    click.echo(create_reset_link(user))
 
 
 @users_cli.command("demo")
@@ -61,7 +88,9 @@ def demo_user() -> None:
     if user is None:
         user = User(email=DEMO_EMAIL, name="Demo", is_admin=True)
         db.session.add(user)
-    token = issue_token(user, name="make run")
+    if user.membership is None:
+        user.membership = Membership(organisation=Organisation(name="Demo"), role="owner")
+    token, _ = issue_token(user, name="make run")
     db.session.commit()
     click.echo(f"demo user {DEMO_EMAIL}; sign in with this API token:")
     click.echo(token)
@@ -73,7 +102,7 @@ def demo_user() -> None:
 def create_token(email: str, name: str) -> None:
     """Create another API token for a user and print it (the last line of output)."""
     user = find_user(email)
-    token = issue_token(user, name=name)
+    token, _ = issue_token(user, name=name)
     db.session.commit()
     click.echo(f"new API token for {user.email}:")
     click.echo(token)

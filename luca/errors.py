@@ -64,6 +64,10 @@ class InvalidInput(DomainError):
         self.code = code
 
 
+class ReadOnly(DomainError):
+    """A write to something the user may only read, e.g. a colleague's shared conversation (a 403)."""
+
+
 def as_api_error(exc: DomainError) -> APIError:
     """The HTTP answer to a domain error: its status and code in the one JSON error shape."""
     if isinstance(exc, NotFound):
@@ -72,6 +76,8 @@ def as_api_error(exc: DomainError) -> APIError:
         return APIError(400, "invalid_cursor", exc.message)
     if isinstance(exc, InvalidInput):
         return APIError(400, exc.code, exc.message, exc.details)
+    if isinstance(exc, ReadOnly):
+        return APIError(403, "read_only", exc.message)
     return APIError(400, "bad_request", exc.message, exc.details)
 
 

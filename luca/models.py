@@ -40,10 +40,83 @@ class User(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(254), unique=True)
     name: Mapped[str] = mapped_column(String(120), default="")
-    is_admin: Mapped[bool] = mapped_column(default=False)
+    is_admin: Mapped[bool] = mapped_column(default=False)  # a platform operator, not an organisation role
+    password_hash: Mapped[str | None] = mapped_column(String(255))  # argon2id; NULL: no password sign-in
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
+    membership: Mapped[Membership | None] = relationship(cascade="all, delete-orphan", passive_deletes=True)
     tokens: Mapped[list[ApiToken]] = relationship(back_populates="user", cascade="all, delete-orphan", passive_deletes=True)
+
+
+class Organisation(db.Model):
+    """A firm: it owns its members, and nothing of it is visible to another organisation."""
+
+    __tablename__ = "organisations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(120))
+    # The email domain whose single sign-on users are created here (set by an operator, never by the firm).
+    domain: Mapped[str | None] = mapped_column(String(254), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Membership(db.Model):
+    """A user's one organisation and role in it: owner, admin or member."""
+
+    __tablename__ = "memberships"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    organisation_id: Mapped[int] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(16), default="member")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    organisation: Mapped[Organisation] = relationship()
+
+
+class UserSession(db.Model):
+    """A signed-in browser: the cookie holds a secret whose SHA-256 hash is stored; revoked by setting revoked_at."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    user_agent: Mapped[str] = mapped_column(String(200), default="")
+    address: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class Invitation(db.Model):
+    """A one-time invitation into an organisation with a role; only its token's hash is stored."""
+
+    __tablename__ = "invitations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organisation_id: Mapped[int] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"), index=True)
+    email: Mapped[str] = mapped_column(String(254))
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    invited_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    accepted_at: Mapped[datetime | None]
+
+
+class PasswordReset(db.Model):
+    """A one-time password reset link; only its token's hash is stored."""
+
+    __tablename__ = "password_resets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
 
 
 class ApiToken(db.Model):
@@ -56,7 +129,10 @@ class ApiToken(db.Model):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
     name: Mapped[str] = mapped_column(String(80), default="")
+    # Comma-separated: read, write, admin. Tokens made by the CLI or before scopes existed have all three.
+    scopes: Mapped[str] = mapped_column(String(32), default="read,write,admin")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
 
@@ -71,6 +147,8 @@ class Conversation(db.Model):
         Index("conversations_user_created_idx", "user_id", "created_at"),
         # The list order: pinned first, then newest activity, id as tie-breaker.
         Index("conversations_user_activity_idx", "user_id", "pinned", "updated_at", "id"),
+        # The "shared with me" list: shared conversations of the organisation's members.
+        Index("conversations_shared_idx", "shared", "user_id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -79,6 +157,8 @@ class Conversation(db.Model):
     title_set_by_user: Mapped[bool] = mapped_column(default=False)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
     pinned: Mapped[bool] = mapped_column(default=False)
+    # Readable (never writable) by the owner's organisation; see service.conversation_access.
+    shared: Mapped[bool] = mapped_column(default=False)
     # Set on the first upload: from then on, questions carry the files' text and are never shared.
     has_files: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

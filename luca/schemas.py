@@ -145,10 +145,11 @@ class ConversationCreate(Body):
 
 
 class ConversationUpdate(Body):
-    """Rename, pin or unpin, or replace the metadata of a conversation."""
+    """Rename, pin or unpin, share with the organisation (read-only) or not, or replace the metadata."""
 
     title: Title | None = None
     pinned: bool | None = None
+    shared: bool | None = None
     metadata: Annotated[Metadata | None, AfterValidator(metadata_within_limits)] = None
 
 
@@ -160,6 +161,8 @@ class ConversationOut(Out):
     title_set_by_user: bool
     metadata: dict[str, Any] = Field(validation_alias="meta")
     pinned: bool
+    shared: bool = False
+    user_id: int = Field(description="the owner: you, or the colleague who shared it")
     created_at: UTCDateTime
     updated_at: UTCDateTime
 
@@ -179,6 +182,7 @@ class ConversationListQuery(BaseModel):
     q: str | None = Field(None, min_length=1, max_length=200, description="only conversations matching these words")
     metadata: str | None = Field(None, max_length=2000,
                                  description="a JSON object; only conversations whose metadata contains it")
+    shared: bool | None = Field(None, description="true: the conversations colleagues shared with you, instead")
 
 
 class MessageListQuery(BaseModel):

@@ -16,6 +16,11 @@ from tests.support.services import RedisTarget
 from tests.support.sse import parse_events
 
 
+def colleague(app: Flask, email: str) -> Api:
+    """A signed client for a new user of the one organisation these tests share answers in."""
+    return signed(app, email, org="Firm")
+
+
 @pytest.fixture(params=["memory", "redis"])
 def dedup_app(request, app_factory, servers) -> Flask:
     """An app on the primary test provider, its cache in memory or in Redis."""
@@ -26,7 +31,7 @@ def dedup_app(request, app_factory, servers) -> Flask:
 
 def test_two_users_asking_the_same_first_question_make_one_provider_call(dedup_app, servers) -> None:
     primary, _ = servers
-    alice, bob = signed(dedup_app, "alice@example.com"), signed(dedup_app, "bob@example.com")
+    alice, bob = colleague(dedup_app, "alice@example.com"), colleague(dedup_app, "bob@example.com")
     first = alice.ask(alice.new_conversation()["id"], "What is the corporate tax rate?").get_json()["answer"]
     second = bob.ask(bob.new_conversation()["id"], "What is the corporate tax rate?").get_json()["answer"]
     assert primary.stats()["requests"] == 1
@@ -37,10 +42,18 @@ def test_two_users_asking_the_same_first_question_make_one_provider_call(dedup_a
         assert cache.get_stats()["dedup"]["savedCalls"] == 1
 
 
+def test_the_same_first_question_in_two_organisations_makes_two_provider_calls(dedup_app, servers) -> None:
+    primary, _ = servers
+    alice, bob = signed(dedup_app, "alice@one.example"), signed(dedup_app, "bob@two.example")
+    alice.ask(alice.new_conversation()["id"], "What is the corporate tax rate?")
+    second = bob.ask(bob.new_conversation()["id"], "What is the corporate tax rate?").get_json()["answer"]
+    assert primary.stats()["requests"] == 2 and second["cached"] is False
+
+
 def test_the_same_follow_up_in_two_users_conversations_makes_two_calls(dedup_app, servers) -> None:
     primary, _ = servers
     for email in ("alice@example.com", "bob@example.com"):
-        api = signed(dedup_app, email)
+        api = colleague(dedup_app, email)
         conversation = api.new_conversation()["id"]
         api.ask(conversation, "What is VAT?")
         assert api.ask(conversation, "And how do I register?").get_json()["answer"]["cached"] is False
@@ -49,7 +62,7 @@ def test_the_same_follow_up_in_two_users_conversations_makes_two_calls(dedup_app
 
 def test_a_follow_up_repeated_by_the_same_user_in_the_same_context_is_reused(dedup_app, servers) -> None:
     primary, _ = servers
-    api = signed(dedup_app, "alice@example.com")
+    api = colleague(dedup_app, "alice@example.com")
     conversation = api.new_conversation()["id"]
     question = api.ask(conversation, "Explain accruals").get_json()["message"]
     api.post(f"/api/conversations/{conversation}/messages/{question['id']}/retry")
@@ -58,7 +71,7 @@ def test_a_follow_up_repeated_by_the_same_user_in_the_same_context_is_reused(ded
 
 def test_questions_that_share_their_first_hundred_characters_are_different(dedup_app, servers) -> None:
     primary, _ = servers
-    alice, bob = signed(dedup_app, "alice@example.com"), signed(dedup_app, "bob@example.com")
+    alice, bob = colleague(dedup_app, "alice@example.com"), colleague(dedup_app, "bob@example.com")
     stem = "I run a small bakery in Lyon with two employees and I would like to understand my obligations " * 2
     a = alice.ask(alice.new_conversation()["id"], stem + "for VAT").get_json()["answer"]
     b = bob.ask(bob.new_conversation()["id"], stem + "for payroll").get_json()["answer"]
@@ -69,7 +82,7 @@ def test_questions_that_share_their_first_hundred_characters_are_different(dedup
 @pytest.mark.parametrize("opt_out", ["body", "header"])
 def test_the_client_can_skip_the_answer_cache(dedup_app, servers, opt_out: str) -> None:
     primary, _ = servers
-    alice, bob = signed(dedup_app, "alice@example.com"), signed(dedup_app, "bob@example.com")
+    alice, bob = colleague(dedup_app, "alice@example.com"), colleague(dedup_app, "bob@example.com")
     alice.ask(alice.new_conversation()["id"], "What is goodwill?")
     conversation = bob.new_conversation()["id"]
     if opt_out == "body":
@@ -85,7 +98,7 @@ def test_disable_cache_turns_deduplication_off(app_factory, servers) -> None:
     primary, _ = servers
     app = app_factory(**provider_overrides(primary, DISABLE_CACHE=True))
     for email in ("alice@example.com", "bob@example.com"):
-        api = signed(app, email)
+        api = colleague(app, email)
         api.ask(api.new_conversation()["id"], "What is the corporate tax rate?")
     assert primary.stats()["requests"] == 2
 
@@ -93,7 +106,7 @@ def test_disable_cache_turns_deduplication_off(app_factory, servers) -> None:
 def test_twenty_concurrent_identical_requests_make_exactly_one_provider_call(dedup_app, servers) -> None:
     primary, _ = servers
     primary.configure(latency_ms=300)
-    users = [signed(dedup_app, f"user{i}@example.com") for i in range(20)]
+    users = [colleague(dedup_app, f"user{i}@example.com") for i in range(20)]
     conversations = [u.new_conversation()["id"] for u in users]
     answers: list[dict] = []
     start = threading.Barrier(20)
@@ -121,7 +134,7 @@ def test_waiting_twins_get_the_leaders_answer_even_when_the_cache_lost_it(dedup_
     with dedup_app.app_context():
         service = cache.of()
     monkeypatch.setattr(service, "set", lambda *args, **kwargs: None)  # every write lost, as to a failing Redis
-    users = [signed(dedup_app, f"user{i}@example.com") for i in range(5)]
+    users = [colleague(dedup_app, f"user{i}@example.com") for i in range(5)]
     conversations = [u.new_conversation()["id"] for u in users]
     start = threading.Barrier(len(users))
     answers: list[dict] = []
@@ -147,7 +160,7 @@ def test_concurrent_identical_requests_in_two_processes_make_one_call(app_factor
     primary, _ = servers
     primary.configure(latency_ms=300)
     apps = [app_factory(**provider_overrides(primary, **redis_target.overrides())) for _ in range(2)]
-    users = [signed(apps[0], f"user{i}@example.com") for i in range(10)]
+    users = [colleague(apps[0], f"user{i}@example.com") for i in range(10)]
     jobs = [(apps[i % 2], u, u.new_conversation()["id"]) for i, u in enumerate(users)]
     start = threading.Barrier(len(jobs))
     statuses: list[int] = []
@@ -169,7 +182,7 @@ def test_concurrent_identical_requests_in_two_processes_make_one_call(app_factor
 
 def test_a_streamed_repeat_is_replayed_from_the_cache(dedup_app, servers) -> None:
     primary, _ = servers
-    alice, bob = signed(dedup_app, "alice@example.com"), signed(dedup_app, "bob@example.com")
+    alice, bob = colleague(dedup_app, "alice@example.com"), colleague(dedup_app, "bob@example.com")
     first = parse_events(alice.ask(alice.new_conversation()["id"], "What is EBITDA?", stream=True)
                          .get_data(as_text=True))
     second = parse_events(bob.ask(bob.new_conversation()["id"], "What is EBITDA?", stream=True)
@@ -214,7 +227,7 @@ def test_two_concurrent_streamed_twins_of_one_user_make_one_provider_call(dedup_
 def test_a_failed_leader_lets_the_next_request_call_the_provider(dedup_app, servers) -> None:
     primary, _ = servers
     primary.configure(fail_next=1, fail_status=500)
-    alice, bob = signed(dedup_app, "alice@example.com"), signed(dedup_app, "bob@example.com")
+    alice, bob = colleague(dedup_app, "alice@example.com"), colleague(dedup_app, "bob@example.com")
     assert alice.ask(alice.new_conversation()["id"], "What is a ledger?").status_code == 503
     answer = bob.ask(bob.new_conversation()["id"], "What is a ledger?").get_json()["answer"]
     assert answer["cached"] is False and primary.stats()["requests"] == 2
@@ -224,10 +237,11 @@ ROUTE: list[Provider] = [OfflineProvider()]
 SYSTEM = {"role": "system", "content": "You are Luca."}
 
 
-def test_a_first_question_without_files_is_shared() -> None:
+def test_a_first_question_without_files_is_shared_within_its_organisation_only() -> None:
     context = [SYSTEM, {"role": "user", "content": "What is VAT?"}]
-    assert answer_key(ROUTE, context, 1) == answer_key(ROUTE, context, 2)
-    assert ":shared:" in answer_key(ROUTE, context, 1)
+    assert answer_key(ROUTE, context, 1, scope="org7") == answer_key(ROUTE, context, 2, scope="org7")
+    assert ":org7:" in answer_key(ROUTE, context, 1, scope="org7")
+    assert answer_key(ROUTE, context, 1, scope="org7") != answer_key(ROUTE, context, 2, scope="org8")
 
 
 def test_a_question_with_files_is_never_shared() -> None:

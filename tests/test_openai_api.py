@@ -15,16 +15,14 @@ from typing import Any
 
 import openai
 import pytest
-from flask import Flask, g
+from flask import Flask
 
 from luca.ai.context import SYSTEM_PROMPT
 from luca.ai.dedup import answer_key, sharing_scope
 from luca.ai.offline import OfflineProvider
 from luca.auth import CurrentUser
 from luca.errors import APIError
-from luca.models import utcnow
 from luca.openai_api import completions
-from luca.openai_api.routes import require_scope
 from tests.support.api import Api, signed
 from tests.support.apps import provider_overrides, serving
 from tests.support.litellm_venv import litellm_completion
@@ -208,8 +206,8 @@ def test_max_tokens_and_temperature_reach_the_provider_within_luca_s_cap(luca: L
 
 
 @pytest.mark.sqlite_only
-def test_two_users_asking_the_same_single_question_make_one_provider_call(luca: Luca) -> None:
-    with luca.sdk() as alice, luca.sdk() as bob:
+def test_two_users_of_one_organisation_asking_the_same_single_question_make_one_provider_call(luca: Luca) -> None:
+    with luca.sdk(signed(luca.app, org="Acme")) as alice, luca.sdk(signed(luca.app, org="Acme")) as bob:
         first = alice.chat.completions.with_raw_response.create(model="luca", messages=QUESTION)
         second = bob.chat.completions.with_raw_response.create(model="luca", messages=QUESTION)
     assert luca.primary.stats()["requests"] == 1
@@ -218,11 +216,19 @@ def test_two_users_asking_the_same_single_question_make_one_provider_call(luca: 
 
 
 @pytest.mark.sqlite_only
+def test_users_of_different_organisations_never_share_an_answer(luca: Luca) -> None:
+    for org in ("Acme", "Globex"):
+        with luca.sdk(signed(luca.app, org=org)) as client:
+            client.chat.completions.create(model="luca", messages=QUESTION)
+    assert luca.primary.stats()["requests"] == 2
+
+
+@pytest.mark.sqlite_only
 def test_the_same_follow_up_with_history_from_two_users_makes_two_calls(luca: Luca) -> None:
     history = [*QUESTION, {"role": "assistant", "content": "A tax on sales."},
                {"role": "user", "content": "How do I register?"}]
     for _ in range(2):
-        with luca.sdk() as client:
+        with luca.sdk(signed(luca.app, org="Acme")) as client:
             client.chat.completions.create(model="luca", messages=history)
     assert luca.primary.stats()["requests"] == 2
 
@@ -231,7 +237,7 @@ def test_the_same_follow_up_with_history_from_two_users_makes_two_calls(luca: Lu
 def test_a_client_system_prompt_is_never_shared_with_another_user(luca: Luca) -> None:
     messages = [{"role": "system", "content": "The client is ACME Ltd, turnover 2.3m"}, *QUESTION]
     for _ in range(2):
-        with luca.sdk() as client:
+        with luca.sdk(signed(luca.app, org="Acme")) as client:
             client.chat.completions.create(model="luca", messages=messages)
     assert luca.primary.stats()["requests"] == 2
 
@@ -239,7 +245,7 @@ def test_a_client_system_prompt_is_never_shared_with_another_user(luca: Luca) ->
 @pytest.mark.sqlite_only
 def test_concurrent_identical_streams_make_one_provider_call(luca: Luca) -> None:
     luca.primary.configure(latency_ms=300)
-    users = [signed(luca.app) for _ in range(5)]
+    users = [signed(luca.app, org="Acme") for _ in range(5)]
     texts: list[str] = []
     start = threading.Barrier(len(users))
 
@@ -326,17 +332,15 @@ def test_someone_else_s_or_an_unknown_conversation_is_404(luca: Luca) -> None:
 
 
 @pytest.mark.sqlite_only
-def test_a_token_with_scopes_needs_write_to_ask(app: Flask) -> None:
-    user = CurrentUser(1, "a@example.com", "A", False, utcnow(), 1)
-    with app.test_request_context("/v1/chat/completions"):
-        g.user = user
-        require_scope("write")  # today's tokens carry no scopes: every scope
-        g.user = type("Scoped", (), {"scopes": ("read",)})()
-        with pytest.raises(APIError) as raised:
-            require_scope("write")
-        g.user.scopes = ("read", "write")
-        require_scope("write")
-    assert raised.value.status == 403
+def test_a_read_token_may_list_models_but_not_ask(luca: Luca) -> None:
+    owner = signed(luca.app)
+    reader = owner.post("/api/tokens", json={"name": "reader", "scopes": ["read"]}).get_json()["token"]
+    with openai.OpenAI(base_url=f"{luca.base}/v1", api_key=reader, max_retries=0) as client:
+        assert [m.id for m in client.models.list()][0] == "luca"
+        with pytest.raises(openai.PermissionDeniedError) as raised:
+            client.chat.completions.create(model="luca", messages=QUESTION)
+    assert raised.value.status_code == 403 and raised.value.body["code"] == "insufficient_scope"
+    assert luca.primary.stats()["requests"] == 0
 
 
 @pytest.mark.sqlite_only
@@ -347,7 +351,7 @@ def test_first_questions_are_shared_within_an_organisation_only() -> None:
     key = {name: answer_key(route, context, index, scope=sharing_scope(user))
            for index, (name, user) in enumerate({"acme_1": acme_1, "acme_2": acme_2, "other": other}.items())}
     assert key["acme_1"] == key["acme_2"] != key["other"]
-    assert sharing_scope(SimpleNamespace()) == "shared"  # users without organisations: today's rule
+    assert sharing_scope(SimpleNamespace()) == "user"  # a user without an organisation shares with nobody
     assert answer_key(route, context, 1, scope="user") != answer_key(route, context, 2, scope="user")
 
 
@@ -362,7 +366,7 @@ def test_the_budget_hook_runs_before_the_provider_and_not_for_a_deduplicated_ans
             raise APIError(429, "budget_exceeded", "this month's budget is spent", headers={"Retry-After": "60"})
 
     monkeypatch.setattr(completions, "reserve_budget", reserve)
-    with luca.sdk() as alice, luca.sdk() as bob:
+    with luca.sdk(signed(luca.app, org="Acme")) as alice, luca.sdk(signed(luca.app, org="Acme")) as bob:
         alice.chat.completions.create(model="luca", messages=QUESTION)
         bob.chat.completions.create(model="luca", messages=QUESTION)  # a deduplication hit: nothing reserved
         with pytest.raises(openai.RateLimitError) as raised:

@@ -187,6 +187,13 @@ def use_real_rows(case: Any, rows: Rows) -> None:
     file_number = as_number(params.get("file_id"))
     if file_number is not None and file_number % 4 != 1:
         params["file_id"] = rows.files[file_number % len(rows.files)]
+    token_number = as_number(params.get("token_id"))
+    if token_number is not None and case.method.upper() == "DELETE":  # never the token these calls carry
+        created = rows.api.post("/api/tokens", json={"name": "fuzzed"}).get_json()
+        params["token_id"] = created["id"] if token_number % 4 != 1 else token_number + 10_000
+    user_number = as_number(params.get("user_id"))
+    if user_number is not None and user_number % 4 != 1:
+        params["user_id"] = rows.api.user_id  # oneself: refused (403), so the admin stays a member
     name = params.get("name")
     if isinstance(name, str) and len(name) % 4 != 1:
         params["name"] = ("database", "AI-offline", "redis", "external-api")[len(name) % 4]

@@ -17,6 +17,7 @@ from luca.auth import CurrentUser, lookup_token
 from luca.errors import APIError, not_found
 from luca.limits import refuse_credentials
 from luca.redis import connection_options
+from luca.models import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ def guard_dashboard() -> None:
     """App-level before_request: dashboard requests need an admin, a same-site origin for writes, and Redis."""
     if not is_dashboard_request():
         return
-    if not basic_auth_user().is_admin:
+    user = basic_auth_user()
+    if not user.is_admin or "admin" not in user.scopes:
         raise APIError(403, "forbidden", "the queue dashboard is for administrators")
     if is_cross_site_write():
         raise APIError(403, "forbidden", "the queue dashboard refuses changes requested by another site")
@@ -78,7 +80,8 @@ def basic_auth_user() -> CurrentUser:
     if auth is None or auth.type != "basic" or not auth.username or not auth.password:
         raise challenge("sign in with an admin's email as user name and one of their API tokens as password")
     user = lookup_token(auth.password)
-    if user is None or user.email.lower() != auth.username.strip().lower():
+    expired = user is not None and user.expires_at is not None and user.expires_at <= utcnow()
+    if user is None or expired or user.email.lower() != auth.username.strip().lower():
         log.info("dashboard sign-in refused from %s", request.remote_addr)
         refuse_credentials(challenge("the email or API token is wrong, or the token was revoked"))
     return user

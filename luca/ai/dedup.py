@@ -3,7 +3,8 @@
 The key is a hash of everything the answer depends on: the provider route (names and
 models, in order), the system prompt, every message of the context and the content of
 attached files. Only a context with nothing private in it — a conversation's first
-question, no files — is shared between users; anything else is scoped to its user.
+question, no files — is shared between the users of one organisation; anything else is
+scoped to its user. Nothing is shared across organisations.
 Concurrent identical requests make one provider call (single flight): the first takes a
 lock (in the process, and in Redis across processes), the others wait for its answer for
 a bounded time and then call the provider themselves.
@@ -33,13 +34,12 @@ POLL_SECONDS = 0.05
 
 
 def answer_key(route: Sequence[Provider], context: list[ChatMessage], user_id: int,
-               file_digests: Sequence[str] = (), *, scope: str = "shared", options: Options | None = None) -> str:
+               file_digests: Sequence[str] = (), *, scope: str = "user", options: Options | None = None) -> str:
     """The dedup cache key of a context: shared within scope when nothing in it is private, else the user's own.
 
-    scope names who may share a context without private content: "shared" (every user, today's
-    REST rule), "org<id>" (one organisation's users, once users have organisations) or "user"
-    (nobody: the caller knows the context holds something private, e.g. a client's own system
-    prompt). options (max_tokens, temperature) change the answer, so they are part of the key.
+    scope names who may share a context without private content: "org<id>" (one organisation's
+    users, see sharing_scope) or "user" (nobody: the default, and what a caller passes when the
+    context holds something private, e.g. a client's own system prompt). options (max_tokens, temperature) change the answer, so they are part of the key.
     """
     questions = [m for m in context if m["role"] == "user"]
     private = (scope == "user" or bool(file_digests) or len(questions) != 1
@@ -57,12 +57,9 @@ def answer_key(route: Sequence[Provider], context: list[ChatMessage], user_id: i
 
 
 def sharing_scope(user: object) -> str:
-    """Where a user's contexts without private content are shared: their organisation once users have one.
-
-    Until users carry an organisation_id (the organisations issue), that is every user ("shared").
-    """
+    """Where a user's contexts without private content are shared: their organisation, never beyond it."""
     organisation = getattr(user, "organisation_id", None)
-    return f"org{organisation}" if organisation is not None else "shared"
+    return f"org{organisation}" if organisation is not None else "user"
 
 
 @dataclass

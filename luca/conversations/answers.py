@@ -15,7 +15,8 @@ from pydantic import BaseModel
 from luca.ai import chain
 from luca.ai.base import ChatMessage, Completion, estimate_tokens
 from luca.ai.chain import AnswerStream, ProvidersUnavailable
-from luca.ai.dedup import Deduplicator, ReplayStream, answer_key
+from luca.ai.dedup import Deduplicator, ReplayStream, answer_key, sharing_scope
+from luca.auth import current_user
 from luca.conversations import service
 from luca.conversations.titles import enqueue_title
 from luca.errors import APIError
@@ -89,7 +90,8 @@ def respond(conversation: Conversation, question: Message, context: list[ChatMes
     Unless the client opted out, identical contexts are answered once (see luca.ai.dedup).
     """
     deduplicator = dedup.of() if use_cache and not cache.disabled else None
-    key = answer_key(providers.all(), context, conversation.user_id, file_digests) if deduplicator else ""
+    key = answer_key(providers.all(), context, conversation.user_id, file_digests,
+                     scope=sharing_scope(current_user())) if deduplicator else ""
     if stream:
         return stream_response(conversation, question, context, deduplicator, key)
     started = time.perf_counter()

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from flask import Response, request
+from pydantic import BaseModel
 
 from luca import search
 from luca.ai.base import ChatMessage
@@ -16,6 +17,7 @@ from luca.ai.context import build_context
 from luca.auth import current_user
 from luca.conversations import answers, bp, endpoint, service
 from luca.conversations.documents import documents_context
+from luca.cache import Uncached, json_response
 from luca.extensions import cache
 from luca.limits import rate_limit
 from luca.models import Conversation, Message
@@ -51,13 +53,17 @@ def me() -> UserOut:
 @bp.get("/conversations")
 @endpoint(query=ConversationListQuery, response=ConversationPage, errors=(400, 422))
 def list_conversations(query: ConversationListQuery) -> Response:
-    """The user's conversations, pinned first then newest activity, a page at a time."""
+    """The user's conversations, pinned first then newest activity, a page at a time (shared=true: colleagues')."""
     user_id = current_user().id
 
     def build() -> ConversationPage:
         items, next_cursor = service.conversation_page(
-            user_id, limit=query.limit, cursor=query.cursor, metadata=query.metadata, q=query.q)
+            user_id, limit=query.limit, cursor=query.cursor, metadata=query.metadata, q=query.q,
+            shared=bool(query.shared))
         return ConversationPage(items=[ConversationOut.model_validate(c) for c in items], next_cursor=next_cursor)
+
+    if query.shared:  # never cached: an owner's unsharing must show at once, and it changes no version of ours
+        return json_response(build().model_dump_json(), "bypass")
 
     parts = (query.limit, query.cursor or "", query.q or "", query.metadata or "")
     return cache.cached_for_user("conversations", user_id, (hash_parts(parts),), build, keep_stale=True)
@@ -79,10 +85,15 @@ def create_conversation(body: ConversationCreate) -> ConversationOut:
 @bp.get("/conversations/<uuid:conversation_id>")
 @endpoint(response=ConversationOut)
 def get_conversation(conversation_id: uuid.UUID) -> Response:
-    """One of the user's conversations."""
+    """One of the user's conversations, or one a colleague shared."""
     user_id = current_user().id
-    return cache.cached_for_user("conversation", user_id, (conversation_id,), lambda: ConversationOut.model_validate(
-        service.get_conversation(user_id, conversation_id)))
+
+    def build() -> BaseModel | Uncached:
+        conversation = service.conversation_access(user_id, conversation_id, write=False)
+        body = ConversationOut.model_validate(conversation)
+        return Uncached(body=body) if service.shared_with_me(conversation, user_id) else body
+
+    return cache.cached_for_user("conversation", user_id, (conversation_id,), build)
 
 
 @bp.patch("/conversations/<uuid:conversation_id>")
@@ -108,10 +119,11 @@ def list_messages(conversation_id: uuid.UUID, query: MessageListQuery) -> Respon
     """A conversation's messages, a page at a time (newest first unless order=asc)."""
     user_id = current_user().id
 
-    def build() -> MessagePage:
+    def build() -> BaseModel | Uncached:
         items, next_cursor = service.message_page(user_id, conversation_id, limit=query.limit,
                                                   cursor=query.cursor, descending=query.order == "desc")
-        return MessagePage(items=[MessageOut.model_validate(m) for m in items], next_cursor=next_cursor)
+        page = MessagePage(items=[MessageOut.model_validate(m) for m in items], next_cursor=next_cursor)
+        return Uncached(body=page) if any(m.user_id != user_id for m in items) else page
 
     parts = (conversation_id, hash_parts((query.limit, query.cursor or "", query.order)))
     return cache.cached_for_user("messages", user_id, parts, build)

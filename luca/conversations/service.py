@@ -1,4 +1,8 @@
-"""Reading and writing conversations and messages; every query is scoped to one user."""
+"""Reading and writing conversations and messages; every query is scoped to one user.
+
+The one exception is sharing: conversation_access() is the rule (a user's own conversation for
+anything, a colleague's shared one for reading), and readable_by() is the same rule as a WHERE clause.
+"""
 from __future__ import annotations
 
 import json
@@ -7,16 +11,16 @@ from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
 from flask import current_app
-from sqlalchemy import JSON, Select, and_, delete, func, insert, select, tuple_, type_coerce, update
+from sqlalchemy import JSON, Select, and_, delete, func, insert, or_, select, tuple_, type_coerce, update
 from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 from sqlalchemy.orm.attributes import set_committed_value
 
 from luca import search
 from luca.ai.base import Completion
 from luca.conversations.titles import hold_title
-from luca.errors import InvalidInput, NotFound
+from luca.errors import InvalidInput, NotFound, ReadOnly
 from luca.extensions import cache, db
-from luca.models import Conversation, Message, utcnow
+from luca.models import Conversation, Membership, Message, utcnow
 from luca.pagination import keyset_page
 from luca.schemas import json_depth, storable
 
@@ -37,9 +41,41 @@ def owned(model: type[T], row_id: Any, user_id: int, what: str) -> T:
     return row
 
 
+def colleagues_of(user_id: int) -> Any:
+    """A subquery: the ids of the users in the user's organisation (none for a user without one)."""
+    organisation = select(Membership.organisation_id).where(Membership.user_id == user_id).scalar_subquery()
+    return select(Membership.user_id).where(Membership.organisation_id == organisation)
+
+
+def readable_by(user_id: int) -> Any:
+    """WHERE clause of the access rule for reading: the user's own, or shared by someone of their organisation."""
+    return or_(Conversation.user_id == user_id,
+               and_(Conversation.shared.is_(True), Conversation.user_id.in_(colleagues_of(user_id))))
+
+
+def conversation_access(user_id: int, conversation_id: uuid.UUID, *, write: bool) -> Conversation:
+    """The access rule, in one place: a user may do anything with their own conversation and read one a
+    colleague shared; writing to a shared one is 403; anything else (another organisation's, an unshared
+    colleague's, an unknown id) is 404."""
+    conversation = db.session.execute(
+        select(Conversation).where(Conversation.id == conversation_id, readable_by(user_id))
+    ).scalar_one_or_none()
+    if conversation is None:
+        raise NotFound("conversation")
+    if write and conversation.user_id != user_id:
+        raise ReadOnly("this conversation is shared with you to read; only its owner may change it")
+    return conversation
+
+
 def get_conversation(user_id: int, conversation_id: uuid.UUID) -> Conversation:
-    """The user's conversation; NotFound when unknown or someone else's."""
-    return owned(Conversation, conversation_id, user_id, "conversation")
+    """The user's own conversation, to change; 403 for a colleague's shared one, 404 otherwise."""
+    return conversation_access(user_id, conversation_id, write=True)
+
+
+def refuse_write(user_id: int, conversation_id: uuid.UUID) -> None:
+    """After a write found no conversation of the user's own: raise its 403 or 404."""
+    conversation_access(user_id, conversation_id, write=True)
+    raise NotFound("conversation")
 
 
 def metadata_filter(raw: str) -> Any:
@@ -89,10 +125,14 @@ def json_leaves(value: dict[str, Any], prefix: str = "$") -> list[tuple[str, Any
 
 
 def conversation_page(
-    user_id: int, *, limit: int, cursor: str | None, metadata: str | None = None, q: str | None = None
+    user_id: int, *, limit: int, cursor: str | None, metadata: str | None = None, q: str | None = None,
+    shared: bool = False,
 ) -> tuple[list[Conversation], str | None]:
-    """One page of the user's conversations: pinned first, then newest activity."""
+    """One page of the user's conversations (with shared: those colleagues shared), pinned first, then newest activity."""
     stmt: Select[Any] = select(Conversation).where(Conversation.user_id == user_id)
+    if shared:  # search (q) stays within the user's own conversations
+        stmt = select(Conversation).where(Conversation.shared.is_(True), Conversation.user_id != user_id,
+                                          Conversation.user_id.in_(colleagues_of(user_id)))
     if metadata:
         stmt = stmt.where(metadata_filter(metadata))
     if q:
@@ -115,12 +155,12 @@ def message_page(
     messages (measured: 9 ms instead of 0.4 ms for page 1,000 of a 60,000-message conversation).
     """
     stmt = (select(Message).join(Conversation, Conversation.id == Message.conversation_id)
-            .where(Message.conversation_id == conversation_id, Conversation.user_id == user_id))
+            .where(Message.conversation_id == conversation_id, readable_by(user_id)))
     stmt, finish = keyset_page(stmt, MESSAGE_KEYS, MESSAGE_KEY_TYPES,
                                limit=limit, cursor=cursor, descending=descending)
     items, next_cursor = finish(db.session.execute(stmt).scalars().all())
     if not items and not cursor:
-        get_conversation(user_id, conversation_id)  # empty, unknown or someone else's?
+        conversation_access(user_id, conversation_id, write=False)  # empty, unknown or someone else's?
     return items, next_cursor
 
 
@@ -145,11 +185,19 @@ def update_conversation(conversation: Conversation, changes: dict[str, Any]) -> 
         conversation.title_set_by_user = title is not None
     if changes.get("pinned") is not None:
         conversation.pinned = changes["pinned"]
+    if changes.get("shared") is not None:
+        conversation.shared = changes["shared"]
     if changes.get("metadata") is not None:
         conversation.meta = changes["metadata"]
     db.session.commit()
     cache.bump_user(conversation.user_id)
     return conversation
+
+
+def shared_with_me(conversation: Conversation, user_id: int) -> bool:
+    """Whether the user reads the conversation as a colleague (its bodies are then never cached for them,
+    so unsharing takes effect at once in every process)."""
+    return conversation.user_id != user_id
 
 
 def delete_conversation(user_id: int, conversation_id: uuid.UUID) -> None:
@@ -159,7 +207,7 @@ def delete_conversation(user_id: int, conversation_id: uuid.UUID) -> None:
     )
     if result.rowcount == 0:
         db.session.rollback()
-        raise NotFound("conversation")
+        refuse_write(user_id, conversation_id)
     db.session.commit()
     cache.bump_user(user_id)
 
@@ -198,7 +246,7 @@ def load_for_answer(user_id: int, conversation_id: uuid.UUID) -> tuple[Conversat
         .where(Conversation.id == conversation_id, Conversation.user_id == user_id)
     ).first()
     if row is None:
-        raise NotFound("conversation")
+        refuse_write(user_id, conversation_id)
     conversation, newest_first = row
     return conversation, [Turn(*item) for item in reversed(newest_first or [])]
 

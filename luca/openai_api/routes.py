@@ -20,12 +20,8 @@ STARTED = int(time.time())  # a model's "created": when this process began servi
 
 
 def require_scope(scope: str) -> None:
-    """403 unless the request's token carries scope; tokens without scopes (all of today's) carry every one.
-
-    The seam for scoped tokens: once CurrentUser carries the token's scopes, this is their check.
-    """
-    scopes = getattr(current_user(), "scopes", None)
-    if scopes is not None and scope not in scopes:
+    """403 unless the request's credentials carry scope (a token made before scopes existed carries all)."""
+    if scope not in current_user().scopes:
         raise APIError(403, "insufficient_scope", f"this API token lacks the '{scope}' scope")
 
 

@@ -57,9 +57,10 @@ class Api:
         return self.post(f"/api/conversations/{conversation_id}/messages", json={"content": content, **body})
 
 
-def create_user(app: Flask, email: str, admin: bool = False) -> tuple[int, str]:
-    """Create a user through the CLI, as an operator would; return its id and token."""
-    args = ["users", "create", email] + (["--admin"] if admin else [])
+def create_user(app: Flask, email: str, admin: bool = False, org: str | None = None) -> tuple[int, str]:
+    """Create a user through the CLI, as an operator would (in organisation org, else one of its own); return its id
+    and token."""
+    args = ["users", "create", email] + (["--admin"] if admin else []) + (["--org", org] if org else [])
     result = app.test_cli_runner().invoke(args=args)
     assert result.exit_code == 0, result.output
     token = result.output.strip().splitlines()[-1]
@@ -68,9 +69,9 @@ def create_user(app: Flask, email: str, admin: bool = False) -> tuple[int, str]:
     return user_id, token
 
 
-def signed(app: Flask, email: str | None = None) -> Api:
-    """A signed client of app for a new user (an address of its own unless given)."""
-    user_id, token = create_user(app, email or f"user-{uuid.uuid4().hex[:8]}@example.com")
+def signed(app: Flask, email: str | None = None, org: str | None = None) -> Api:
+    """A signed client of app for a new user (an address of its own unless given; in organisation org if given)."""
+    user_id, token = create_user(app, email or f"user-{uuid.uuid4().hex[:8]}@example.com", org=org)
     return Api(app.test_client(), token, user_id)
 
 

@@ -16,8 +16,8 @@ from luca.extensions import db, shutdown
 from luca.models import Conversation
 from tests.support import ROOT
 
-TABLES = ["files", "messages", "conversations", "api_tokens", "users", "analytics_daily", "analytics_rollups",
-          "job_outbox"]
+TABLES = ["files", "messages", "conversations", "api_tokens", "user_sessions", "password_resets", "invitations",
+          "memberships", "users", "organisations", "analytics_daily", "analytics_rollups", "job_outbox"]
 
 
 def migrate(url: str) -> None:
