@@ -12,8 +12,12 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Self
+from urllib.parse import urljoin
+
+import requests
 
 from tests.support import ROOT
 from tests.support.processes import Process, free_port, http_status, wait_until
@@ -76,3 +80,51 @@ def oidc_provider(redirect_uri: str) -> Iterator[OidcProvider]:
             yield provider
         finally:
             provider.stop()
+
+
+class FormReader(HTMLParser):
+    """The first form of a page: its action and its inputs' names and values; and every link."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.action: str | None = None
+        self.fields: dict[str, str] = {}
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        """Note the form, its inputs and links."""
+        found = {name: value or "" for name, value in attrs}
+        if tag == "form" and self.action is None:
+            self.action = found.get("action", "")
+        elif tag == "input" and found.get("name"):
+            self.fields[found["name"]] = found.get("value", "")
+        elif tag == "a" and found.get("href"):
+            self.links.append(found["href"])
+
+
+def sign_in_at_provider(browser: requests.Session, url: str, login: str, stop_at: str,
+                        cancel: bool = False) -> str:
+    """Follow the provider from its authorization URL through its login and consent forms like a browser.
+
+    Returns the first URL it sends the browser to that starts with stop_at (Luca's callback).
+    Any password signs in; cancel=True follows the login page's cancel link instead.
+    """
+    for _ in range(20):
+        if url.startswith(stop_at):
+            return url
+        response = browser.get(url, allow_redirects=False, timeout=10)
+        while response.status_code == 200:  # a form of the provider's: fill it in and send it
+            page = FormReader()
+            page.feed(response.text)
+            assert page.action is not None, f"no form at {url}: {response.text[:500]}"
+            if cancel:
+                abort = next(link for link in page.links if link.endswith("/abort"))
+                response = browser.get(urljoin(url, abort), allow_redirects=False, timeout=10)
+                break
+            fields = {**page.fields, "login": login, "password": "any password"} if "login" in page.fields \
+                else page.fields
+            url = urljoin(url, page.action)
+            response = browser.post(url, data=fields, allow_redirects=False, timeout=10)
+        assert response.is_redirect, f"{response.status_code} from {url}: {response.text[:500]}"
+        url = urljoin(url, response.headers["Location"])
+    raise AssertionError(f"the provider never redirected to {stop_at}")
