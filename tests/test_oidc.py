@@ -65,6 +65,12 @@ def sign_in(client: FlaskClient, login: str, browser: requests.Session | None = 
     return finish(client, callback_url(client, login, browser))
 
 
+def signed_in_user(client: FlaskClient, response: Any) -> dict[str, Any]:
+    """The user a successful callback signed in."""
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["user"]
+
+
 def users(app: Flask) -> list[tuple[str, str]]:
     """Every user's email and name."""
     with app.app_context():
@@ -83,24 +89,25 @@ def test_the_login_redirects_with_state_nonce_and_pkce(sso_app: Flask, provider:
 
 
 def test_first_sign_in_creates_the_user(sso_app: Flask) -> None:
-    response = sign_in(sso_app.test_client(), "ada")
-    assert response.status_code == 200, response.get_json()
-    assert response.get_json()["user"]["email"] == "ada@lovelace.example"
+    client = sso_app.test_client()
+    assert signed_in_user(client, sign_in(client, "ada"))["email"] == "ada@lovelace.example"
     assert users(sso_app) == [("ada@lovelace.example", "Ada Lovelace")]
 
 
 def test_second_sign_in_finds_the_same_user(sso_app: Flask) -> None:
     browser = requests.Session()  # the provider remembers the person: the second time asks for nothing
-    first = sign_in(sso_app.test_client(), "ada", browser).get_json()["user"]
-    second = sign_in(sso_app.test_client(), "ada", browser).get_json()["user"]
-    assert second["id"] == first["id"]
+    first, second = sso_app.test_client(), sso_app.test_client()
+    first_user = signed_in_user(first, sign_in(first, "ada", browser))
+    second_user = signed_in_user(second, sign_in(second, "ada", browser))
+    assert second_user["id"] == first_user["id"]
     assert len(users(sso_app)) == 1
 
 
 def test_the_email_is_matched_whatever_its_case(sso_app: Flask) -> None:
-    first = sign_in(sso_app.test_client(), "ada").get_json()["user"]
-    again = sign_in(sso_app.test_client(), "ADA").get_json()["user"]  # the provider says Ada@Lovelace.example
-    assert again["id"] == first["id"]
+    first, again = sso_app.test_client(), sso_app.test_client()
+    first_user = signed_in_user(first, sign_in(first, "ada"))
+    again_user = signed_in_user(again, sign_in(again, "ADA"))  # the provider says Ada@Lovelace.example
+    assert again_user["id"] == first_user["id"]
     assert users(sso_app) == [("ada@lovelace.example", "Ada Lovelace")]
 
 
@@ -108,8 +115,8 @@ def test_an_existing_user_is_signed_in_by_the_verified_email(sso_app: Flask) -> 
     with sso_app.app_context():
         db.session.add(User(email="grace@hopper.example", name="Rear Admiral Hopper"))
         db.session.commit()
-    response = sign_in(sso_app.test_client(), "grace")
-    assert response.get_json()["user"]["name"] == "Rear Admiral Hopper"
+    client = sso_app.test_client()
+    assert signed_in_user(client, sign_in(client, "grace"))["name"] == "Rear Admiral Hopper"
     assert users(sso_app) == [("grace@hopper.example", "Rear Admiral Hopper")]
 
 
@@ -149,7 +156,7 @@ def test_a_callback_in_another_browser_is_refused(sso_app: Flask) -> None:
 def test_a_callback_is_used_once(sso_app: Flask) -> None:
     client = sso_app.test_client()
     url = callback_url(client, "ada")
-    assert finish(client, url).status_code == 200
+    signed_in_user(client, finish(client, url))
     replay = finish(client, url)
     assert replay.status_code == 400
     assert replay.get_json()["error"]["code"] == "sso_state_mismatch"
