@@ -17,11 +17,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from config import TestConfig
-from luca import create_app
 from luca.extensions import db
 from luca.models import User
-from tests.support import ROOT
+from luca.sso import register_sso
 from tests.support.oidc import CLIENT_ID, CLIENT_SECRET, OidcProvider, oidc_provider, sign_in_at_provider
 from tests.support.processes import free_port
 
@@ -222,5 +220,7 @@ def test_without_an_issuer_there_is_no_single_sign_on(client: FlaskClient) -> No
 
 
 def test_an_issuer_without_client_credentials_stops_the_start() -> None:
+    app = Flask(__name__)
+    app.config.update(OIDC_ISSUER="https://id.example", OIDC_CLIENT_ID="", OIDC_CLIENT_SECRET="")
     with pytest.raises(ValueError, match="OIDC_CLIENT_ID"):
-        create_app(TestConfig, {"OIDC_ISSUER": "https://id.example", "MIGRATIONS_DIR": str(ROOT / "migrations")})
+        register_sso(app)
