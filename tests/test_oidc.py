@@ -75,6 +75,7 @@ def users(app: Flask) -> list[tuple[str, str]]:
         return [tuple(row) for row in db.session.execute(select(User.email, User.name).order_by(User.id))]
 
 
+@pytest.mark.sqlite_only
 def test_the_login_redirects_with_state_nonce_and_pkce(sso_app: Flask, provider: OidcProvider) -> None:
     response = sso_app.test_client().get("/api/auth/oidc/login")
     assert response.status_code == 302
@@ -182,6 +183,14 @@ def test_a_provider_that_is_down_at_the_login_is_a_503(app_factory: Callable[...
     assert response.status_code == 503
     assert response.get_json()["error"]["code"] == "sso_unavailable"
     assert response.headers["Retry-After"]
+
+
+@pytest.mark.sqlite_only
+def test_an_issuer_that_is_no_openid_provider_is_a_503(app_factory: Callable[..., Flask], servers: Any) -> None:
+    primary, _ = servers  # a real HTTP server without a discovery document (the fake AI provider)
+    response = app_factory(**sso_settings(primary.url)).test_client().get("/api/auth/oidc/login")
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "sso_unavailable"
 
 
 @pytest.mark.sqlite_only
