@@ -118,12 +118,6 @@ def verified_claims() -> dict[str, Any]:
     return dict(claims)
 
 
-def organisation_claiming(domain: str) -> Any | None:
-    """The organisation that claims an email domain (none yet: organisations arrive with accounts, issue 15)."""
-    # TODO(merge h-auth): look the domain up among the organisations' claimed domains.
-    return None
-
-
 def start_session(user: User) -> ResponseReturnValue:
     """Answer the callback for a signed-in user."""
     # TODO(merge h-auth): create the server-side session (its cookie and CSRF token) and redirect to "/".
@@ -136,8 +130,8 @@ def sign_in_by_email(email: str, name: str) -> ResponseReturnValue:
     email = email.strip().lower()
     user = db.session.execute(select(User).where(User.email == email)).scalar_one_or_none()
     if user is None:
-        organisation_claiming(email.rpartition("@")[2])
-        # TODO(merge h-auth): no organisation claims the domain -> 403, nothing created; else create the member in it.
+        # TODO(merge h-auth): create the user in the organisation that claims the email's domain, and
+        # answer 403 (creating nothing) when none does; organisations arrive with accounts (issue 15).
         user = User(email=email, name=name.strip()[:120])
         db.session.add(user)
         try:

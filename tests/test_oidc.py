@@ -209,7 +209,7 @@ def test_a_provider_that_goes_down_before_the_callback_is_a_503(app_factory: Cal
     assert users(app) == []
 
 
-@pytest.mark.xfail(strict=True, reason="organisations arrive with accounts (h-auth): wire organisation_claiming()")
+@pytest.mark.xfail(strict=True, reason="organisations arrive with accounts (h-auth); sign_in_by_email() then refuses")
 def test_an_email_whose_domain_no_organisation_claims_is_refused(sso_app: Flask) -> None:
     response = sign_in(sso_app.test_client(), "grace")  # hopper.example: nobody claims it
     assert response.status_code == 403
