@@ -25,7 +25,11 @@ $(VENV)/.installed-bench: requirements-bench.txt $(VENV)/.installed-test
 
 install: $(VENV)/.installed
 
-install-test: $(VENV)/.installed-test
+# The tests' OpenID Connect provider (node's oidc-provider), from its committed package-lock.json.
+tests/support/oidc/node_modules/.package-lock.json: tests/support/oidc/package-lock.json
+	cd tests/support/oidc && npm ci --no-audit --no-fund
+
+install-test: $(VENV)/.installed-test tests/support/oidc/node_modules/.package-lock.json
 
 install-bench: $(VENV)/.installed-bench
 

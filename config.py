@@ -155,6 +155,12 @@ class Config:
     DOCUMENT_MEMORY_MB = env_int("DOCUMENT_MEMORY_MB", 256)
     DOCUMENT_CPU_SECONDS = env_int("DOCUMENT_CPU_SECONDS", 20)
 
+    # Single sign-on with OpenID Connect: on when OIDC_ISSUER is set (the sign-in page then shows "Sign in with OIDC_NAME").
+    OIDC_ISSUER = os.environ.get("OIDC_ISSUER") or None
+    OIDC_CLIENT_ID = os.environ.get("OIDC_CLIENT_ID", "")
+    OIDC_CLIENT_SECRET = os.environ.get("OIDC_CLIENT_SECRET", "")
+    OIDC_NAME = os.environ.get("OIDC_NAME") or "single sign-on"
+
     # How many proxies in front set X-Forwarded-For, -Proto and -Host (Render's or Heroku's router: 1).
     TRUSTED_PROXY_HOPS = env_int("TRUSTED_PROXY_HOPS", 0)
 

@@ -136,7 +136,7 @@ def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    """Mount the API (/api, /api/auth, /api/tokens, /api/org, /api/admin), the OpenAI-compatible API (/v1), rq-dashboard (/admin/rq), docs, health, metrics and the web pages."""
+    """Mount the API (/api, /api/auth, /api/tokens, /api/org, /api/admin), the OpenAI-compatible API (/v1), rq-dashboard (/admin/rq), docs, health, metrics, the web pages and SSO."""
     from luca.accounts import bp as accounts_bp
     from luca.admin import bp as admin_bp
     from luca.admin.dashboard import register_dashboard
@@ -156,6 +156,10 @@ def register_blueprints(app: Flask) -> None:
     register_health(app)
     register_metrics(app)
     register_web(app)
+    if app.config.get("OIDC_ISSUER"):
+        from luca.sso import register_sso
+
+        register_sso(app)
 
 
 def register_error_handling(app: Flask) -> None:

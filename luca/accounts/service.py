@@ -22,6 +22,7 @@ from limits import parse_many
 from limits.storage import MemoryStorage
 from limits.strategies import FixedWindowRateLimiter
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from luca.auth import CurrentUser, current_user, forget_sessions, forget_tokens, forget_user, hash_token
 from luca.errors import APIError, not_found
@@ -120,8 +121,14 @@ def sign_in_verified_email(email: str, name: str = "") -> User:
     organisation = db.session.execute(select(Organisation).where(Organisation.domain == domain)).scalar_one_or_none()
     if organisation is None and current_app.config["SIGNUP"] != "open":
         raise APIError(403, "signup_closed", "no organisation on this server takes sign-ins from this domain")
-    user = create_account(email, name, organisation=organisation, role="member")
-    db.session.commit()
+    try:
+        user = create_account(email, name, organisation=organisation, role="member")
+        db.session.commit()
+    except IntegrityError:  # the same person's first sign-in in another tab won the race
+        db.session.rollback()
+        user = find_user(email)
+        if user is None:
+            raise
     return user
 
 
