@@ -54,7 +54,7 @@ def register_extensions(app: Flask) -> None:
     """Build every service of the app now, so its first request costs what the hundredth does.
 
     In order, each on the ones before it: breakers, the Redis gateway, cache, jobs, answer
-    slots, rate limits, alerts, AI providers, deduplication.
+    slots, rate limits, alerts, AI providers, deduplication, the budget ledger.
     """
     for extension in SERVICES:
         extension.init_app(app)

@@ -4,9 +4,18 @@ from __future__ import annotations
 import math
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
+
+def money_text(value: Decimal) -> str:
+    """An amount of USD as an exact decimal string without trailing zeros ("0.00042")."""
+    return f"{value.normalize():f}"
+
+
+# USD, exact: serialised as a decimal string (JSON numbers would round it).
+Money = Annotated[Decimal, PlainSerializer(money_text, return_type=str)]
 
 UTCDateTime = Annotated[
     datetime,
@@ -159,6 +168,8 @@ class MessageOut(Out):
     tokens_out: int | None
     latency_ms: int | None
     cached: bool
+    cost_usd: Money | None = Field(None, description="USD, exact; 0 for a deduplicated answer; null for a question")
+    saved_usd: Money | None = Field(None, description="USD a deduplicated answer saved (the cost of the one reused)")
     created_at: UTCDateTime
 
 

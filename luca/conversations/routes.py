@@ -13,7 +13,7 @@ from pybreaker import CircuitBreakerError
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
-from luca import search
+from luca import budgets, search
 from luca.ai.base import ChatMessage
 from luca.ai.context import build_context
 from luca.auth import current_user
@@ -192,8 +192,9 @@ def send_message(conversation_id: uuid.UUID, body: MessageCreate) -> Any:
     conversation, history = service.load_for_answer(current_user().id, conversation_id)
 
     def answer() -> Any:
-        question = service.add_question(conversation, content)
         context, digests = context_for(conversation, history, content)
+        budgets.reserve_answer(conversation.user_id, context, digests, wants_cache(body))  # before anything is stored
+        question = service.add_question(conversation, content)
         return answers.respond(conversation, question, context, digests, stream=body.stream,
                                use_cache=wants_cache(body))
 
@@ -210,6 +211,7 @@ def retry_message(conversation_id: uuid.UUID, message_id: int, body: RetryReques
 
     def answer() -> Any:
         context, digests = context_for(conversation, history, question.content)
+        budgets.reserve_answer(conversation.user_id, context, digests, wants_cache(body))
         return answers.respond(conversation, question, context, digests, stream=body.stream,
                                use_cache=wants_cache(body))
 

@@ -17,7 +17,7 @@ from flask import Flask, current_app, has_app_context
 from sqlalchemy import func, select, type_coerce, update
 from sqlalchemy.dialects.postgresql import JSONB
 
-from luca import analytics
+from luca import analytics, budgets, pricing
 from luca.ai import chain
 from luca.ai.chain import ProvidersUnavailable
 from luca.ai.offline import OfflineProvider
@@ -161,11 +161,18 @@ def generate_title(conversation_id: str) -> str:
     answer = next((content for role, content in first if role == "assistant"), "")
     if not question:
         return "no question yet"
+    prompt = [{"role": "system", "content": TITLE_PROMPT},
+              {"role": "user", "content": f"Question: {question[:1000]}\n\nAnswer: {answer[:1500]}"}]
     try:
-        completion = chain.answer([
-            {"role": "system", "content": TITLE_PROMPT},
-            {"role": "user", "content": f"Question: {question[:1000]}\n\nAnswer: {answer[:1500]}"},
-        ])
+        with budgets.spending(conversation.user_id, prompt) as reservation:  # titles count towards budgets
+            completion = chain.answer(prompt)
+            cost = pricing.cost_usd(completion.provider, completion.model, completion.tokens_in, completion.tokens_out)
+            budgets.record_title_cost(conversation.id, cost)
+            if reservation is not None:
+                reservation.cost = cost
+    except budgets.BudgetExceeded:
+        write_title(conversation, title_from_question(question), None)
+        return "over budget"
     except ProvidersUnavailable:
         if is_final_attempt():  # never leave "New chat" behind: name it after the question, then fail
             write_title(conversation, title_from_question(question), None)

@@ -17,7 +17,7 @@ from luca.models import Conversation
 from tests.support import ROOT
 
 TABLES = ["files", "messages", "conversations", "api_tokens", "users", "analytics_daily", "analytics_rollups",
-          "job_outbox"]
+          "job_outbox", "budgets"]
 
 
 def migrate(url: str) -> None:
