@@ -143,10 +143,12 @@ def register_blueprints(app: Flask) -> None:
     from luca.conversations import bp as conversations_bp
     from luca.health import register_health
     from luca.metrics import register_metrics
+    from luca.usage import bp as usage_bp
     from luca.web import register_web
 
     app.register_blueprint(conversations_bp, url_prefix="/api")
     app.register_blueprint(admin_bp, url_prefix="/api/admin")
+    app.register_blueprint(usage_bp, url_prefix="/api")
     register_dashboard(app)
     register_docs(app)
     register_health(app)

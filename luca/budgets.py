@@ -38,6 +38,7 @@ from sqlalchemy import ColumnElement, func, or_, select, tuple_, update
 
 from luca import pricing
 from luca.ai.base import ChatMessage, estimate_tokens
+from luca.cache import cache_key
 from luca.errors import APIError
 from luca.extensions import alerts, budget_ledger, cache, db, dedup, providers, redis_gateway
 from luca.models import Budget, Conversation, Message, utcnow
@@ -118,16 +119,35 @@ def holders_for(user_id: int) -> list[Holder]:
     return [("member", user_id)]
 
 
+def budget_cache_key(holder: Holder) -> str:
+    """The cache key of a holder's budget (most holders have none: a send then costs no query)."""
+    return cache_key("budget", *holder)
+
+
 def budgets_of(holders: Sequence[Holder]) -> dict[Holder, Decimal]:
-    """The monthly budget of each holder that has one."""
-    rows = db.session.execute(
-        select(Budget.holder_kind, Budget.holder_id, Budget.monthly_budget_usd)
-        .where(tuple_(Budget.holder_kind, Budget.holder_id).in_(list(holders)))).all()
-    return {(kind, holder_id): Decimal(amount) for kind, holder_id, amount in rows}
+    """The monthly budget of each holder that has one (read through the cache; a change shows within CACHE_NEAR_TTL)."""
+    found: dict[Holder, Decimal] = {}
+    missing = []
+    for holder in holders:
+        cached = cache.get(budget_cache_key(holder), near=True)
+        if cached is None:
+            missing.append(holder)
+        elif cached:
+            found[holder] = Decimal(cached[0])
+    if missing:
+        rows = dict(((kind, holder_id), Decimal(amount)) for kind, holder_id, amount in db.session.execute(
+            select(Budget.holder_kind, Budget.holder_id, Budget.monthly_budget_usd)
+            .where(tuple_(Budget.holder_kind, Budget.holder_id).in_(missing))).all())
+        for holder in missing:
+            amount = rows.get(holder)
+            cache.set(budget_cache_key(holder), [str(amount)] if amount is not None else [], near=True)
+            if amount is not None:
+                found[holder] = amount
+    return found
 
 
 def set_budget(holder: Holder, monthly_budget_usd: Decimal | None) -> None:
-    """Give a holder a monthly budget, change it, or (None) remove it; the caller commits."""
+    """Give a holder a monthly budget, change it, or (None) remove it; committed."""
     kind, holder_id = holder
     row = db.session.get(Budget, (kind, holder_id))
     if monthly_budget_usd is None:
@@ -138,6 +158,8 @@ def set_budget(holder: Holder, monthly_budget_usd: Decimal | None) -> None:
                               monthly_budget_usd=pricing.money(monthly_budget_usd), updated_at=utcnow()))
     else:
         row.monthly_budget_usd, row.updated_at = pricing.money(monthly_budget_usd), utcnow()
+    db.session.commit()
+    cache.delete(budget_cache_key(holder))
 
 
 def month_spend(holder: Holder, now: datetime | None = None) -> Decimal:

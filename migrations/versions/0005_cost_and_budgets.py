@@ -36,18 +36,16 @@ def backfill() -> None:
     pairs = bind.execute(sa.text("SELECT DISTINCT provider, model FROM messages "
                                  "WHERE role = 'assistant' AND cost_usd IS NULL")).all()
     full = "ROUND((COALESCE(tokens_in, 0) * :pin + COALESCE(tokens_out, 0) * :pout) / 1000, 10)"
+    same = "IS NOT DISTINCT FROM" if bind.dialect.name == "postgresql" else "IS"
+    update = sa.text(
+        f"UPDATE messages SET cost_usd = CASE WHEN cached THEN 0 ELSE {full} END, "
+        f"saved_usd = CASE WHEN cached THEN {full} ELSE NULL END "
+        f"WHERE role = 'assistant' AND cost_usd IS NULL AND provider {same} :provider AND model {same} :model"
+    ).bindparams(sa.bindparam("pin", type_=MONEY), sa.bindparam("pout", type_=MONEY),
+                 sa.bindparam("provider", type_=sa.String()), sa.bindparam("model", type_=sa.String()))
     for provider, model in pairs:
         price_in, price_out = pricing.price_of(provider, model, table)
-        bind.execute(sa.text(
-            f"UPDATE messages SET cost_usd = CASE WHEN cached THEN 0 ELSE {full} END, "
-            f"saved_usd = CASE WHEN cached THEN {full} ELSE NULL END "
-            "WHERE role = 'assistant' AND cost_usd IS NULL "
-            "AND provider IS NOT DISTINCT FROM :provider AND model IS NOT DISTINCT FROM :model"
-            if bind.dialect.name == "postgresql" else
-            f"UPDATE messages SET cost_usd = CASE WHEN cached THEN 0 ELSE {full} END, "
-            f"saved_usd = CASE WHEN cached THEN {full} ELSE NULL END "
-            "WHERE role = 'assistant' AND cost_usd IS NULL AND provider IS :provider AND model IS :model"),
-            {"pin": price_in, "pout": price_out, "provider": provider, "model": model})
+        bind.execute(update, {"pin": price_in, "pout": price_out, "provider": provider, "model": model})
 
 
 def upgrade() -> None:
