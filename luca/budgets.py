@@ -10,14 +10,15 @@ The database is the truth: a holder's month spend is the sum of `messages.cost_u
 changed only by Lua scripts (so every process sees one ledger and a reservation is atomic);
 without Redis, or while it fails, a dict in the process (correct within one process).
 
-Reserving: read the month spend, then in one script drop expired reservations, add up what the
-ledger holds, and take the expected cost (context tokens plus AI_MAX_OUTPUT_TOKENS at the dearest
-price of the provider chain, which may fall back) only if spend + held + expected fits the budget.
-Settling, after the answer's commit: the reservation goes and its real cost is kept for
-SETTLED_KEEP seconds in a per-second bucket, counted by every reservation whose spend read began
-before the settle (it may not have seen the commit). A process that dies leaves reservations
-that expire after BUDGET_RESERVATION_SECONDS. Amounts in the ledger are integer units of 1e-10
-USD (Lua numbers are doubles).
+Reserving: note the ledger's running total of settled costs, read the month spend, then in one
+script drop expired reservations and take the expected cost (context tokens plus
+AI_MAX_OUTPUT_TOKENS at the dearest price of the provider chain, which may fall back) only if
+spend + open reservations + what was settled since the note fits the budget. Settling, after the
+answer's commit, removes the reservation and adds its real cost to the settled total: a read that
+began before the settle may have missed the commit, and counts it through the total instead; one
+that began after sees it in the database alone. No clocks are compared. A process that dies
+leaves reservations that expire after BUDGET_RESERVATION_SECONDS. Amounts in the ledger are
+integer units of 1e-10 USD (Lua numbers are doubles, exact for integers).
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ from luca.cache import cache_key
 from luca.errors import APIError
 from luca.extensions import alerts, budget_ledger, cache, db, dedup, providers, redis_gateway
 from luca.models import Budget, Conversation, Message, utcnow
+from luca.schemas import money_text
 from luca.redis import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
@@ -54,28 +56,22 @@ SCOPES: dict[str, Callable[[Any, int], ColumnElement[bool]]] = {
     "member": lambda column, user_id: column == user_id,
 }
 ALERT_LEVELS = (80, 100)
-SETTLED_KEEP = 30  # seconds a settled cost stays in the ledger (longer than any spend read takes)
-CLOCK_MARGIN = 2  # seconds of clock difference between processes the settled buckets allow for
+LEDGER_IDLE = 3600  # seconds a holder's ledger outlives its last change (it holds the settled total)
 UNIT = Decimal("1e-10")
 
-# KEYS[1]: a holder's ledger for a month. ARGV: now (ms), the second the spend read began (minus
-# the clock margin), the room left (budget - spend, units), the amount, the reservation id, its
-# expiry (ms), the key's TTL (ms), SETTLED_KEEP. Returns {1 taken | 0 refused, units held by others}.
+# KEYS[1]: a holder's ledger for a month: 'r:<id>' = '<units>:<expiry ms>' per open reservation,
+# 'settled' = the running total of settled units. ARGV: now (ms), the settled total noted before
+# the spend read, the room left (budget - spend, units), the amount, the reservation id, its expiry
+# (ms), the key's TTL (ms). Returns {1 taken | 0 refused, units held by others}.
 RESERVE = """
 local now = tonumber(ARGV[1])
-local since = tonumber(ARGV[2])
-local keep_from = math.floor(now / 1000) - tonumber(ARGV[8])
-local held = 0
+local held = math.max(0, tonumber(redis.call('HGET', KEYS[1], 'settled') or '0') - tonumber(ARGV[2]))
 local entries = redis.call('HGETALL', KEYS[1])
 for i = 1, #entries, 2 do
-  local name, value = entries[i], entries[i + 1]
+  local name = entries[i]
   if string.sub(name, 1, 2) == 'r:' then
-    local amount, expires = string.match(value, '^(%d+):(%d+)$')
+    local amount, expires = string.match(entries[i + 1], '^(%d+):(%d+)$')
     if tonumber(expires) <= now then redis.call('HDEL', KEYS[1], name) else held = held + tonumber(amount) end
-  else
-    local second = tonumber(string.sub(name, 3))
-    if second < keep_from then redis.call('HDEL', KEYS[1], name)
-    elseif second >= since then held = held + tonumber(value) end
   end
 end
 if held + tonumber(ARGV[4]) > tonumber(ARGV[3]) then
@@ -86,13 +82,11 @@ redis.call('PEXPIRE', KEYS[1], ARGV[7])
 return {1, tostring(held)}
 """
 
-# KEYS[1]: the ledger; ARGV: the reservation id, its real cost (units), the second it settles, the TTL (ms).
+# KEYS[1]: the ledger; ARGV: the reservation id, its real cost (units), the key's TTL (ms).
 SETTLE = """
 redis.call('HDEL', KEYS[1], 'r:' .. ARGV[1])
-if tonumber(ARGV[2]) > 0 then
-  redis.call('HINCRBY', KEYS[1], 's:' .. ARGV[3], ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-end
+redis.call('HINCRBY', KEYS[1], 'settled', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 
@@ -192,12 +186,13 @@ class BudgetExceeded(APIError):
     def __init__(self, holder: Holder, budget: Decimal, spent: Decimal, held: Decimal, now: datetime) -> None:
         kind, holder_id = holder
         whose = "your" if kind == "member" else f"the {kind}'s"
+        budget_text, spent_text = money_text(budget), money_text(spent)
         super().__init__(
             429, "budget_exceeded",
-            f"this would take {whose} monthly AI budget of {budget:f} USD past its limit "
-            f"({spent:f} USD spent this month); it renews on the 1st (UTC)",
+            f"this would take {whose} monthly AI budget of {budget_text} USD past its limit "
+            f"({spent_text} USD spent this month); it renews on the 1st (UTC)",
             details={"holder": kind, "holder_id": holder_id, "month": now.strftime("%Y-%m"),
-                     "budget_usd": f"{budget:f}", "spent_usd": f"{spent:f}", "reserved_usd": f"{held:f}"},
+                     "budget_usd": budget_text, "spent_usd": spent_text, "reserved_usd": money_text(held)},
             headers={"Retry-After": str(seconds_until_month_end(now))})
         self.holder = holder
 
@@ -237,7 +232,8 @@ class BudgetLedger:
         self.lease: float = app.config["BUDGET_RESERVATION_SECONDS"]
         self._reserve = self.redis.register_script(RESERVE) if self.redis is not None else None
         self._settle = self.redis.register_script(SETTLE) if self.redis is not None else None
-        self._local: dict[str, dict[str, tuple[int, float]]] = {}  # key -> name -> (units, expiry or settle time)
+        self._open: dict[str, dict[str, tuple[int, float]]] = {}  # key -> reservation id -> (units, expiry)
+        self._settled: dict[str, int] = {}  # key -> settled total
         self._lock = threading.Lock()
         app.teardown_request(settle_request)
 
@@ -245,51 +241,55 @@ class BudgetLedger:
         """The Redis key of a holder's ledger for a month."""
         return self.gateway.key("budget", holder[0], holder[1], month)
 
-    def take(self, key: str, reservation_id: str, amount: int, room: int, read_started: float) -> tuple[bool, int, bool]:
-        """Reserve amount units if they fit in room with what the ledger holds: (taken, units held, in Redis)."""
-        now = time.time()
-        since = int(read_started) - CLOCK_MARGIN
-        if self._reserve is not None:
+    def note(self, key: str) -> tuple[int, bool]:
+        """The settled total now (before reading the spend), and whether it is Redis's."""
+        if self.redis is not None:
             try:
-                taken, held = self._reserve(keys=[key], args=[
-                    int(now * 1000), since, room, amount, reservation_id, int((now + self.lease) * 1000),
-                    int((self.lease + SETTLED_KEEP) * 1000), SETTLED_KEEP])
-                return bool(taken), int(held), True
+                return int(self.redis.hget(key, "settled") or 0), True
             except REDIS_ERRORS as exc:
                 log.warning("[Budgets] Redis did not answer (%s); reserving in this process", type(exc).__name__)
         with self._lock:
-            entries = self._local.setdefault(key, {})
-            held = 0
-            for name, (value, stamp) in list(entries.items()):
-                if name.startswith("r:"):
-                    if stamp <= now:
-                        del entries[name]
-                    else:
-                        held += value
-                elif stamp < now - SETTLED_KEEP:
+            return self._settled.get(key, 0), False
+
+    def take(self, key: str, reservation_id: str, amount: int, room: int,
+             noted: tuple[int, bool]) -> tuple[bool, int, bool]:
+        """Reserve amount units if they fit in room with what the ledger holds: (taken, units held, in Redis)."""
+        now = time.time()
+        settled_before, shared = noted
+        if shared and self._reserve is not None:
+            try:
+                taken, held = self._reserve(keys=[key], args=[
+                    int(now * 1000), settled_before, room, amount, reservation_id, int((now + self.lease) * 1000),
+                    int((self.lease + LEDGER_IDLE) * 1000)])
+                return bool(taken), int(held), True
+            except REDIS_ERRORS as exc:  # noted in Redis, taken here: the settled total is not comparable
+                log.warning("[Budgets] Redis did not answer (%s); reserving in this process", type(exc).__name__)
+                settled_before = self._settled.get(key, 0)
+        with self._lock:
+            entries = self._open.setdefault(key, {})
+            held = max(0, self._settled.get(key, 0) - settled_before)
+            for name, (value, expires) in list(entries.items()):
+                if expires <= now:
                     del entries[name]
-                elif stamp >= since:
+                else:
                     held += value
             if held + amount > room:
                 return False, held, False
-            entries[f"r:{reservation_id}"] = (amount, now + self.lease)
+            entries[reservation_id] = (amount, now + self.lease)
             return True, held, False
 
     def settle(self, key: str, reservation_id: str, cost: int, shared: bool) -> None:
-        """Drop a reservation and keep its real cost (units) for SETTLED_KEEP seconds."""
-        now = time.time()
+        """Drop a reservation and add its real cost (units) to the settled total."""
         if shared and self._settle is not None:
             try:
-                self._settle(keys=[key], args=[reservation_id, cost, int(now), int(SETTLED_KEEP * 1000)])
+                self._settle(keys=[key], args=[reservation_id, cost, int((self.lease + LEDGER_IDLE) * 1000)])
                 return
             except REDIS_ERRORS as exc:  # the reservation expires on its own
                 log.warning("[Budgets] could not settle in Redis (%s)", type(exc).__name__)
                 return
         with self._lock:
-            entries = self._local.get(key, {})
-            entries.pop(f"r:{reservation_id}", None)
-            if cost > 0:
-                entries[f"s:{reservation_id}"] = (cost, now)
+            self._open.get(key, {}).pop(reservation_id, None)
+            self._settled[key] = self._settled.get(key, 0) + cost
 
 
 def reserve(user_id: int, expected: Decimal, allowed_anyway: Callable[[], bool] | None = None) -> Reservation | None:
@@ -305,11 +305,11 @@ def reserve(user_id: int, expected: Decimal, allowed_anyway: Callable[[], bool] 
     ledger = budget_ledger.of()
     reservation = Reservation(uuid.uuid4().hex, expected, month, budgets)
     for holder, budget in budgets.items():
-        read_started = time.time()
-        spent = month_spend(holder, now)
         key = ledger.key(holder, month)
-        taken, held, shared = ledger.take(key, reservation.id, units(expected), units(budget - spent) if budget > spent
-                                          else -1, read_started)
+        noted = ledger.note(key)  # before the spend is read: what settles from now on counts in the ledger
+        spent = month_spend(holder, now)
+        room = units(budget - spent) if budget > spent else -1
+        taken, held, shared = ledger.take(key, reservation.id, units(expected), room, noted)
         if not taken:
             reservation.settle(pricing.ZERO)
             if allowed_anyway is not None and allowed_anyway():
@@ -394,5 +394,5 @@ def announce_levels(budgets: dict[Holder, Decimal], month: str) -> None:
             db.session.commit()
             if claimed:
                 alerts.announce(f"budget_{level}", True, float(spent_now), float(budget),
-                                f"{kind} {holder_id} has spent {spent_now:f} of its {budget:f} USD budget "
+                                f"{kind} {holder_id} has spent {money_text(spent_now)} of its {money_text(budget)} USD budget "
                                 f"for {month} ({level} %)")
