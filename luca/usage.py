@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import ColumnElement, case, func, select
 
 from luca import analytics, budgets, pricing
+from luca.admin.routes import parse_day
 from luca.api import API_ERRORS, endpoints
 from luca.auth import current_user, require_user
 from luca.errors import APIError
@@ -85,22 +86,11 @@ class UsageReport(BaseModel):
     titles_cost_usd: Money
 
 
-def parse_day(value: str | None, name: str, default: date) -> date:
-    """A YYYY-MM-DD query parameter as a date; 422 naming the parameter when it is no real day."""
-    if value is None:
-        return default
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise APIError(422, "validation_error", f"{name} is not a real day",
-                       [{"field": name, "message": "must be a day, YYYY-MM-DD"}]) from None
-
-
 def date_range(query: UsageQuery) -> tuple[date, date]:
     """The inclusive days asked for, checked: from <= to, at most MAX_DAYS days."""
     today = utcnow().date()
-    end = parse_day(query.to, "to", today)
-    start = parse_day(query.from_, "from", min(today, end).replace(day=1))
+    end = parse_day(query.to, "to") or today
+    start = parse_day(query.from_, "from") or min(today, end).replace(day=1)
     if start > end:
         raise APIError(422, "validation_error", "from is after to",
                        [{"field": "from", "message": "must not be after to"}])

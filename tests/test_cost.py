@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -20,8 +18,8 @@ from tests.support import ROOT
 from tests.support.api import signed
 from tests.support.apps import conversation_row, provider_overrides
 from tests.support.processes import wait_until
-from tests.support.services import temporary_postgres_database
 from tests.support.sse import parse_events
+from tests.test_migrations import empty_database  # noqa: F401 (a fixture: a database with no tables)
 
 PRICES = {"primary-model": [1.5, 2.25], "backup/backup-model": [0.5, 0.125]}
 
@@ -109,17 +107,7 @@ def test_prices_are_found_by_provider_and_model_then_model_then_dated_name(app) 
         assert pricing.cost_usd("openai", "gpt-4o-mini", 333, 1) == Decimal("0.3350000000")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database with no tables at all."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'old.db'}"
-    else:
-        with temporary_postgres_database("luca_cost") as url:
-            yield url
-
-
-def test_the_migration_prices_the_answers_already_stored(empty_database: str) -> None:
+def test_the_migration_prices_the_answers_already_stored(empty_database: str) -> None:  # noqa: F811 - the fixture
     url = empty_database
     app = create_app(TestConfig, {"SQLALCHEMY_DATABASE_URI": url, "AI_PRICES": {"old-model": [2, 4]}})
     with app.app_context():
