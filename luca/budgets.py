@@ -143,6 +143,10 @@ def budgets_of(holders: Sequence[Holder]) -> dict[Holder, Decimal]:
 def set_budget(holder: Holder, monthly_budget_usd: Decimal | None) -> None:
     """Give a holder a monthly budget, change it, or (None) remove it; committed."""
     kind, holder_id = holder
+    if kind not in SCOPES:
+        raise ValueError(f"no such budget holder kind: {kind}")
+    if monthly_budget_usd is not None and not Decimal(0) <= monthly_budget_usd < Decimal("1e8"):
+        raise ValueError("a monthly budget is from 0 to 99,999,999 USD")
     row = db.session.get(Budget, (kind, holder_id))
     if monthly_budget_usd is None:
         if row is not None:
@@ -292,14 +296,16 @@ class BudgetLedger:
             self._settled[key] = self._settled.get(key, 0) + cost
 
 
-def reserve(user_id: int, expected: Decimal, allowed_anyway: Callable[[], bool] | None = None) -> Reservation | None:
-    """Reserve expected against every budget the user's spending counts towards (None: no budget applies).
+def reserve(user_id: int, context: Sequence[ChatMessage],
+            allowed_anyway: Callable[[], bool] | None = None) -> Reservation | None:
+    """Reserve a call's expected cost against every budget the user's spending counts towards (None: no budget).
 
     BudgetExceeded when one has no room, unless allowed_anyway() says the call costs nothing.
     """
     budgets = budgets_of(holders_for(user_id))
     if not budgets:
         return None
+    expected = expected_cost(context)
     now = utcnow()
     month = now.strftime("%Y-%m")
     ledger = budget_ledger.of()
@@ -322,7 +328,7 @@ def reserve(user_id: int, expected: Decimal, allowed_anyway: Callable[[], bool] 
 def reserve_for_request(user_id: int, context: Sequence[ChatMessage],
                         allowed_anyway: Callable[[], bool] | None = None) -> None:
     """Before storing a question: reserve its answer's expected cost until the request ends (BudgetExceeded)."""
-    reservation = reserve(user_id, expected_cost(context), allowed_anyway)
+    reservation = reserve(user_id, context, allowed_anyway)
     if reservation is not None:
         g.setdefault("budget_reservations", []).append(reservation)
 
@@ -359,7 +365,7 @@ def reserve_answer(user_id: int, context: list[ChatMessage], file_digests: Seque
 @contextmanager
 def spending(user_id: int, context: Sequence[ChatMessage]) -> Iterator[Reservation | None]:
     """Reserve for a call made outside a request (a title); settled with the cost set on it, or 0, on exit."""
-    reservation = reserve(user_id, expected_cost(context))
+    reservation = reserve(user_id, context)
     try:
         yield reservation
     finally:

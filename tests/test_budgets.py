@@ -117,14 +117,16 @@ def test_twenty_concurrent_sends_against_a_budget_for_five_make_five_provider_ca
     assert spend(budget_app, api.user_id) == 5 * COST
 
 
-def test_a_streamed_send_over_budget_is_refused_before_anything_is_stored(budget_app, servers) -> None:
+def test_a_streamed_answer_settles_when_it_ends_and_one_over_budget_stores_nothing(budget_app, servers) -> None:
     api = signed(budget_app)
-    give_budget(budget_app, api.user_id, COST)
+    give_budget(budget_app, api.user_id, 2 * COST)
     conversation = api.new_conversation()["id"]
     assert api.ask(conversation, "first", stream=True).status_code == 200
-    response = api.ask(conversation, "second", stream=True)
-    assert_over_budget(response.status_code, dict(response.headers), response.get_json(), COST)
-    assert stored(budget_app, api.user_id) == {"user": 1, "assistant": 1}
+    # Were the stream's reservation still held, the spend and it would leave no room for this one.
+    assert api.ask(conversation, "second", cache=False).status_code == 201
+    response = api.ask(conversation, "third", stream=True)
+    assert_over_budget(response.status_code, dict(response.headers), response.get_json(), 2 * COST)
+    assert stored(budget_app, api.user_id) == {"user": 2, "assistant": 2}
 
 
 def test_a_retry_over_budget_is_refused(budget_app, servers) -> None:
@@ -182,6 +184,15 @@ def test_when_the_month_rolls_over_the_budget_is_available_again(budget_app, ser
         db.session.commit()
     assert spend(budget_app, api.user_id) == 0
     assert api.ask(conversation, "four", cache=False).status_code == 201
+
+
+@pytest.mark.sqlite_only
+def test_a_budget_must_be_a_known_holder_and_amount(app) -> None:
+    with app.app_context():
+        for holder, amount in ((("team", 1), Decimal(1)), (("member", 1), Decimal(-1)),
+                               (("member", 1), Decimal("1e9"))):
+            with pytest.raises(ValueError):
+                budgets.set_budget(holder, amount)
 
 
 def test_the_month_is_the_utc_calendar_month() -> None:
