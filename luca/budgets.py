@@ -214,7 +214,7 @@ class Reservation:
     settled: bool = False
 
     def settle(self, cost: Decimal | None = None) -> None:
-        """Give the reservation back, keeping the real cost in the ledger until every reader sees it; then alert."""
+        """Give the reservation back and add the real cost to the ledger's settled total; then check the alerts."""
         if self.settled:
             return
         self.settled = True
