@@ -134,6 +134,8 @@ class Config:
 
     AI_FILE_CONTEXT_TOKENS = env_int("AI_FILE_CONTEXT_TOKENS", 3000)
     AI_PRICES = json.loads(os.environ.get("AI_PRICES") or "{}")
+    # How long a budget reservation outlives a process that died holding it (luca/budgets.py).
+    BUDGET_RESERVATION_SECONDS = env_float("BUDGET_RESERVATION_SECONDS", 300.0)
 
     # Background jobs (RQ): queue names get QUEUE_PREFIX; attempts and timeouts per queue.
     QUEUE_PREFIX = os.environ.get("QUEUE_PREFIX", "")

@@ -54,7 +54,7 @@ def register_extensions(app: Flask) -> None:
     """Build every service of the app now, so its first request costs what the hundredth does.
 
     In order, each on the ones before it: breakers, the Redis gateway, cache, jobs, answer
-    slots, rate limits, alerts, AI providers, deduplication.
+    slots, rate limits, alerts, AI providers, deduplication, the budget ledger.
     """
     for extension in SERVICES:
         extension.init_app(app)
@@ -145,12 +145,14 @@ def register_blueprints(app: Flask) -> None:
     from luca.health import register_health
     from luca.metrics import register_metrics
     from luca.openai_api import bp as openai_bp
+    from luca.usage import bp as usage_bp
     from luca.web import register_web
 
     app.register_blueprint(conversations_bp, url_prefix="/api")
     app.register_blueprint(accounts_bp, url_prefix="/api")
     app.register_blueprint(admin_bp, url_prefix="/api/admin")
     app.register_blueprint(openai_bp, url_prefix="/v1")  # the OpenAI-compatible door
+    app.register_blueprint(usage_bp, url_prefix="/api")
     register_dashboard(app)
     register_docs(app)
     register_health(app)

@@ -5,7 +5,8 @@ any breaker open, cache hit rate below 40 %. Evaluation reads the statistics the
 breakers and queues already expose. A newly firing or resolved alert is posted to
 ALERT_WEBHOOK_URL once — across processes when Redis is there (the first process to see a
 transition claims it with SET NX) — from a background thread through the `external-api` breaker, so a slow or dead
-webhook never slows a request.
+webhook never slows a request. Budgets (luca/budgets.py) announce their 80 % and 100 % through the
+same webhook with announce(), once per holder and month (claimed in the budgets table).
 """
 from __future__ import annotations
 
@@ -149,6 +150,11 @@ class AlertMonitor:
             return bool(claimed)
         except REDIS_ERRORS:
             return True  # without Redis each process announces what it sees
+
+    def announce(self, name: str, firing: bool, value: float | int | None, threshold: float | int,
+                 message: str) -> None:
+        """Post an alert raised outside the rules, whose caller claimed its transition once (a budget's 80 %)."""
+        self._notify(Alert(name, firing, value, threshold, message))
 
     def _notify(self, alert: Alert) -> None:
         """Queue a Slack-compatible message for the sender thread."""

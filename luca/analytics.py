@@ -14,10 +14,10 @@ from datetime import date, datetime, time, timedelta
 from itertools import groupby
 from typing import Any
 
-from flask import current_app
 from sqlalchemy import Date, delete, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from luca import pricing
 from luca.extensions import db
 from luca.models import AnalyticsDaily, AnalyticsRollup, Message, utcnow
 
@@ -26,28 +26,9 @@ log = logging.getLogger(__name__)
 # Provider and model of messages that have none (the user's questions).
 NOT_APPLICABLE = "-"
 
-# USD per 1,000 tokens: (input, output). The offline provider and unknown models cost nothing.
-# The AI_PRICES setting ({model: [input, output]}) overrides and extends this table.
-PRICES: dict[str, tuple[float, float]] = {
-    "gpt-4o-mini": (0.00015, 0.0006),
-    "gpt-4o": (0.0025, 0.01),
-    "gpt-4.1-mini": (0.0004, 0.0016),
-    "gemini-2.0-flash": (0.0001, 0.0004),
-    "gemini-1.5-pro": (0.00125, 0.005),
-    "claude-3-5-haiku-latest": (0.0008, 0.004),
-    "claude-3-5-sonnet-latest": (0.003, 0.015),
-}
-FREE = (0.0, 0.0)
-
 ROW_FIELDS = ("provider", "model", "role", "messages", "tokens_in", "tokens_out",
               "latency_mean_ms", "latency_p95_ms", "cached", "cost_usd")
 TOTAL_FIELDS = ("messages", "tokens_in", "tokens_out", "cached", "cost_usd")
-
-
-def price_table() -> dict[str, tuple[float, float]]:
-    """The default prices with the AI_PRICES setting laid over them."""
-    configured = current_app.config.get("AI_PRICES") or {}
-    return {**PRICES, **{model: (float(pair[0]), float(pair[1])) for model, pair in configured.items()}}
 
 
 def day_bounds(first: date, last: date | None = None) -> tuple[datetime, datetime]:
@@ -62,14 +43,14 @@ def p95(values: Sequence[int]) -> float | None:
     return float(values[math.ceil(0.95 * len(values)) - 1])
 
 
-def summarise(key: tuple[str, str, str], rows: list[Any], prices: dict[str, tuple[float, float]]) -> dict[str, Any]:
+def summarise(key: tuple[str, str, str], rows: list[Any], prices: pricing.Prices) -> dict[str, Any]:
     """One analytics_daily row from the messages of one (provider, model, role) group."""
     provider, model, role = key
     latencies = sorted(r.latency_ms for r in rows if r.latency_ms is not None)
     paid = [r for r in rows if not r.cached]
-    price_in, price_out = FREE if provider == "offline" else prices.get(model, FREE)
     # Token sums are exact integers, so the cost does not depend on the order rows arrive in.
-    cost = (sum(r.tokens_in or 0 for r in paid) * price_in + sum(r.tokens_out or 0 for r in paid) * price_out) / 1000
+    cost = float(pricing.cost_usd(provider, model, sum(r.tokens_in or 0 for r in paid),
+                                  sum(r.tokens_out or 0 for r in paid), prices))
     return {
         "provider": provider, "model": model, "role": role,
         "messages": len(rows),
@@ -105,7 +86,7 @@ def rollup_day(day: date) -> int:
             .where(Message.created_at >= start, Message.created_at < end)
             .order_by(provider, model, Message.role)
         ).all()
-        prices = price_table()
+        prices = pricing.price_table()
         groups = [summarise(key, list(members), prices)
                   for key, members in groupby(rows, key=lambda r: (r.provider, r.model, r.role))]
         db.session.execute(delete(AnalyticsDaily).where(AnalyticsDaily.day == day)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from luca.ai.dedup import Deduplicator
     from luca.alerts import AlertMonitor
     from luca.breakers import Breakers
+    from luca.budgets import BudgetLedger
     from luca.cache import CacheService
     from luca.jobs.queue import Jobs
     from luca.limits import AppLimits
@@ -89,12 +90,13 @@ limits: Extension[AppLimits] = Extension("luca.limits:AppLimits")
 alerts: Extension[AlertMonitor] = Extension("luca.alerts:AlertMonitor")
 providers: Extension[Providers] = Extension("luca.ai.chain:Providers")
 dedup: Extension[Deduplicator] = Extension("luca.ai.dedup:Deduplicator")
+budget_ledger: Extension[BudgetLedger] = Extension("luca.budgets:BudgetLedger")
 # The OpenAPI document (a dict); built after the blueprints, since it reads the URL map.
 openapi: Extension[dict[str, Any]] = Extension("luca.api:openapi_document")
 
 # In the order create_app builds them: each may use the ones before it.
 SERVICES: tuple[Extension[Any], ...] = (breakers, redis_gateway, cache, jobs, slots, limits, alerts, providers,
-                                        dedup)
+                                        dedup, budget_ledger)
 
 
 def reopen_after_fork(app: Flask) -> None:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, LargeBinary, String, Text, Uuid
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, LargeBinary, Numeric, String, Text, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -25,6 +26,8 @@ MIGRATION_ONLY = {
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+# USD, exact: luca.pricing keeps ten decimal places.
+Money = Numeric(18, 10, asdecimal=True)
 
 
 def utcnow() -> datetime:
@@ -163,6 +166,9 @@ class Conversation(db.Model):
     has_files: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # What writing the title cost (it counts towards budgets), and when it was spent.
+    title_cost_usd: Mapped[Decimal | None] = mapped_column(Money)
+    titled_at: Mapped[datetime | None]
 
 
 class Message(db.Model):
@@ -172,6 +178,7 @@ class Message(db.Model):
     __table_args__ = (
         Index("messages_conversation_created_idx", "conversation_id", "created_at"),
         Index("messages_role_created_idx", "role", "created_at"),
+        Index("messages_user_created_idx", "user_id", "created_at"),  # usage and a member's month spend
     )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
@@ -187,6 +194,9 @@ class Message(db.Model):
     tokens_out: Mapped[int | None]
     latency_ms: Mapped[int | None]
     cached: Mapped[bool] = mapped_column(default=False)
+    # An answer's cost at write time (0 when deduplication served it), and what a deduplicated one saved.
+    cost_usd: Mapped[Decimal | None] = mapped_column(Money)
+    saved_usd: Mapped[Decimal | None] = mapped_column(Money)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -254,3 +264,17 @@ class JobOutbox(db.Model):
     job_id: Mapped[str] = mapped_column(String(200), unique=True)  # the deterministic RQ job id, unprefixed
     args: Mapped[list[Any]] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Budget(db.Model):
+    """A monthly (UTC calendar month) spending cap held by an organisation or a member; see luca.budgets."""
+
+    __tablename__ = "budgets"
+
+    holder_kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # "member" (a user id), "org"
+    holder_id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    monthly_budget_usd: Mapped[Decimal] = mapped_column(Money)
+    # The highest alert level (80, 100) announced, and for which month ("2026-12"): each transition once.
+    alerted_month: Mapped[str | None] = mapped_column(String(7))
+    alerted_percent: Mapped[int] = mapped_column(default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -6,11 +6,20 @@ import math
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from flask import current_app
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
+
+def money_text(value: Decimal) -> str:
+    """An amount of USD as an exact decimal string without trailing zeros ("0.00042")."""
+    return f"{value.normalize():f}"
+
+
+# USD, exact: serialised as a decimal string (JSON numbers would round it).
+Money = Annotated[Decimal, PlainSerializer(money_text, return_type=str)]
 
 UTCDateTime = Annotated[
     datetime,
@@ -223,6 +232,8 @@ class MessageOut(Out):
     tokens_out: int | None
     latency_ms: int | None
     cached: bool
+    cost_usd: Money | None = Field(None, description="USD, exact; 0 for a deduplicated answer; null for a question")
+    saved_usd: Money | None = Field(None, description="USD a deduplicated answer saved (the cost of the one reused)")
     created_at: UTCDateTime
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -83,6 +83,12 @@ def within_slot(user_id: int, answer: Callable[[], Any]) -> Any:
     return result
 
 
+def conversation_key(context: list[ChatMessage], file_digests: Sequence[str]) -> str:
+    """The dedup key of a conversation's answer for the current user: the whole chain, their organisation's scope."""
+    user = current_user()
+    return answer_key(providers.all(), context, user.id, file_digests, scope=sharing_scope(user))
+
+
 def respond(conversation: Conversation, question: Message, context: list[ChatMessage], file_digests: list[str],
             *, stream: bool, use_cache: bool) -> Any:
     """Answer a stored question, whole (201 JSON) or streamed (Server-Sent Events).
@@ -90,8 +96,7 @@ def respond(conversation: Conversation, question: Message, context: list[ChatMes
     Unless the client opted out, identical contexts are answered once (see luca.ai.dedup).
     """
     deduplicator = dedup.of() if use_cache and not cache.disabled else None
-    key = answer_key(providers.all(), context, conversation.user_id, file_digests,
-                     scope=sharing_scope(current_user())) if deduplicator else ""
+    key = conversation_key(context, file_digests) if deduplicator else ""
     if stream:
         return stream_response(conversation, question, context, deduplicator, key)
     started = time.perf_counter()

@@ -11,7 +11,7 @@ from typing import Any
 from flask import Response, request
 from pydantic import BaseModel
 
-from luca import search
+from luca import budgets, search
 from luca.ai.base import ChatMessage
 from luca.ai.context import build_context
 from luca.auth import current_user
@@ -153,8 +153,9 @@ def send_message(conversation_id: uuid.UUID, body: MessageCreate) -> Any:
     conversation, history = service.load_for_answer(current_user().id, conversation_id)
 
     def answer() -> Any:
-        question = service.add_question(conversation, content)
         context, digests = context_for(conversation, history, content)
+        budgets.reserve_answer(conversation.user_id, context, digests, wants_cache(body))  # before anything is stored
+        question = service.add_question(conversation, content)
         return answers.respond(conversation, question, context, digests, stream=body.stream,
                                use_cache=wants_cache(body))
 
@@ -171,6 +172,7 @@ def retry_message(conversation_id: uuid.UUID, message_id: int, body: RetryReques
 
     def answer() -> Any:
         context, digests = context_for(conversation, history, question.content)
+        budgets.reserve_answer(conversation.user_id, context, digests, wants_cache(body))
         return answers.respond(conversation, question, context, digests, stream=body.stream,
                                use_cache=wants_cache(body))
 

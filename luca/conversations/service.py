@@ -15,7 +15,7 @@ from sqlalchemy import JSON, Select, and_, delete, func, insert, or_, select, tu
 from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 from sqlalchemy.orm.attributes import set_committed_value
 
-from luca import search
+from luca import budgets, pricing, search
 from luca.ai.base import Completion
 from luca.conversations.titles import hold_title
 from luca.errors import InvalidInput, NotFound, ReadOnly
@@ -278,7 +278,7 @@ def store_message(conversation: Conversation, **values: Any) -> Message:
     table = Message.__table__  # Core, not the ORM's bulk insert: a fifth of a question's CPU in bench
     message_id = db.session.execute(insert(table).values(**values).returning(table.c.id)).scalar_one()
     return Message(id=message_id, **{"provider": None, "model": None, "tokens_in": None, "tokens_out": None,
-                                     "latency_ms": None, **values})
+                                     "latency_ms": None, "cost_usd": None, "saved_usd": None, **values})
 
 
 def add_question(conversation: Conversation, content: str) -> Message:
@@ -294,13 +294,19 @@ def add_question(conversation: Conversation, content: str) -> Message:
 
 def add_answer(conversation: Conversation, completion: Completion, *, status: str = "complete",
                cached: bool = False) -> Message:
-    """Store an assistant answer with the provider and model that actually wrote it."""
+    """Store an assistant answer with the provider and model that actually wrote it, and what it cost.
+
+    A deduplicated answer cost nothing; it saved what the answer it reuses cost.
+    """
+    cost = pricing.cost_usd(completion.provider, completion.model, completion.tokens_in, completion.tokens_out)
     message = store_message(
         conversation, role="assistant", content=completion.text, status=status, provider=completion.provider,
         model=completion.model, tokens_in=completion.tokens_in, tokens_out=completion.tokens_out,
-        latency_ms=completion.latency_ms, cached=cached)
+        latency_ms=completion.latency_ms, cached=cached, cost_usd=pricing.ZERO if cached else cost,
+        saved_usd=cost if cached else None)
     if status == "complete":
         hold_title(conversation)  # only when Redis is known down: then the title job rides this transaction
     db.session.commit()
+    budgets.spent(message.cost_usd)  # settled against the budgets when the request ends
     cache.bump_user(conversation.user_id)  # its message pages and search results changed
     return message

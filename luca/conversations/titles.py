@@ -14,7 +14,9 @@ from typing import Any
 from sqlalchemy import func, select, type_coerce, update
 from sqlalchemy.dialects.postgresql import JSONB
 
+from luca import budgets, pricing
 from luca.ai import chain
+from luca.ai.base import ChatMessage
 from luca.ai.chain import ProvidersUnavailable
 from luca.ai.offline import OfflineProvider
 from luca.extensions import cache, db
@@ -94,11 +96,20 @@ def generate(conversation_id: uuid.UUID) -> str:
     answer = next((content for role, content in first if role == "assistant"), "")
     if not question:
         return "no question yet"
+    prompt: list[ChatMessage] = [
+        {"role": "system", "content": TITLE_PROMPT},
+        {"role": "user", "content": f"Question: {question[:1000]}\n\nAnswer: {answer[:1500]}"},
+    ]
     try:
-        completion = chain.answer([
-            {"role": "system", "content": TITLE_PROMPT},
-            {"role": "user", "content": f"Question: {question[:1000]}\n\nAnswer: {answer[:1500]}"},
-        ])
+        with budgets.spending(conversation.user_id, prompt) as reservation:  # titles count towards budgets
+            completion = chain.answer(prompt)
+            cost = pricing.cost_usd(completion.provider, completion.model, completion.tokens_in, completion.tokens_out)
+            budgets.record_title_cost(conversation.id, cost)
+            if reservation is not None:
+                reservation.cost = cost
+    except budgets.BudgetExceeded:
+        write_title(conversation, title_from_question(question), None)
+        return "over budget"
     except ProvidersUnavailable:
         if is_final_attempt():  # never leave "New chat" behind: name it after the question, then fail
             write_title(conversation, title_from_question(question), None)

@@ -10,7 +10,7 @@ while it runs, through ``configure()`` or ``POST /_control``.
 
 A completion request goes through, in order: ``hang_s`` (sleep), ``drop`` (close without an
 answer), ``api_key`` (401), validation (400), ``fail_next`` (``fail_status``), ``status``, then
-``latency_ms`` and the answer. Error answers are immediate: latency applies to real answers only.
+``latency_ms`` and the answer (with usage counts unless ``usage`` is false). Error answers are immediate: latency applies to real answers only.
 Stats are settled just before the last bytes of a response go out, so a client that has its
 answer already sees it counted.
 
@@ -43,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "cut_after": None,
     "answer": None,
     "api_key": None,
+    "usage": True,
 }
 
 # Setting name -> (accepted types, whether None is allowed).
@@ -57,6 +58,7 @@ _SETTING_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "cut_after": ((int,), True),
     "answer": ((str,), True),
     "api_key": ((str,), True),
+    "usage": ((bool,), False),
 }
 
 _ERROR_KINDS: dict[int, tuple[str, str]] = {
@@ -276,7 +278,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._write_event(chunk({"content": piece}))
         self._settle(completed=True)
         self._write_event(chunk({}, "stop"))
-        if (body.get("stream_options") or {}).get("include_usage"):
+        if settings["usage"] and (body.get("stream_options") or {}).get("include_usage"):
             self._write_event({**base, "choices": [], "usage": owner._usage(body, text)})
         self._write_chunk(b"data: [DONE]\n\n")
         self._write_chunk(b"")
@@ -491,7 +493,7 @@ class FakeProvider:
             "created": int(time.time()),
             "model": body.get("model") or DEFAULT_MODEL,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": self._usage(body, text),
+            **({"usage": self._usage(body, text)} if settings["usage"] else {}),
         }
 
 
