@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Sequence
 
 from flask import current_app, request
 from sqlalchemy import select
 
+from luca.ai.context import Passage
 from luca.auth import current_user
-from luca.conversations import bp, endpoint
+from luca.conversations import bp, endpoint, retrieval
 from luca.conversations.service import get_conversation
 from luca.errors import APIError, not_found
 from luca.extensions import db
@@ -81,26 +83,18 @@ def list_files(conversation_id: uuid.UUID) -> FileList:
     return FileList(items=[FileOut.model_validate(f) for f in files])
 
 
-def documents_context(conversation: Conversation) -> tuple[str | None, list[str]]:
-    """The text of the conversation's ready documents within the token budget, and every file's digest.
+def documents_context(conversation: Conversation, question: str,
+                      turns: Sequence[str] = ()) -> tuple[str | None, list[str], list[Passage]]:
+    """The passages of the conversation's documents that best match the question, every file's digest and
+    the passages' ids (for the deduplication key), and the passages (for the answer's citations).
 
     The digests make the answer's deduplication key private to the user and change it
     whenever a document is added.
     """
     if not conversation.has_files:
-        return None, []
-    rows = db.session.execute(
-        select(File.filename, File.status, File.sha256, File.text).where(File.conversation_id == conversation.id)
-        .order_by(File.created_at, File.id)
-    ).all()
-    digests = [row.sha256 for row in rows]
-    ready = [row for row in rows if row.status == "ready" and row.text]
-    if not ready:
-        return None, digests
-    budget_chars = current_app.config["AI_FILE_CONTEXT_TOKENS"] * 4
-    share = budget_chars // len(ready)
-    parts = []
-    for row in ready:
-        text = row.text if len(row.text) <= share else row.text[:share] + "\n[… truncated]"
-        parts.append(f"### {row.filename}\n{text}")
-    return "Documents the user attached to this conversation:\n\n" + "\n\n".join(parts), digests
+        return None, [], []
+    digests = list(db.session.execute(
+        select(File.sha256).where(File.conversation_id == conversation.id).order_by(File.created_at, File.id)
+    ).scalars())
+    found = retrieval.retrieve(conversation.user_id, conversation.id, question, turns)
+    return found.message, digests + found.keys, found.passages

@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from luca import search
 from luca.ai.base import ChatMessage
-from luca.ai.context import build_context
+from luca.ai.context import Passage, build_context
 from luca.auth import current_user
 from luca.cache import cache_key
 from luca.conversations import answers, bp, endpoint, service
@@ -169,11 +169,12 @@ def question_text(body: MessageCreate) -> str:
 
 
 def context_for(conversation: Conversation, history: Sequence[Message | service.Turn],
-                question: str) -> tuple[list[ChatMessage], list[str]]:
-    """The messages sent to the provider (documents, earlier complete turns, the question) and file digests."""
-    documents, digests = documents_context(conversation)
+                question: str) -> tuple[list[ChatMessage], list[str], list[Passage]]:
+    """The messages sent to the provider (documents' passages, earlier complete turns, the question), the
+    documents' inputs for the deduplication key, and the passages the answer may cite."""
     turns = [(m.role, m.content) for m in history if m.status == "complete"]
-    return build_context([*turns, ("user", question)], documents=documents), digests
+    documents, digests, passages = documents_context(conversation, question, [c for _, c in turns[-2:]])
+    return build_context([*turns, ("user", question)], documents=documents), digests, passages
 
 
 def wants_cache(body: MessageCreate | RetryRequest) -> bool:
@@ -193,9 +194,9 @@ def send_message(conversation_id: uuid.UUID, body: MessageCreate) -> Any:
 
     def answer() -> Any:
         question = service.add_question(conversation, content)
-        context, digests = context_for(conversation, history, content)
+        context, digests, passages = context_for(conversation, history, content)
         return answers.respond(conversation, question, context, digests, stream=body.stream,
-                               use_cache=wants_cache(body))
+                               use_cache=wants_cache(body), passages=passages)
 
     return answers.within_slot(conversation.user_id, answer)
 
@@ -209,9 +210,9 @@ def retry_message(conversation_id: uuid.UUID, message_id: int, body: RetryReques
     conversation, question, history = service.load_for_retry(current_user().id, conversation_id, message_id)
 
     def answer() -> Any:
-        context, digests = context_for(conversation, history, question.content)
+        context, digests, passages = context_for(conversation, history, question.content)
         return answers.respond(conversation, question, context, digests, stream=body.stream,
-                               use_cache=wants_cache(body))
+                               use_cache=wants_cache(body), passages=passages)
 
     return answers.within_slot(conversation.user_id, answer)
 

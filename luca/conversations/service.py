@@ -236,7 +236,7 @@ def store_message(conversation: Conversation, **values: Any) -> Message:
     table = Message.__table__  # Core, not the ORM's bulk insert: a fifth of a question's CPU in bench
     message_id = db.session.execute(insert(table).values(**values).returning(table.c.id)).scalar_one()
     return Message(id=message_id, **{"provider": None, "model": None, "tokens_in": None, "tokens_out": None,
-                                     "latency_ms": None, **values})
+                                     "latency_ms": None, "citations": None, **values})
 
 
 def add_question(conversation: Conversation, content: str) -> Message:
@@ -251,12 +251,12 @@ def add_question(conversation: Conversation, content: str) -> Message:
 
 
 def add_answer(conversation: Conversation, completion: Completion, *, status: str = "complete",
-               cached: bool = False) -> Message:
-    """Store an assistant answer with the provider and model that actually wrote it."""
+               cached: bool = False, citations: list[dict[str, Any]] | None = None) -> Message:
+    """Store an assistant answer with the provider and model that actually wrote it, and what it cites."""
     message = store_message(
         conversation, role="assistant", content=completion.text, status=status, provider=completion.provider,
         model=completion.model, tokens_in=completion.tokens_in, tokens_out=completion.tokens_out,
-        latency_ms=completion.latency_ms, cached=cached)
+        latency_ms=completion.latency_ms, cached=cached, **({"citations": citations} if citations else {}))
     if status == "complete":
         hold_title(conversation)  # only when Redis is known down: then the title job rides this transaction
     db.session.commit()

@@ -220,9 +220,20 @@ def process_file(file_id: int) -> str:
         set_file(file_id, status="failed", error=exc.reason[:500], progress=100)
         log.info("[FileQueue] file %s failed: %s", file_id, exc.code)
         return f"failed: {exc.code}"
+    from luca.conversations.retrieval import store_chunks  # the conversations package imports this module
+
+    store_chunks(file_id, extracted)  # committed with the status: a ready file always has its chunks
     set_file(file_id, status="ready", progress=100, kind=extracted.kind, pages=extracted.pages,
              text=extracted.text, text_chars=len(extracted.text))
     return "ready"
+
+
+@task("files")
+def index_file(file_id: int) -> str:
+    """Make the chunks of a file that was ready before documents were chunked (the reconciler finds them)."""
+    from luca.conversations.retrieval import index_stored_file
+
+    return index_stored_file(file_id, document_limits(current_app))
 
 
 # -- enqueueing, and finding work the queue lost ------------------------------------------------------
@@ -301,6 +312,9 @@ def reconcile(app: Flask | None = None) -> dict[str, int]:
         stuck = db.session.execute(
             select(File.id).where(File.status == "processing", File.updated_at < now - stale).limit(1000)
         ).scalars().all()
+        from luca.conversations.retrieval import files_without_chunks
+
+        unchunked = files_without_chunks()
         db.session.remove()
 
         def again(kind: str, func: Callable[..., Any], *args: Any, job_id: str) -> None:
@@ -311,6 +325,8 @@ def reconcile(app: Flask | None = None) -> dict[str, int]:
             again("titles", generate_title, str(conversation_id), job_id=f"title-{conversation_id}")
         for file_id in pending:
             again("files", process_file, file_id, job_id=f"file-{file_id}")
+        for file_id in unchunked:  # ready before documents were chunked
+            again("files", index_file, file_id, job_id=f"chunks-{file_id}")
         for file_id in stuck:  # its worker died mid-job: run it again
             with app.app_context():
                 set_file(file_id, status="pending")
