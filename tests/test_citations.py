@@ -1,15 +1,13 @@
 """Answers grounded in the user's documents: the provider gets the right passage, the answer cites its place."""
 from __future__ import annotations
 
-import io
 from typing import Any
 
-import openpyxl
 from flask import Flask
 
 from tests.support.api import Api, signed, upload
 from tests.support.apps import provider_overrides
-from tests.support.documents import make_pdf
+from tests.support.documents import make_pdf, trial_balance
 from tests.support.sse import parse_events
 
 FIGURE = "7391842"
@@ -19,23 +17,6 @@ def report_pdf() -> bytes:
     """A 40-page PDF; only page 37 holds the figure."""
     return make_pdf([f"Page {n} of the annual report on operating leases and general matters" if n != 37
                      else f"Unique closing balance of the lease liability {FIGURE} euro" for n in range(1, 41)])
-
-
-def trial_balance() -> bytes:
-    """A workbook whose sheet "TB" holds the suspense balance in D14."""
-    workbook = openpyxl.Workbook()
-    workbook.active.title = "Notes"
-    workbook.active.append(["Prepared by the controller"])
-    sheet = workbook.create_sheet("TB")
-    sheet.append(["Account", "Name", "Debit", "Credit"])
-    for row in range(2, 30):
-        if row == 14:
-            sheet.append([4410, "Suspense clearing", None, 98765.43])
-        else:
-            sheet.append([1000 + row, f"Account {row}", row * 10, None])
-    out = io.BytesIO()
-    workbook.save(out)
-    return out.getvalue()
 
 
 def ready_conversation(api: Api, name: str, data: bytes) -> tuple[dict[str, Any], int]:
