@@ -33,6 +33,9 @@ CHUNK_MAX_TOKENS = 800
 OVERLAP_TOKENS = 60  # the last block of a chunk, when at most this long, starts the next one too
 MAX_QUERY_WORDS = 32
 CANDIDATES = 40  # chunks the ranking query returns; the budget takes what fits
+PRESELECT = 80  # chunks ts_rank keeps for ts_rank_cd to order (PostgreSQL)
+MAX_TURN_WORDS = 8  # of the recent turns' words, after the question's
+MIN_OWN_WORDS = 3  # a question with fewer words of its own borrows the recent turns' words
 SNIPPET_CHARS = 300
 WORD = re.compile(r"\w+", re.UNICODE)
 MARKER = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
@@ -213,24 +216,38 @@ def files_without_chunks(limit: int = 1000) -> list[int]:
 
 
 def query_words(question: str, turns: Sequence[str] = ()) -> list[str]:
-    """The ranking query: the question's words first, then the recent turns', without stop words."""
+    """The ranking query: the question's words, without stop words; a question of fewer than
+    MIN_OWN_WORDS ("and since when?") borrows up to MAX_TURN_WORDS from the recent turns, newest first.
+
+    Every word widens the query (any word matches) and reads one more posting list, so the turns'
+    words join only when the question alone cannot say what it is about.
+    """
     found: list[str] = []
-    for piece in (question, *reversed(turns)):
+    for index, piece in enumerate((question, *reversed(turns))):
+        if index == 1:
+            if len(found) >= MIN_OWN_WORDS:
+                break
+            cap = len(found) + MAX_TURN_WORDS
         for word in WORD.findall(piece.lower()):
+            if len(found) >= (MAX_QUERY_WORDS if index == 0 else cap):
+                break
             if word not in STOPWORDS and len(word) > 1 and word not in found:
                 found.append(word)
-                if len(found) >= MAX_QUERY_WORDS:
-                    return found
     return found
 
 
 # Any of the words, best first; the tsquery is inline so the planner matches it against (user_id, tsv).
+# ts_rank_cd costs about 30 us a chunk here (covers over positions), ts_rank about 3: when a common word
+# matches most of a large conversation, ts_rank picks PRESELECT chunks, and ts_rank_cd orders those.
 PG_RETRIEVE = text("""
 SELECT c.id, c.file_id, f.filename, c.text, c.anchor, c.parts, c.tokens,
        ts_rank_cd(c.tsv, to_tsquery('english', :q)) AS rank
-  FROM document_chunks c JOIN files f ON f.id = c.file_id
- WHERE c.user_id = CAST(:user_id AS integer) AND c.conversation_id = :conversation_id
-   AND c.tsv @@ to_tsquery('english', :q)
+  FROM (SELECT id FROM document_chunks
+         WHERE user_id = CAST(:user_id AS integer) AND conversation_id = :conversation_id
+           AND tsv @@ to_tsquery('english', :q)
+         ORDER BY ts_rank(tsv, to_tsquery('english', :q)) DESC LIMIT :preselect) best
+  JOIN document_chunks c ON c.id = best.id
+  JOIN files f ON f.id = c.file_id
  ORDER BY rank DESC, c.id
  LIMIT :limit
 """)
@@ -266,7 +283,7 @@ def ranked_chunks(user_id: int, conversation_id: uuid.UUID, words: Sequence[str]
         statement, expression = PG_RETRIEVE, " | ".join(words)
     else:
         statement, expression = SQLITE_RETRIEVE, " OR ".join(f'"{w}"' for w in words)
-    return list(db.session.execute(statement, {"q": expression, "user_id": user_id,
+    return list(db.session.execute(statement, {"q": expression, "user_id": user_id, "preselect": PRESELECT,
                                                "conversation_id": conversation, "limit": limit}).mappings())
 
 
