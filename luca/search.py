@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -39,14 +39,11 @@ class Hit:
     created_at: datetime
     file_id: int | None = None
     filename: str | None = None
-    page: int | None = None
-    sheet: str | None = None
-    cells: str | None = None
-    rows: str | None = None
-    lines: str | None = None
-    heading: str | None = None
-    paragraph: int | None = None
-    paragraphs: str | None = None
+    place: dict[str, Any] = field(default_factory=dict)  # a document's: {"page": 3}, {"sheet", "cells"} ...
+
+    def fields(self) -> dict[str, Any]:
+        """The hit as the API's SearchHit takes it: its fields, with the place's keys among them."""
+        return {**{name: getattr(self, name) for name in self.__dataclass_fields__ if name != "place"}, **self.place}
 
 
 def words(query: str) -> list[str]:
@@ -157,8 +154,7 @@ def document_place(row: Any, query: str) -> dict[str, Any]:
     passage = Passage(n=0, chunk_id=row["chunk_id"], file_id=row["file_id"], filename=row["filename"],
                       anchor=as_json(row["anchor"]), text=row["chunk_text"], parts=as_json(row["parts"]))
     place, _ = narrow(passage, set(words(query)))
-    return {"file_id": row["file_id"], "filename": row["filename"],
-            **{key: value for key, value in place.items() if key in Hit.__dataclass_fields__}}
+    return {"file_id": row["file_id"], "filename": row["filename"], "place": place}
 
 
 def hit_from_row(row: Any, query: str = "") -> Hit:

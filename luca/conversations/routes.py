@@ -225,6 +225,6 @@ def search_messages(query: SearchQuery) -> Response:
 
     def build() -> SearchResults:
         hits = search.search(user_id, query.q, query.limit)
-        return SearchResults(query=query.q, items=[SearchHit.model_validate(h, from_attributes=True) for h in hits])
+        return SearchResults(query=query.q, items=[SearchHit.model_validate(h.fields()) for h in hits])
 
     return cached_for_user("search", user_id, (hash_parts((query.q, query.limit)),), build)
