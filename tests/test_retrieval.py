@@ -1,6 +1,7 @@
 """Documents cut into anchored chunks, the chunks retrieved for a question, and search inside documents."""
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -13,7 +14,7 @@ from config import TestConfig
 from luca import create_app
 from luca.conversations import retrieval
 from luca.documents import Block
-from luca.extensions import db
+from luca.extensions import db, jobs
 from luca.jobs.tasks import reconcile
 from luca.models import DocumentChunk
 from tests.support import ROOT
@@ -134,6 +135,25 @@ def test_a_file_processed_before_chunking_gets_its_chunks_from_the_reconciler(ap
     with app.app_context():
         assert retrieval.files_without_chunks() == []
         db.session.remove()
+
+
+def test_without_redis_the_ticker_chunks_a_file_processed_before_chunking(app_factory) -> None:
+    app = app_factory(JOBS_RECONCILE_INTERVAL=0.2)
+    api = signed(app)
+    conversation = api.new_conversation()
+    file_id = upload(api, conversation["id"], "old.txt", b"Old notes on the lease.\n")["id"]
+    with app.app_context():
+        assert jobs.mode == "thread"
+        deadline = time.monotonic() + 20
+        while api.get(f"/api/files/{file_id}").get_json()["status"] != "ready" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        db.session.execute(sa.delete(DocumentChunk).where(DocumentChunk.file_id == file_id))
+        db.session.commit()
+        db.session.remove()
+    deadline = time.monotonic() + 20
+    while not chunk_places(app, file_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert chunk_places(app, file_id) == [{"lines": "1"}]
 
 
 # -- search inside documents ------------------------------------------------------------------------

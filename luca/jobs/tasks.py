@@ -287,6 +287,16 @@ def reconcile_analytics(app: Flask) -> int:
                    for day in days)
 
 
+def reconcile_chunks(app: Flask) -> int:
+    """Enqueue the chunking of every ready file without chunks (processed before documents were chunked)."""
+    from luca.conversations.retrieval import files_without_chunks  # the conversations package imports this module
+
+    with app.app_context():
+        unchunked = files_without_chunks()
+        db.session.remove()
+        return sum(jobs.enqueue("files", index_file, file_id, job_id=f"chunks-{file_id}") for file_id in unchunked)
+
+
 def reconcile(app: Flask | None = None) -> dict[str, int]:
     """Enqueue what the database says is unfinished: the outbox at once; then, after the grace, work
     whose enqueue state is unknown (untitled conversations, unprocessed files); and stale analytics days."""
@@ -312,9 +322,6 @@ def reconcile(app: Flask | None = None) -> dict[str, int]:
         stuck = db.session.execute(
             select(File.id).where(File.status == "processing", File.updated_at < now - stale).limit(1000)
         ).scalars().all()
-        from luca.conversations.retrieval import files_without_chunks
-
-        unchunked = files_without_chunks()
         db.session.remove()
 
         def again(kind: str, func: Callable[..., Any], *args: Any, job_id: str) -> None:
@@ -325,14 +332,13 @@ def reconcile(app: Flask | None = None) -> dict[str, int]:
             again("titles", generate_title, str(conversation_id), job_id=f"title-{conversation_id}")
         for file_id in pending:
             again("files", process_file, file_id, job_id=f"file-{file_id}")
-        for file_id in unchunked:  # ready before documents were chunked
-            again("files", index_file, file_id, job_id=f"chunks-{file_id}")
         for file_id in stuck:  # its worker died mid-job: run it again
             with app.app_context():
                 set_file(file_id, status="pending")
                 db.session.remove()
             counts["files"] += jobs.enqueue("files", process_file, file_id, job_id=f"file-{file_id}",
                                             replace_stale=True)
+        counts["files"] += reconcile_chunks(app)
         counts["analytics"] += reconcile_analytics(app)
         if any(counts.values()):
             log.info("[Reconciler] enqueued %s", ", ".join(f"{n} {k}" for k, n in counts.items() if n))
