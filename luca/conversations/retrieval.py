@@ -281,6 +281,9 @@ def ranked_chunks(user_id: int, conversation_id: uuid.UUID, words: Sequence[str]
     conversation = conversation_id if postgres else conversation_id.hex
     if postgres:
         statement, expression = PG_RETRIEVE, " | ".join(words)
+        # psycopg prepares a statement after 5 runs, and PostgreSQL's generic plan of it cannot see the
+        # words: measured here, 53 ms instead of 21 in a 5,000-chunk conversation. Plan each question anew.
+        db.session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
     else:
         statement, expression = SQLITE_RETRIEVE, " OR ".join(f'"{w}"' for w in words)
     return list(db.session.execute(statement, {"q": expression, "user_id": user_id, "preselect": PRESELECT,
