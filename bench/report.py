@@ -152,10 +152,11 @@ def section_retrieval(p: dict[str, Any]) -> str:
                       f"({fmt(p['busiest_conversation_chunks'])} chunks). A question is two accounting words shared "
                       f"with many chunks and three rarer ones, plus two recent turns; {p['passages_mean']} passages "
                       "filled the budget on average.\n",
-                      "| p50 | p95 | max | p95, busiest conversation | target | verdict |",
-                      "| --- | --- | --- | --- | --- | --- |",
+                      "| p50 | p95 | max | p95, busiest conversation | p95, the others (500 chunks) | target | verdict |",
+                      "| --- | --- | --- | --- | --- | --- | --- |",
                       f"| {fmt(p['p50_ms'], ' ms')} | {fmt(p['p95_ms'], ' ms')} | {fmt(p['max_ms'], ' ms')} | "
-                      f"{fmt(p['busiest_p95_ms'], ' ms')} | p95 ≤ 20 ms | {verdict(ok)} |"])
+                      f"{fmt(p['busiest_p95_ms'], ' ms')} | {fmt(p.get('others_p95_ms'), ' ms')} | p95 ≤ 20 ms | "
+                      f"{verdict(ok)} |"])
 
 
 def section_breaker(p: dict[str, Any]) -> str:
