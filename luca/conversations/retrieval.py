@@ -187,8 +187,13 @@ def make_chunks(blocks: Iterable[Block]) -> list[Chunk]:
 
 
 def store_chunks(file_id: int, extracted: Extracted) -> int:
-    """Replace a file's chunks with those of its extraction (not committed: the caller's commit marks it ready)."""
-    owner = db.session.execute(select(File.user_id, File.conversation_id).where(File.id == file_id)).first()
+    """Replace a file's chunks with those of its extraction (not committed: the caller's commit marks it ready).
+
+    The file's row is locked first, so two jobs chunking one file (the ticker enqueued it again while
+    the first was reading) replace each other's chunks instead of adding to them.
+    """
+    owner = db.session.execute(select(File.user_id, File.conversation_id).where(File.id == file_id)
+                               .with_for_update()).first()
     if owner is None:
         return 0
     blocks = extracted.blocks or [Block(extracted.text, {"lines": f"1-{extracted.text.count(chr(10)) + 1}"})]
