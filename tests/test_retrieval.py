@@ -178,6 +178,15 @@ def test_search_finds_a_word_only_inside_a_document_with_its_page(app_factory) -
     assert search(other, "quixotic") == []
 
 
+def test_a_search_cached_before_a_document_was_ready_finds_it_after(app_factory) -> None:
+    app = app_factory(DISABLE_QUEUES=True)
+    api = signed(app)
+    conversation = api.new_conversation(title="Leases")
+    assert search(api, "quixotic") == []  # cached for this user
+    upload(api, conversation["id"], "schedule.txt", b"Quixotic Estates sublets the floor.\n")
+    assert [h["kind"] for h in search(api, "quixotic")] == ["document"]
+
+
 def test_document_hits_rank_together_with_titles_and_messages(app_factory) -> None:
     app = app_factory(DISABLE_QUEUES=True)
     api = signed(app)

@@ -24,7 +24,7 @@ from sqlalchemy import delete, exists, insert, select, text
 from luca.ai.base import estimate_tokens
 from luca.ai.context import Passage, format_passages
 from luca.documents import Block, DocumentError, Extracted, Limits, line_blocks
-from luca.extensions import db
+from luca.extensions import cache, db
 from luca.models import DocumentChunk, File, utcnow
 from luca.sandbox import extract_isolated
 
@@ -208,6 +208,14 @@ def store_chunks(file_id: int, extracted: Extracted) -> int:
              "created_at": now}
             for position, chunk in enumerate(chunks)])
     return len(chunks)
+
+
+def chunks_committed(file_id: int) -> None:
+    """After the commit of a file's chunks: its owner's cached search results are out of date."""
+    user_id = db.session.execute(select(File.user_id).where(File.id == file_id)).scalar()
+    db.session.commit()
+    if user_id is not None:
+        cache.bump_user(user_id)
 
 
 def files_without_chunks(limit: int = 1000) -> list[int]:
@@ -431,4 +439,5 @@ def index_stored_file(file_id: int, limits: Limits) -> str:
         extracted = Extracted(kind="txt", text=stored, pages=None, truncated=False, blocks=line_blocks(stored))
     count = store_chunks(file_id, extracted)
     db.session.commit()
+    chunks_committed(file_id)
     return f"{count} chunks"

@@ -220,11 +220,12 @@ def process_file(file_id: int) -> str:
         set_file(file_id, status="failed", error=exc.reason[:500], progress=100)
         log.info("[FileQueue] file %s failed: %s", file_id, exc.code)
         return f"failed: {exc.code}"
-    from luca.conversations.retrieval import store_chunks  # the conversations package imports this module
+    from luca.conversations.retrieval import chunks_committed, store_chunks  # (conversations imports this module)
 
     store_chunks(file_id, extracted)  # committed with the status: a ready file always has its chunks
     set_file(file_id, status="ready", progress=100, kind=extracted.kind, pages=extracted.pages,
              text=extracted.text, text_chars=len(extracted.text))
+    chunks_committed(file_id)
     return "ready"
 
 
