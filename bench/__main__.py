@@ -1,6 +1,6 @@
 """Luca's benchmarks: `python -m bench [--quick] [PART ...]` (make bench runs them all).
 
-Parts: mix, capacity, users10k, overhead, throughput, deep, search, breaker, dedup.
+Parts: mix, capacity, users10k, overhead, throughput, deep, search, retrieval, breaker, dedup.
 Each part starts the real stack it needs (gunicorn with gunicorn.conf.py, an RQ worker, a
 PostgreSQL database of its own on the local server, a Redis of its own, and local
 OpenAI-compatible providers with a set answer latency), drives load from other processes
@@ -27,7 +27,7 @@ from bench.report import render
 from bench.stack import ROOT, Stack
 
 RESULTS = ROOT / "docs" / "benchmarks.json"
-ORDER = ["mix", "capacity", "users10k", "overhead", "throughput", "deep", "search", "breaker", "dedup"]
+ORDER = ["mix", "capacity", "users10k", "overhead", "throughput", "deep", "search", "retrieval", "breaker", "dedup"]
 
 
 def machine() -> dict[str, Any]:

@@ -439,6 +439,13 @@ def part_search(ctx: Context) -> dict[str, Any]:
             "p95_ms": round(percentile(timings, 95), 2), "max_ms": round(max(timings), 2)}
 
 
+def part_retrieval(ctx: Context) -> dict[str, Any]:
+    """The chunks for a question over 100,000 document chunks (see bench/retrieval.py)."""
+    from bench import retrieval
+
+    return retrieval.part(ctx.database, ctx.quick)
+
+
 # -- breakers and deduplication --------------------------------------------------------------------------
 def part_breaker(ctx: Context) -> dict[str, Any]:
     """16 concurrent 500 ms answers through one provider's breaker: wall time against 500 ms."""

@@ -220,7 +220,7 @@ def _extract(data: bytes, limits: Limits, progress: Progress | None) -> Extracte
         raise DocumentError("empty")
     truncated = len(text) > limits.max_chars
     text = text[: limits.max_chars]
-    return Extracted(kind=kind, text=text, pages=None, truncated=truncated, blocks=_line_blocks(text))
+    return Extracted(kind=kind, text=text, pages=None, truncated=truncated, blocks=line_blocks(text))
 
 
 class _Text:
@@ -341,7 +341,7 @@ def _sample(text: str) -> str:
     return sample[: sample.rfind("\n")] if "\n" in sample else sample
 
 
-def _line_blocks(text: str) -> list[Block]:
+def line_blocks(text: str) -> list[Block]:
     """The paragraphs of a text (runs of lines between blank ones), each anchored to its line range."""
     lines = text.split("\n")
     ranges: list[tuple[int, int]] = []  # [first, end) line indexes

@@ -22,6 +22,8 @@ MIGRATION_ONLY = {
     "tsv",
     "messages_fts",
     "conversations_fts",
+    "document_chunks_search_idx",
+    "document_chunks_fts",
 }
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
@@ -197,6 +199,8 @@ class Message(db.Model):
     # An answer's cost at write time (0 when deduplication served it), and what a deduplicated one saved.
     cost_usd: Mapped[Decimal | None] = mapped_column(Money)
     saved_usd: Mapped[Decimal | None] = mapped_column(Money)
+    # The passages an answer cites, [{"n", "file_id", "filename", "page" | "sheet" + "cells" | ..., "snippet"}].
+    citations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -225,6 +229,28 @@ class File(db.Model):
     error: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DocumentChunk(db.Model):
+    """A passage of a document (about 300-800 tokens) with where it came from; see luca.conversations.retrieval."""
+
+    __tablename__ = "document_chunks"
+    __table_args__ = (
+        Index("document_chunks_file_idx", "file_id", "position"),
+        Index("document_chunks_conversation_idx", "conversation_id", "file_id", "position"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
+    conversation_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    # Kept on the chunk so retrieval and search narrow by user and by words in one index.
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    position: Mapped[int]
+    text: Mapped[str] = mapped_column(Text)
+    anchor: Mapped[dict[str, Any]] = mapped_column(JSONType)  # the whole chunk's place: {"page": 3}, ...
+    parts: Mapped[list[Any]] = mapped_column(JSONType)  # [[offset in text, anchor], ...] of its blocks
+    tokens: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class AnalyticsDaily(db.Model):

@@ -218,8 +218,30 @@ class RetryRequest(Body):
     cache: bool = True
 
 
+class Place(BaseModel):
+    """Where in a document: a PDF page; an XLSX sheet and cells; CSV rows; text lines; a DOCX heading and paragraph."""
+
+    page: int | None = None
+    sheet: str | None = None
+    cells: str | None = None
+    rows: str | None = None
+    lines: str | None = None
+    heading: str | None = None
+    paragraph: int | None = None
+    paragraphs: str | None = None
+
+
+class Citation(Place):
+    """A passage an answer cites by its marker [n]: the file, the place, and the text quoted (plain text)."""
+
+    n: int
+    file_id: int
+    filename: str
+    snippet: str
+
+
 class MessageOut(Out):
-    """One message; answers carry the provider and model that actually wrote them."""
+    """One message; answers carry the provider and model that actually wrote them, and the passages they cite."""
 
     id: int
     conversation_id: uuid.UUID
@@ -234,6 +256,7 @@ class MessageOut(Out):
     cached: bool
     cost_usd: Money | None = Field(None, description="USD, exact; 0 for a deduplicated answer; null for a question")
     saved_usd: Money | None = Field(None, description="USD a deduplicated answer saved (the cost of the one reused)")
+    citations: list[Citation] | None = None
     created_at: UTCDateTime
 
 
@@ -254,9 +277,10 @@ class DeltaEvent(BaseModel):
 
 
 class EndEvent(BaseModel):
-    """The last event of a whole answer: the stored answer."""
+    """The last event of a whole answer: the stored answer, and the passages it cites (as in the message)."""
 
     message: MessageOut
+    citations: list[Citation] = []
 
 
 class ErrorEvent(BaseModel):
@@ -316,9 +340,15 @@ class SearchQuery(BaseModel):
     limit: int = Field(20, ge=1, le=50)
 
 
-class SearchHit(BaseModel):
-    """A matching title or message; snippet is HTML-escaped text with <mark> around the matches."""
+class SearchHit(Place):
+    """A matching title, message or document passage; snippet is HTML-escaped text with <mark> around the matches.
 
+    A document hit (kind "document") names its file and its place (page, or sheet and cells, rows ...).
+    """
+
+    kind: Literal["title", "message", "document"]
+    file_id: int | None = None
+    filename: str | None = None
     conversation_id: uuid.UUID
     conversation_title: str | None
     message_id: int | None

@@ -18,7 +18,8 @@ target_db = current_app.extensions["migrate"].db
 
 def include_object(obj, name, type_, reflected, compare_to):  # noqa: ANN001, ANN201
     """Leave out the dialect-specific search objects that exist only in migrations."""
-    return name not in MIGRATION_ONLY and not (name or "").startswith(("messages_fts", "conversations_fts"))
+    return name not in MIGRATION_ONLY and not (name or "").startswith(
+        ("messages_fts", "conversations_fts", "document_chunks_fts"))
 
 
 def run_migrations_offline() -> None:

@@ -6,7 +6,12 @@ import time
 from collections.abc import Iterator
 
 from luca.ai.base import ChatMessage, Completion, Options, StreamEnd, estimate_tokens
+from luca.ai.context import read_passages
 
+DOCUMENT_NOTICE = ("(Offline answer: no AI provider is configured, so Luca quotes the passages of your documents "
+                   "that best match the question.)")
+MAX_QUOTES = 3
+QUOTE_CHARS = 280
 NOTICE = "(Offline answer: no AI provider is configured, so Luca answers from a small built-in guide.)"
 
 # Keyword sets and the short, general guidance the offline provider gives for them.
@@ -56,8 +61,11 @@ class OfflineProvider:
     model = "luca-offline-1"
 
     def answer_text(self, messages: list[ChatMessage]) -> str:
-        """Pick the guidance matching the latest user question."""
+        """Quote the attached documents' best passages with their numbers, else pick the guidance matching the question."""
         question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        passages = read_passages(messages)
+        if passages:
+            return quote_passages(question, passages)
         found = set(re.findall(r"[a-z]+", question.lower()))
         best = max(GUIDE, key=lambda entry: len(entry[0] & found))
         body = best[1] if best[0] & found else DEFAULT
@@ -83,3 +91,26 @@ class OfflineProvider:
             yield piece
         yield StreamEnd(tokens_in=sum(estimate_tokens(m["content"]) for m in messages),
                         tokens_out=estimate_tokens(text))
+
+
+def quote_passages(question: str, passages: list[tuple[int, str, str]]) -> str:
+    """The lines of the passages that share most words with the question, each quoted with its [n] and place.
+
+    The passages come ranked by retrieval; a passage sharing no word with the question is quoted only
+    when none does (retrieval then sent the documents' first passages).
+    """
+    wanted = {w for w in re.findall(r"\w+", question.lower()) if len(w) > 2}
+    scored = []
+    for n, label, text in passages:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        best = max(lines or [text], key=lambda line: len(wanted & set(re.findall(r"\w+", line.lower()))))
+        score = len(wanted & set(re.findall(r"\w+", best.lower())))
+        scored.append((score, -n, n, label, best))
+    scored.sort(reverse=True)
+    chosen = [item for item in scored if item[0] > 0][:MAX_QUOTES] or scored[:1]
+    quotes = []
+    for _, _, n, label, line in chosen:
+        line = line if len(line) <= QUOTE_CHARS else line[: QUOTE_CHARS - 1].rsplit(" ", 1)[0] + "…"
+        place = label.split(" ", 1)[1] if " " in label else label
+        quotes.append(f"> {line} [{n}]\n({place})")
+    return "From your documents:\n\n" + "\n\n".join(quotes) + f"\n\n{DOCUMENT_NOTICE}"

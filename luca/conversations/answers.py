@@ -15,9 +15,11 @@ from pydantic import BaseModel
 from luca.ai import chain
 from luca.ai.base import ChatMessage, Completion, estimate_tokens
 from luca.ai.chain import AnswerStream, ProvidersUnavailable
+from luca.ai.context import Passage
 from luca.ai.dedup import Deduplicator, ReplayStream, answer_key, sharing_scope
 from luca.auth import current_user
 from luca.conversations import service
+from luca.conversations.retrieval import cite
 from luca.conversations.titles import enqueue_title
 from luca.errors import APIError
 from luca.extensions import cache, dedup, providers, slots
@@ -90,15 +92,16 @@ def conversation_key(context: list[ChatMessage], file_digests: Sequence[str]) ->
 
 
 def respond(conversation: Conversation, question: Message, context: list[ChatMessage], file_digests: list[str],
-            *, stream: bool, use_cache: bool) -> Any:
+            *, stream: bool, use_cache: bool, passages: Sequence[Passage] = ()) -> Any:
     """Answer a stored question, whole (201 JSON) or streamed (Server-Sent Events).
 
-    Unless the client opted out, identical contexts are answered once (see luca.ai.dedup).
+    Unless the client opted out, identical contexts are answered once (see luca.ai.dedup). The
+    answer's citations are the passages whose markers [n] it contains.
     """
     deduplicator = dedup.of() if use_cache and not cache.disabled else None
     key = conversation_key(context, file_digests) if deduplicator else ""
     if stream:
-        return stream_response(conversation, question, context, deduplicator, key)
+        return stream_response(conversation, question, context, deduplicator, key, passages)
     started = time.perf_counter()
     try:
         if deduplicator:
@@ -109,7 +112,8 @@ def respond(conversation: Conversation, question: Message, context: list[ChatMes
         raise unavailable(exc, question) from None
     if cached:
         completion = replace(completion, latency_ms=int((time.perf_counter() - started) * 1000))
-    answer = service.add_answer(conversation, completion, cached=cached)
+    answer = service.add_answer(conversation, completion, cached=cached,
+                                citations=cite(completion.text, passages, question.content))
     enqueue_title(conversation)
     return Exchange(message=MessageOut.model_validate(question), answer=MessageOut.model_validate(answer))
 
@@ -130,7 +134,7 @@ def open_answer(context: list[ChatMessage], deduplicator: Deduplicator | None,
 
 
 def stream_response(conversation: Conversation, question: Message, context: list[ChatMessage],
-                    deduplicator: Deduplicator | None, key: str) -> Response:
+                    deduplicator: Deduplicator | None, key: str, passages: Sequence[Passage] = ()) -> Response:
     """Stream the answer: start, delta..., then end, or error with the partial answer saved as incomplete."""
     try:
         stream, cached, leader = open_answer(context, deduplicator, key)
@@ -148,7 +152,8 @@ def stream_response(conversation: Conversation, question: Message, context: list
             latency_ms=int((time.perf_counter() - started) * 1000))
         if deduplicator and status == "complete":
             deduplicator.store(key, completion)
-        return service.add_answer(conversation, completion, status=status, cached=cached)
+        return service.add_answer(conversation, completion, status=status, cached=cached,
+                                  citations=cite(text, passages, question.content))
 
     @stream_with_context
     def events() -> Iterator[str]:
@@ -186,7 +191,8 @@ def stream_response(conversation: Conversation, question: Message, context: list
             if leader and deduplicator:
                 deduplicator.finish(key)  # ... so the twins waiting on this flight wake to it
         enqueue_title(conversation)
-        yield sse(EndEvent(message=MessageOut.model_validate(answer)))
+        message = MessageOut.model_validate(answer)
+        yield sse(EndEvent(message=message, citations=message.citations or []))
 
     return Response(events(), status=200, mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -14,6 +14,8 @@ from typing import Any
 from flask import Flask, current_app
 from sqlalchemy import select, update
 
+from luca.ai.context import Passage
+from luca.conversations import retrieval
 from luca.conversations.service import owned
 from luca.documents import DocumentError, Limits
 from luca.extensions import db
@@ -50,32 +52,23 @@ def conversation_files(conversation_id: uuid.UUID) -> Sequence[File]:
     ).scalars().all()
 
 
-def documents_context(conversation: Conversation) -> tuple[str | None, list[str]]:
-    """The text of the conversation's ready documents within the token budget, and every file's digest.
+def documents_context(conversation: Conversation, question: str,
+                      turns: Sequence[str] = ()) -> tuple[str | None, list[str], list[Passage]]:
+    """The passages of the conversation's documents that best match the question (see retrieval), every
+    file's digest and the passages' ids (for the deduplication key), and the passages (for the citations).
 
     The digests make the answer's deduplication key private to the user and change it
     whenever a document is added.
     """
     if not conversation.has_files:
-        return None, []
-    rows = db.session.execute(
-        select(File.filename, File.status, File.sha256, File.text).where(File.conversation_id == conversation.id)
-        .order_by(File.created_at, File.id)
-    ).all()
-    digests = [row.sha256 for row in rows]
-    ready = [row for row in rows if row.status == "ready" and row.text]
-    if not ready:
-        return None, digests
-    budget_chars = current_app.config["AI_FILE_CONTEXT_TOKENS"] * 4
-    share = budget_chars // len(ready)
-    parts = []
-    for row in ready:
-        text = row.text if len(row.text) <= share else row.text[:share] + "\n[… truncated]"
-        parts.append(f"### {row.filename}\n{text}")
-    return "Documents the user attached to this conversation:\n\n" + "\n\n".join(parts), digests
+        return None, [], []
+    digests = list(db.session.execute(
+        select(File.sha256).where(File.conversation_id == conversation.id).order_by(File.created_at, File.id)
+    ).scalars())
+    found = retrieval.retrieve(conversation.user_id, conversation.id, question, turns)
+    return found.message, digests + found.keys, found.passages
 
 
-# -- processing --------------------------------------------------------------------------------------
 def document_limits(app: Flask) -> Limits:
     """The extraction limits from the app's settings."""
     return Limits(max_bytes=app.config["FILE_MAX_BYTES"], max_pages=app.config["FILE_MAX_PAGES"],
@@ -93,7 +86,9 @@ def set_file(file_id: int, **values: Any) -> None:
 def process(file_id: int) -> str:
     """Extract a document's text in the sandbox; a file that cannot be read ends `failed` with the reason."""
     row = db.session.execute(select(File.status, File.data).where(File.id == file_id)).first()
-    if row is None or row.status in ("ready", "failed"):
+    if row is not None and row.status == "ready":  # read before documents were chunked: chunk it now
+        return retrieval.index_stored_file(file_id, document_limits(current_app))
+    if row is None or row.status == "failed":
         return "nothing to do"
     set_file(file_id, status="processing", progress=0, error=None)
     last = [0.0]
@@ -109,8 +104,10 @@ def process(file_id: int) -> str:
         set_file(file_id, status="failed", error=exc.reason[:500], progress=100)
         log.info("[%s] file %s failed: %s", QUEUES["files"].log_name, file_id, exc.code)
         return f"failed: {exc.code}"
+    retrieval.store_chunks(file_id, extracted)  # committed with the status: a ready file always has its chunks
     set_file(file_id, status="ready", progress=100, kind=extracted.kind, pages=extracted.pages,
              text=extracted.text, text_chars=len(extracted.text))
+    retrieval.chunks_committed(file_id)
     return "ready"
 
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from luca import budgets, search
 from luca.ai.base import ChatMessage
-from luca.ai.context import build_context
+from luca.ai.context import Passage, build_context
 from luca.auth import current_user
 from luca.conversations import answers, bp, endpoint, service
 from luca.conversations.documents import documents_context
@@ -130,11 +130,12 @@ def list_messages(conversation_id: uuid.UUID, query: MessageListQuery) -> Respon
 
 
 def context_for(conversation: Conversation, history: Sequence[Message | service.Turn],
-                question: str) -> tuple[list[ChatMessage], list[str]]:
-    """The messages sent to the provider (documents, earlier complete turns, the question) and file digests."""
-    documents, digests = documents_context(conversation)
+                question: str) -> tuple[list[ChatMessage], list[str], list[Passage]]:
+    """The messages sent to the provider (documents' passages, earlier complete turns, the question), the
+    documents' inputs for the deduplication key, and the passages the answer may cite."""
     turns = [(m.role, m.content) for m in history if m.status == "complete"]
-    return build_context([*turns, ("user", question)], documents=documents), digests
+    documents, digests, passages = documents_context(conversation, question, [c for _, c in turns[-2:]])
+    return build_context([*turns, ("user", question)], documents=documents), digests, passages
 
 
 def wants_cache(body: MessageCreate | RetryRequest) -> bool:
@@ -153,11 +154,11 @@ def send_message(conversation_id: uuid.UUID, body: MessageCreate) -> Any:
     conversation, history = service.load_for_answer(current_user().id, conversation_id)
 
     def answer() -> Any:
-        context, digests = context_for(conversation, history, content)
+        context, digests, passages = context_for(conversation, history, content)
         budgets.reserve_answer(conversation.user_id, context, digests, wants_cache(body))  # before anything is stored
         question = service.add_question(conversation, content)
         return answers.respond(conversation, question, context, digests, stream=body.stream,
-                               use_cache=wants_cache(body))
+                               use_cache=wants_cache(body), passages=passages)
 
     return answers.within_slot(conversation.user_id, answer)
 
@@ -171,10 +172,10 @@ def retry_message(conversation_id: uuid.UUID, message_id: int, body: RetryReques
     conversation, question, history = service.load_for_retry(current_user().id, conversation_id, message_id)
 
     def answer() -> Any:
-        context, digests = context_for(conversation, history, question.content)
+        context, digests, passages = context_for(conversation, history, question.content)
         budgets.reserve_answer(conversation.user_id, context, digests, wants_cache(body))
         return answers.respond(conversation, question, context, digests, stream=body.stream,
-                               use_cache=wants_cache(body))
+                               use_cache=wants_cache(body), passages=passages)
 
     return answers.within_slot(conversation.user_id, answer)
 
@@ -187,6 +188,6 @@ def search_messages(query: SearchQuery) -> Response:
 
     def build() -> SearchResults:
         hits = search.search(user_id, query.q, query.limit)
-        return SearchResults(query=query.q, items=[SearchHit.model_validate(h, from_attributes=True) for h in hits])
+        return SearchResults(query=query.q, items=[SearchHit.model_validate(h.fields()) for h in hits])
 
     return cache.cached_for_user("search", user_id, (hash_parts((query.q, query.limit)),), build)

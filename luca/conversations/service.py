@@ -278,7 +278,8 @@ def store_message(conversation: Conversation, **values: Any) -> Message:
     table = Message.__table__  # Core, not the ORM's bulk insert: a fifth of a question's CPU in bench
     message_id = db.session.execute(insert(table).values(**values).returning(table.c.id)).scalar_one()
     return Message(id=message_id, **{"provider": None, "model": None, "tokens_in": None, "tokens_out": None,
-                                     "latency_ms": None, "cost_usd": None, "saved_usd": None, **values})
+                                     "latency_ms": None, "cost_usd": None, "saved_usd": None, "citations": None,
+                                     **values})
 
 
 def add_question(conversation: Conversation, content: str) -> Message:
@@ -293,8 +294,8 @@ def add_question(conversation: Conversation, content: str) -> Message:
 
 
 def add_answer(conversation: Conversation, completion: Completion, *, status: str = "complete",
-               cached: bool = False) -> Message:
-    """Store an assistant answer with the provider and model that actually wrote it, and what it cost.
+               cached: bool = False, citations: list[dict[str, Any]] | None = None) -> Message:
+    """Store an assistant answer with the provider and model that actually wrote it, what it cost and cites.
 
     A deduplicated answer cost nothing; it saved what the answer it reuses cost.
     """
@@ -303,7 +304,7 @@ def add_answer(conversation: Conversation, completion: Completion, *, status: st
         conversation, role="assistant", content=completion.text, status=status, provider=completion.provider,
         model=completion.model, tokens_in=completion.tokens_in, tokens_out=completion.tokens_out,
         latency_ms=completion.latency_ms, cached=cached, cost_usd=pricing.ZERO if cached else cost,
-        saved_usd=cost if cached else None)
+        saved_usd=cost if cached else None, **({"citations": citations} if citations else {}))
     if status == "complete":
         hold_title(conversation)  # only when Redis is known down: then the title job rides this transaction
     db.session.commit()

@@ -239,11 +239,12 @@ class Jobs:
                 self._ticker.start()
 
     def _tick_forever(self, stop: threading.Event) -> None:
-        from luca.jobs.reconcile import reconcile_analytics  # it imports this module
+        from luca.jobs.reconcile import reconcile_analytics, reconcile_chunks  # it imports this module
 
         while not stop.wait(self.config["JOBS_RECONCILE_INTERVAL"]):
             try:
                 reconcile_analytics(self.app)
+                reconcile_chunks(self.app)
             except Exception:  # noqa: BLE001 - keep ticking; the next round tries again
                 log.exception("[Queue] analytics reconciliation failed")
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 from flask import Flask
 
 from luca import analytics
-from luca.conversations import documents, titles
+from luca.conversations import documents, retrieval, titles
 from luca.extensions import db, jobs
 from luca.jobs import outbox
 from luca.jobs.queue import QUEUES, job_id
@@ -25,6 +25,15 @@ def reconcile_analytics(app: Flask) -> int:
         db.session.remove()
         return sum(jobs.enqueue("analytics", spec.function(), day.isoformat(), job_id=job_id("analytics", day.isoformat()))
                    for day in days)
+
+
+def reconcile_chunks(app: Flask) -> int:
+    """Enqueue the file job of every ready file without chunks (read before documents were chunked)."""
+    with app.app_context():
+        unchunked = retrieval.files_without_chunks()
+        db.session.remove()
+        return sum(jobs.enqueue("files", QUEUES["files"].function(), file_id, job_id=job_id("files", file_id))
+                   for file_id in unchunked)
 
 
 def reconcile(app: Flask) -> dict[str, int]:
@@ -60,6 +69,7 @@ def reconcile(app: Flask) -> dict[str, int]:
             counts["files"] += jobs.enqueue("files", QUEUES["files"].function(), file_id,
                                             job_id=job_id("files", file_id), replace_stale=True)
         counts["analytics"] += reconcile_analytics(app)
+        counts["files"] += reconcile_chunks(app)
         if any(counts.values()):
             log.info("[Reconciler] enqueued %s", ", ".join(f"{n} {k}" for k, n in counts.items() if n))
         return counts

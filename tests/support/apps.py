@@ -16,7 +16,7 @@ from luca.extensions import db, shutdown
 from luca.models import Conversation
 from tests.support import ROOT
 
-TABLES = ["files", "messages", "conversations", "api_tokens", "user_sessions", "password_resets", "invitations",
+TABLES = ["document_chunks", "files", "messages", "conversations", "api_tokens", "user_sessions", "password_resets", "invitations",
           "memberships", "users", "organisations", "analytics_daily", "analytics_rollups", "job_outbox", "budgets"]
 
 

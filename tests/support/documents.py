@@ -99,6 +99,23 @@ def encrypt_pdf(data: bytes, user_password: str) -> bytes:
     return out.getvalue()
 
 
+def trial_balance() -> bytes:
+    """A workbook whose sheet "TB" holds the suspense balance in D14."""
+    workbook = openpyxl.Workbook()
+    workbook.active.title = "Notes"
+    workbook.active.append(["Prepared by the controller"])
+    sheet = workbook.create_sheet("TB")
+    sheet.append(["Account", "Name", "Debit", "Credit"])
+    for row in range(2, 30):
+        if row == 14:
+            sheet.append([4410, "Suspense clearing", None, 98765.43])
+        else:
+            sheet.append([1000 + row, f"Account {row}", row * 10, None])
+    out = io.BytesIO()
+    workbook.save(out)
+    return out.getvalue()
+
+
 def make_docx() -> bytes:
     """A small real DOCX (python-docx): two paragraphs around a 2x2 table."""
     document = docx.Document()
