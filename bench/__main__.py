@@ -1,6 +1,6 @@
 """Luca's benchmarks: `python -m bench [--quick] [PART ...]` (make bench runs them all).
 
-Parts: mix, capacity, users10k, overhead, peer, concurrency, throughput, deep, search, breaker, dedup.
+Parts: mix, capacity, users10k, overhead, peer, concurrency, sendpath, throughput, deep, search, breaker, dedup.
 Each part starts the real stack it needs (gunicorn with gunicorn.conf.py, an RQ worker, a
 PostgreSQL database of its own on the local server, a Redis of its own, and local
 OpenAI-compatible providers with a set answer latency), drives load from other processes
@@ -22,12 +22,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bench import parts, peer
+from bench import parts, peer, sendpath
 from bench.report import render
 from bench.stack import ROOT, Stack
 
 RESULTS = ROOT / "docs" / "benchmarks.json"
-ORDER = ["mix", "capacity", "users10k", "overhead", "peer", "concurrency", "throughput", "deep", "search", "breaker",
+ORDER = ["mix", "capacity", "users10k", "overhead", "peer", "concurrency", "sendpath", "throughput", "deep", "search", "breaker",
          "dedup"]
 
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in chosen:
                 print(f"\n== {name} ==", flush=True)
                 part_started = time.monotonic()
-                run = getattr(parts, f"part_{name}", None) or getattr(peer, f"part_{name}")
+                run = next(getattr(m, f"part_{name}") for m in (parts, peer, sendpath) if hasattr(m, f"part_{name}"))
                 figures = run(context)
                 figures["wall_seconds"] = round(time.monotonic() - part_started)
                 figures["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
