@@ -98,7 +98,10 @@ def luca(base: str, tokens: list[str]) -> Callable[[int], Sender]:
     """Clients of Luca, each a user of its own with a conversation of its own, sending `"cache": false`."""
     def make(i: int) -> Sender:
         client = Client(base, tokens[i % len(tokens)])
-        conversation = client.call("POST", "/api/conversations", {"title": "peer"}).body
+        created = client.call("POST", "/api/conversations", {"title": "peer"})
+        if created.status != 201:
+            raise RuntimeError(f"creating a conversation answered {created.status}: {created.body}")
+        conversation = created.body
         path = f"/api/conversations/{conversation['id']}/messages"
         return lambda: (lambda r: (r.status == 201, r.seconds))(
             client.call("POST", path, {"content": f"q {uuid.uuid4()}", "cache": False}))
@@ -123,20 +126,47 @@ def one_round(make: Callable[[int], Sender], clients: int, per_client: int) -> t
     return [t for times, _ in results for t in times], sum(e for _, e in results)
 
 
-def interleaved(senders: dict[str, Callable[[int], Sender]], clients: int, rounds: int,
-                per_client: int) -> dict[str, dict[str, Any]]:
-    """Rounds of every target in turn, the order rotated each round; p50 and p99 overhead of each."""
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and every process below it, now."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except (OSError, IndexError, ValueError):
+            continue
+        pending += [int(child) for child in children]
+    return total
+
+
+def interleaved(senders: dict[str, Callable[[int], Sender]], clients: int, rounds: int, per_client: int,
+                servers: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
+    """Rounds of every target in turn, the order rotated each round; p50 and p99 overhead of each.
+
+    servers names the process of a target whose CPU time per answer is measured too.
+    """
     names = list(senders)
+    servers = servers or {}
     samples: dict[str, list[float]] = {name: [] for name in names}
     errors = dict.fromkeys(names, 0)
+    cpu = dict.fromkeys(names, 0.0)
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
+            before = cpu_seconds(servers[name]) if name in servers else 0.0
             times, failed = one_round(senders[name], clients, per_client)
+            cpu[name] += (cpu_seconds(servers[name]) - before) if name in servers else 0.0
             samples[name] += times
             errors[name] += failed
-    return {name: {"samples": len(samples[name]), "errors": errors[name],
-                   "p50_ms": round(percentile(samples[name], 50), 2),
-                   "p99_ms": round(percentile(samples[name], 99), 2)} for name in names}
+    figures = {name: {"samples": len(samples[name]), "errors": errors[name],
+                      "p50_ms": round(percentile(samples[name], 50), 2),
+                      "p99_ms": round(percentile(samples[name], 99), 2)} for name in names}
+    for name in servers:
+        # the uncounted first request of each client is served too
+        figures[name]["server_cpu_ms_per_answer"] = round(cpu[name] * 1000 / (rounds * clients * (per_client + 1)), 2)
+    return figures
 
 
 def plan(ctx: Context) -> list[tuple[int, int, int]]:
@@ -203,7 +233,8 @@ def part_peer(ctx: Context) -> dict[str, Any]:
                        "litellm": litellm(proxy.base)}
             levels: dict[str, dict[str, Any]] = {}
             for clients, rounds, per_client in plan(ctx):
-                figures = interleaved(senders, clients, rounds, per_client)
+                figures = interleaved(senders, clients, rounds, per_client,
+                                      {"luca": server.gunicorn.pid, "litellm": proxy.pid})
                 for q in ("p50", "p99"):
                     figures[f"luca_over_litellm_{q}"] = round(figures["luca"][f"{q}_ms"]
                                                               / figures["litellm"][f"{q}_ms"], 2)
@@ -230,23 +261,35 @@ SETTINGS = [(2, 32), (2, 8), (4, 8), (4, 4)]  # (workers, threads) compared by `
 
 
 def part_concurrency(ctx: Context) -> dict[str, Any]:
-    """Luca's overhead at 10 and 50 clients under several worker × thread settings, interleaved."""
+    """Luca's overhead at 10 and 50 clients under several worker × thread settings, interleaved.
+
+    One setting runs at a time (several at once would hold more PostgreSQL connections than the
+    server allows): each round starts every setting in turn, the order rotated, and measures both
+    levels before stopping it.
+    """
     prov = provider(ctx, LATENCY_MS)
     tokens = ctx.data.mix.tokens
-    servers = []
-    try:
-        for workers, threads in SETTINGS:
+    levels = ((10, 6), (50, 3)) if ctx.quick else ((10, 10), (50, 4))
+    rounds = 2 if ctx.quick else 3
+    names = ["direct"] + [f"{w}x{t}" for w, t in SETTINGS]
+    samples: dict[int, dict[str, list[float]]] = {c: {n: [] for n in names} for c, _ in levels}
+    errors: dict[int, dict[str, int]] = {c: dict.fromkeys(names, 0) for c, _ in levels}
+    for r in range(rounds):
+        for workers, threads in SETTINGS[r % len(SETTINGS):] + SETTINGS[:r % len(SETTINGS)]:
+            name = f"{workers}x{threads}"
             server = Luca(ctx, prov)
             server.env = {**server.env, "WEB_CONCURRENCY": str(workers), "GUNICORN_THREADS": str(threads)}
-            servers.append(server.__enter__())
-        senders: dict[str, Callable[[int], Sender]] = {"direct": direct(prov.url)}
-        senders.update({f"{w}x{t}": luca(s.base, tokens) for (w, t), s in zip(SETTINGS, servers, strict=True)})
-        levels = {}
-        for clients, rounds, per_client in ((10, 3, 6), (50, 3, 3)) if ctx.quick else ((10, 4, 12), (50, 4, 5)):
-            levels[str(clients)] = interleaved(senders, clients, rounds, per_client)
-            print(f"  {clients} clients: " + ", ".join(f"{n} {f['p50_ms']}/{f['p99_ms']} ms"
-                                                      for n, f in levels[str(clients)].items()), flush=True)
-    finally:
-        for server in servers:
-            server.__exit__(None, None, None)
-    return {"provider_latency_ms": LATENCY_MS, "settings": [f"{w}x{t}" for w, t in SETTINGS], "levels": levels}
+            with server:
+                for clients, per_client in levels:
+                    for target, make in ((name, luca(server.base, tokens)), ("direct", direct(prov.url))):
+                        times, failed = one_round(make, clients, per_client)
+                        samples[clients][target] += times
+                        errors[clients][target] += failed
+            print(f"  round {r + 1}: {name} done", flush=True)
+    figures = {str(c): {n: {"samples": len(samples[c][n]), "errors": errors[c][n],
+                            "p50_ms": round(percentile(samples[c][n], 50), 2),
+                            "p99_ms": round(percentile(samples[c][n], 99), 2)} for n in names} for c, _ in levels}
+    for level, by_name in figures.items():
+        print(f"  {level} clients: " + ", ".join(f"{n} {f['p50_ms']}/{f['p99_ms']} ms" for n, f in by_name.items()),
+              flush=True)
+    return {"provider_latency_ms": LATENCY_MS, "settings": names[1:], "rounds": rounds, "levels": figures}
