@@ -22,7 +22,7 @@ from typing import Any
 from bench.client import Client, percentile, run_concurrently
 from bench.parts import Context, Luca, provider
 from bench.stack import ROOT
-from tests.support.processes import Process, free_port, wait_for_http
+from tests.support.processes import Process, free_port, http_status, wait_until
 
 LATENCY_MS = 100
 LITELLM = Path(os.environ.get("LITELLM_VENV", ROOT / ".venv-litellm")) / "bin" / "litellm"
@@ -57,7 +57,10 @@ class LiteLLM(Process):
         env = {"PATH": f"{LITELLM.parent}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"),
                "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "PYTHONUNBUFFERED": "1"}
         super().__init__("litellm", [str(LITELLM), "--config", str(config), "--host", "127.0.0.1",
-                                     "--port", str(self.port), "--num_workers", str(workers)],
+                                     "--port", str(self.port), "--num_workers", str(workers),
+                                     # uvicorn restarts a worker that misses its health check; importing
+                                     # litellm on a busy machine takes longer than the default allows
+                                     "--timeout_worker_healthcheck", "300"],
                          env, tmp / "litellm.log")
 
     @property
@@ -65,9 +68,12 @@ class LiteLLM(Process):
         """Its base URL."""
         return f"http://127.0.0.1:{self.port}"
 
-    def answering(self) -> LiteLLM:
-        """Wait for its liveness probe (it takes a while to import)."""
-        wait_for_http(f"{self.base}/health/liveliness", timeout=180)
+    def answering(self, timeout: float = 600) -> LiteLLM:
+        """Wait for its liveness probe (it takes a while to import, minutes on a busy machine)."""
+        wait_until(lambda: http_status(f"{self.base}/health/liveliness") == 200 or not self.running(), timeout,
+                   "LiteLLM's proxy answering")
+        if not self.running():
+            raise RuntimeError(f"LiteLLM's proxy exited at start:\n{self.output()[-3000:]}")
         return self
 
 
@@ -257,7 +263,7 @@ def part_peer(ctx: Context) -> dict[str, Any]:
     return result
 
 
-SETTINGS = [(2, 32), (2, 8), (4, 8), (4, 4)]  # (workers, threads) compared by `concurrency`
+SETTINGS = [(2, 32), (1, 64), (4, 16), (2, 64)]  # (workers, threads) compared by `concurrency`; each ≥ 50 threads in all
 
 
 def part_concurrency(ctx: Context) -> dict[str, Any]:
