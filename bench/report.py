@@ -140,8 +140,9 @@ def section_peer(p: dict[str, Any]) -> str:
 
 def section_concurrency(p: dict[str, Any]) -> str:
     names = list(next(iter(p["levels"].values())))
-    out = [header(p), "Luca alone under several gunicorn settings (workers × threads), all running at once and "
-           f"measured in interleaved rounds like the peer part; provider latency {p['provider_latency_ms']} ms; "
+    out = [header(p), "Luca alone under several gunicorn settings (workers × threads), one at a time: each round "
+           "starts every setting in turn (the order rotated) and measures both levels, with direct calls to the "
+           f"provider between them as the floor; provider latency {p['provider_latency_ms']} ms; "
            "overhead p50 / p99.\n", "| clients | " + " | ".join(names) + " |",
            "| --- |" + " --- |" * len(names)]
     for level, figures in p["levels"].items():
