@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from flask import Flask
 from redis.connection import Connection
 
 from luca.ai.providers import OpenAICompatibleProvider
-from luca.extensions import db, redis_gateway
+from luca.extensions import redis_gateway
 from tests.support.api import Api, signed
-from tests.support.apps import count_statements, provider_overrides
+from tests.support.apps import count_statements, engine_listener, provider_overrides
 
 # A follow-up send ("cache": false) in a conversation that has a title, with Redis: the conversation
 # and its history in one SELECT, the question INSERT, the conversation's updated_at UPDATE, the
@@ -107,13 +106,8 @@ def count_commits(app: Flask) -> Iterator[list[int]]:
         if threading.get_ident() == me:
             commits.append(1)
 
-    with app.app_context():
-        engine = db.engine
-    sa.event.listen(engine, "commit", record)
-    try:
+    with engine_listener(app, "commit", record):
         yield commits
-    finally:
-        sa.event.remove(engine, "commit", record)
 
 
 def test_a_send_makes_at_most_the_stated_statements_and_commits(send_app, database_url) -> None:
