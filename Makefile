@@ -1,11 +1,16 @@
-# The two commands: `make run` (Luca on the embedded default) and `make test` (the whole suite).
+# The two commands: `make run` (Luca on the embedded default, served by gunicorn) and `make test` (the whole
+# suite). `make dev` is Flask's development server (reloads on change) for working on Luca itself.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test bench faults install install-test install-bench clean
+# One gunicorn worker on the embedded SQLite default (one writer), its threads carry the concurrency.
+RUN_THREADS ?= 8
+LITELLM_VENV ?= .venv-litellm
+
+.PHONY: run dev test bench faults install install-test install-bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +28,12 @@ $(VENV)/.installed-bench: requirements-bench.txt $(VENV)/.installed-test
 	@command -v wrk >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk)
 	@touch $@
 
+# LiteLLM's proxy, the peer of `python -m bench peer`, in a venv of its own: its pins clash with Luca's.
+$(LITELLM_VENV)/.installed: bench/requirements-litellm.txt
+	$(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip install -q -r bench/requirements-litellm.txt
+	@touch $@
+
 install: $(VENV)/.installed
 
 # The tests' OpenID Connect provider (node's oidc-provider), from its committed package-lock.json.
@@ -31,20 +42,25 @@ tests/support/oidc/node_modules/.package-lock.json: tests/support/oidc/package-l
 
 install-test: $(VENV)/.installed-test tests/support/oidc/node_modules/.package-lock.json
 
-install-bench: $(VENV)/.installed-bench
+install-bench: $(VENV)/.installed-bench $(LITELLM_VENV)/.installed
 
 run: install
 	$(BIN)/flask --app wsgi db upgrade
 	@$(BIN)/flask --app wsgi users demo
 	@echo "Luca is starting on http://$(HOST):$(PORT) — use the token above as 'Authorization: Bearer <token>'."
-	$(BIN)/flask --app wsgi run --host $(HOST) --port $(PORT)
+	HOST=$(HOST) PORT=$(PORT) WEB_CONCURRENCY=1 GUNICORN_THREADS=$(RUN_THREADS) $(BIN)/gunicorn wsgi:app -c gunicorn.conf.py
+
+dev: install
+	$(BIN)/flask --app wsgi db upgrade
+	@$(BIN)/flask --app wsgi users demo
+	$(BIN)/flask --app wsgi run --debug --host $(HOST) --port $(PORT)
 
 test: install-test
 	$(BIN)/ruff check --select F,E9 luca tests config.py wsgi.py worker.py gunicorn.conf.py
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: install-bench
-	$(BIN)/python -m bench $(BENCH_ARGS)
+	LITELLM_VENV=$(LITELLM_VENV) $(BIN)/python -m bench $(BENCH_ARGS)
 
 faults: install-test
 	$(BIN)/python -m bench.faults $(FAULTS_ARGS)

@@ -90,7 +90,7 @@ class Config:
     DATABASE_STATEMENT_TIMEOUT_MS = env_int("DATABASE_STATEMENT_TIMEOUT_MS", 5000)
     # One pooled connection per gunicorn thread: a smaller pool opens and closes an overflow
     # connection (a new PostgreSQL backend) for every request beyond it under load.
-    DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", env_int("GUNICORN_THREADS", 16))
+    DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", env_int("GUNICORN_THREADS", 32))  # gunicorn.conf.py's default
     DATABASE_PING_AFTER = env_float("DATABASE_PING_AFTER", 10.0)
 
     REDIS_URL = os.environ.get("REDIS_URL") or None

@@ -1,6 +1,7 @@
 """Luca's benchmarks: `python -m bench [--quick] [PART ...]` (make bench runs them all).
 
-Parts: mix, capacity, users10k, overhead, throughput, deep, search, retrieval, breaker, dedup.
+Parts: mix, capacity, users10k, overhead, peer, concurrency, sendpath, throughput, deep, search, retrieval,
+breaker, dedup.
 Each part starts the real stack it needs (gunicorn with gunicorn.conf.py, an RQ worker, a
 PostgreSQL database of its own on the local server, a Redis of its own, and local
 OpenAI-compatible providers with a set answer latency), drives load from other processes
@@ -22,12 +23,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bench import parts
+from bench import parts, peer, sendpath
 from bench.report import render
 from bench.stack import ROOT, Stack
 
 RESULTS = ROOT / "docs" / "benchmarks.json"
-ORDER = ["mix", "capacity", "users10k", "overhead", "throughput", "deep", "search", "retrieval", "breaker", "dedup"]
+ORDER = ["mix", "capacity", "users10k", "overhead", "peer", "concurrency", "sendpath", "throughput", "deep", "search",
+         "retrieval", "breaker", "dedup"]
 
 
 def machine() -> dict[str, Any]:
@@ -89,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in chosen:
                 print(f"\n== {name} ==", flush=True)
                 part_started = time.monotonic()
-                figures = getattr(parts, f"part_{name}")(context)
+                run = next(getattr(m, f"part_{name}") for m in (parts, peer, sendpath) if hasattr(m, f"part_{name}"))
+                figures = run(context)
                 figures["wall_seconds"] = round(time.monotonic() - part_started)
                 figures["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
                 figures["command"] = command

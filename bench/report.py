@@ -108,6 +108,68 @@ def section_overhead(p: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def section_peer(p: dict[str, Any]) -> str:
+    out = [header(p), f"The same fake provider, answering after {p['provider_latency_ms']} ms, reached three ways: "
+           f"directly (the floor), through Luca (gunicorn {p['luca_workers']}×{p['luca_threads']}, PostgreSQL, Redis, "
+           f"an RQ worker) and through LiteLLM's proxy (`{p['litellm']}`, {p['luca_workers']} workers, no database, "
+           "a master key). Each client keeps one connection and sends unique questions (Luca: `\"cache\": false`, "
+           "in a conversation of its own per round); rounds interleaved, their order rotated, so the machine's noise "
+           f"hits all three alike. Overhead = response time − {p['provider_latency_ms']} ms.\n",
+           "| clients | direct p50 / p99 | Luca p50 / p99 | LiteLLM p50 / p99 | Luca ÷ LiteLLM p50 / p99 | "
+           "Luca − direct p50 | server CPU per answer, Luca / LiteLLM | samples each |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for level, f in p["levels"].items():
+        cell = lambda n: f"{fmt(f[n]['p50_ms'])} / {fmt(f[n]['p99_ms'], ' ms')}"  # noqa: E731
+        errors = sum(f[n]["errors"] for n in ("direct", "luca", "litellm"))
+        out.append(f"| {level} | {cell('direct')} | {cell('luca')} | {cell('litellm')} | "
+                   f"{f['luca_over_litellm_p50']} / {f['luca_over_litellm_p99']} | "
+                   f"{fmt(f['luca_minus_direct_p50_ms'], ' ms')} | "
+                   f"{fmt(f['luca'].get('server_cpu_ms_per_answer'))} / "
+                   f"{fmt(f['litellm'].get('server_cpu_ms_per_answer'), ' ms')} | {fmt(f['luca']['samples'])}"
+                   f"{f' ({errors} errors)' if errors else ''} |")
+    first = p["first_answer"]
+    out += ["", "Server CPU: user + system time of gunicorn's processes (Luca; not PostgreSQL, Redis or the RQ "
+            "worker) or of LiteLLM's, during the rounds, per answer served (Luca's also creates each client's "
+            "conversation)."]
+    out += ["", f"First answer after a start: {fmt(first['first_ms'], ' ms')} overhead against a warm p50 of "
+            f"{fmt(first['warm_p50_ms'], ' ms')} ({first['first_over_warm']}×).", "",
+            "| target | measured | verdict |", "| --- | --- | --- |"]
+    out += [f"| {v['target']} | {fmt(v['figure'])} | {verdict(v['met'])} |" for v in p["verdicts"]]
+    return "\n".join(out)
+
+
+def section_concurrency(p: dict[str, Any]) -> str:
+    names = list(next(iter(p["levels"].values())))
+    out = [header(p), "Luca alone under several gunicorn settings (workers × threads), one at a time: each round "
+           "starts every setting in turn (the order rotated) and measures both levels, with direct calls to the "
+           f"provider between them as the floor; provider latency {p['provider_latency_ms']} ms; "
+           "overhead p50 / p99.\n", "| clients | " + " | ".join(names) + " |",
+           "| --- |" + " --- |" * len(names)]
+    for level, figures in p["levels"].items():
+        out.append(f"| {level} | " + " | ".join(f"{fmt(figures[n]['p50_ms'])} / {fmt(figures[n]['p99_ms'], ' ms')}"
+                                                for n in names) + " |")
+    return "\n".join(out)
+
+
+def section_sendpath(p: dict[str, Any]) -> str:
+    out = [header(p), f"{p['sends']} follow-up sends (`\"cache\": false`) through Flask's test client in a process "
+           "of its own, production config (PostgreSQL, Redis, multiprocess metrics), provider answering at once "
+           f"(a direct call to it: {fmt(p['direct_provider_ms'], ' ms')}). A send took "
+           f"**{fmt(p['send_ms'], ' ms')}** ({fmt(p['send_ms_with_timers'], ' ms')} with the timers); time inside "
+           "nested timed calls counts once, for the outermost.\n",
+           "| phase | ms per send | timed calls per send |", "| --- | --- | --- |"]
+    for phase, ms in p["phases_ms"].items():
+        out.append(f"| {phase} | {fmt(ms)} | {fmt(p['timed_calls_per_send'].get(phase))} |")
+    if "first_send_phases_ms" in p:
+        out += ["", f"The first send after create_app took {fmt(p['first_send_ms'], ' ms')} (after one conversation "
+                "was created, so the database and Redis pools were open):", "", "| phase | ms |", "| --- | --- |"]
+        out += [f"| {phase} | {fmt(ms)} |" for phase, ms in p["first_send_phases_ms"].items()]
+    out += ["", "Database time per send by statement (in the driver):", "",
+            "| statement | ms per send |", "| --- | --- |"]
+    out += [f"| {kind} | {fmt(ms)} |" for kind, ms in p["sql_cursor_ms_per_send"].items()]
+    return "\n".join(out)
+
+
 def section_throughput(p: dict[str, Any]) -> str:
     return "\n".join([header(p), f"wrk {p['wrk']}, {p['seconds']} s each, same gunicorn config.\n",
                       "| endpoint | requests/s |", "| --- | --- |",
@@ -181,6 +243,9 @@ SECTIONS = [
     ("capacity", "Concurrent users held at p95 under 1 s", section_capacity),
     ("users10k", "10,000 simulated users", section_users10k),
     ("overhead", "Overhead Luca adds to an AI answer", section_overhead),
+    ("peer", "Beside LiteLLM and a direct call", section_peer),
+    ("concurrency", "Workers and threads at 10 and 50 clients", section_concurrency),
+    ("sendpath", "The send path, phase by phase", section_sendpath),
     ("throughput", "Cached list throughput against bare Flask", section_throughput),
     ("deep", "Deep pages", section_deep),
     ("search", "Search over 1,000,000 messages", section_search),

@@ -1,6 +1,8 @@
 """The deployment files say what runs, and what they say runs: Procfile, render.yaml, worker, migrations."""
 from __future__ import annotations
 
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +16,7 @@ import yaml
 from config import Config, normalise_database_url
 from luca.redis import make_client
 from tests.support import ROOT
-from tests.support.processes import BIN, luca_env
+from tests.support.processes import BIN, Process, free_port, http_status, luca_env, wait_until
 from tests.support.services import RedisTarget, temporary_postgres_database
 
 
@@ -119,3 +121,34 @@ def test_heroku_rediss_urls_accept_its_self_signed_certificate() -> None:
         assert client.connection_pool.connection_kwargs["ssl_cert_reqs"] == "none"
     finally:
         client.close()
+
+
+@pytest.mark.slow
+def test_make_run_on_a_clean_clone_serves_healthz_from_gunicorn(tmp_path: Path) -> None:
+    clone = tmp_path / "luca"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, timeout=60)
+    port = free_port()
+    venv = BIN.parent  # the installed venv, named so that make does not build or install another
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
+    server = Process("make-run", ["make", "-C", str(clone), "run", f"VENV={venv}", f"PORT={port}",
+                                  "-o", f"{venv}/.installed"], env, tmp_path / "make-run.log").start()
+    try:
+        wait_until(lambda: http_status(f"http://127.0.0.1:{port}/healthz") == 200 or not server.running(), 120,
+                   "make run serving /healthz")
+        assert server.running(), server.output()
+        assert "Do not use it in a production deployment" not in server.output()
+        assert re.search(r"Booting worker with pid", server.output()), server.output()
+        assert "use the token above" in server.output()
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in descendants(server.pid)]
+        assert any(Path(c[1].decode()).name == "gunicorn" or Path(c[0].decode()).name == "gunicorn"
+                   for c in commands if len(c) > 1), commands
+        assert not any(b"run" in c and b"flask" in b" ".join(c) for c in commands), commands
+    finally:
+        server.stop()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below pid (make's shell, gunicorn's master and its workers)."""
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    children = [int(p) for p in found.stdout.split()]
+    return children + [d for child in children for d in descendants(child)]

@@ -48,6 +48,18 @@ def clean_database(url: str) -> None:
 
 
 @contextmanager
+def engine_listener(app: Flask, event: str, listener: Any) -> Iterator[None]:
+    """Listen to one of the app's engine events inside the block."""
+    with app.app_context():
+        engine = db.engine
+    sa.event.listen(engine, event, listener)
+    try:
+        yield
+    finally:
+        sa.event.remove(engine, event, listener)
+
+
+@contextmanager
 def count_statements(app: Flask) -> Iterator[list[str]]:
     """Collect the SQL statements the app's engine runs inside the block, in this thread.
 
@@ -61,13 +73,8 @@ def count_statements(app: Flask) -> Iterator[list[str]]:
         if threading.get_ident() == me:
             statements.append(statement)
 
-    with app.app_context():
-        engine = db.engine
-    sa.event.listen(engine, "before_cursor_execute", record)
-    try:
+    with engine_listener(app, "before_cursor_execute", record):
         yield statements
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", record)
 
 
 def conversation_row(app: Flask, conversation_id: str) -> Conversation:
