@@ -28,11 +28,10 @@ $(VENV)/.installed-bench: requirements-bench.txt $(VENV)/.installed-test
 	@command -v wrk >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk)
 	@touch $@
 
-# LiteLLM's proxy, the peer of `python -m bench peer`, in a venv of its own: its pins clash with Luca's.
-$(LITELLM_VENV)/.installed: bench/requirements-litellm.txt
-	$(PYTHON) -m venv $(LITELLM_VENV)
-	$(LITELLM_VENV)/bin/pip install -q -r bench/requirements-litellm.txt
-	@touch $@
+# LiteLLM (its proxy is the peer of `python -m bench peer`) in a venv of its own: its pins clash with Luca's.
+# tests/support/litellm_venv.py makes it from tests/support/litellm/requirements.txt, for the tests too.
+$(LITELLM_VENV)/.requirements-sha256: tests/support/litellm/requirements.txt $(VENV)/.installed-test
+	$(BIN)/python -c "from tests.support.litellm_venv import litellm_python; litellm_python()"
 
 install: $(VENV)/.installed
 
@@ -42,7 +41,7 @@ tests/support/oidc/node_modules/.package-lock.json: tests/support/oidc/package-l
 
 install-test: $(VENV)/.installed-test tests/support/oidc/node_modules/.package-lock.json
 
-install-bench: $(VENV)/.installed-bench $(LITELLM_VENV)/.installed
+install-bench: $(VENV)/.installed-bench $(LITELLM_VENV)/.requirements-sha256
 
 run: install
 	$(BIN)/flask --app wsgi db upgrade

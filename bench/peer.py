@@ -2,7 +2,7 @@
 
 `peer`: the same fake provider (100 ms) answered three ways — directly (the floor), through Luca
 (gunicorn with its production config, PostgreSQL, Redis, an RQ worker), and through LiteLLM's
-proxy (bench/requirements-litellm.txt, in .venv-litellm: its pins clash with Luca's; as many
+proxy (tests/support/litellm/requirements.txt, in .venv-litellm: its pins clash with Luca's; as many
 workers as Luca, no database, a master key). Rounds are interleaved (direct, Luca, LiteLLM, then
 rotated), so the machine's noise hits all three alike.
 
@@ -225,7 +225,7 @@ def table(levels: dict[str, dict[str, Any]]) -> str:
 def part_peer(ctx: Context) -> dict[str, Any]:
     """Overhead p50 and p99 of Luca, LiteLLM's proxy and a direct call at 1, 10 and 50 clients, interleaved."""
     if not LITELLM.exists():
-        raise RuntimeError(f"{LITELLM} is missing: `make bench` installs it (bench/requirements-litellm.txt)")
+        raise RuntimeError(f"{LITELLM} is missing: `make bench` installs it (tests/support/litellm/requirements.txt)")
     prov = provider(ctx, LATENCY_MS)
     tokens = ctx.data.mix.tokens
     with Luca(ctx, prov) as server:

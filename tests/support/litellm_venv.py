@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from tests.support import ROOT
 
 HERE = Path(__file__).parent / "litellm"
 REQUIREMENTS = HERE / "requirements.txt"
-VENV = ROOT / ".venv-litellm"
+VENV = Path(os.environ.get("LITELLM_VENV", ROOT / ".venv-litellm"))
 
 
 def litellm_python() -> Path:
