@@ -88,55 +88,45 @@ def _user_fields(user: User, membership: tuple[int, str] | None) -> dict[str, ob
             "created_at": user.created_at, "organisation_id": org_id, "role": role}
 
 
-def lookup_token(token: str) -> CurrentUser | None:
-    """The token's user: from the cache, else one query (which notes the token's use at most once a minute)."""
-    token_hash = hash_token(token)
-    # Read on every request: a copy in this process saves a Redis round trip (a token revoked
-    # elsewhere stops working here within CACHE_NEAR_TTL seconds; here, at once).
-    cached = cache.get(token_cache_key(token_hash), near=True)
+def lookup_credential(kind: type[ApiToken] | type[UserSession], key: str, token_hash: str) -> CurrentUser | None:
+    """A token's or session's user: from the cache, else one query (which notes its use at most once a minute).
+
+    Read on every request: a copy in this process saves a Redis round trip (a credential revoked
+    elsewhere stops working here within CACHE_NEAR_TTL seconds; here, at once).
+    """
+    cached = cache.get(key, near=True)
     if cached is not None:
         return CurrentUser(**cached)
+    detail = ApiToken.scopes if kind is ApiToken else UserSession.csrf_token
     row = db.session.execute(
-        select(ApiToken.id, ApiToken.last_used_at, ApiToken.scopes, ApiToken.expires_at, User,
-               Membership.organisation_id, Membership.role)
-        .join(User, User.id == ApiToken.user_id)
+        select(kind.id, kind.last_used_at, kind.expires_at, detail, User, Membership.organisation_id, Membership.role)
+        .join(User, User.id == kind.user_id)
         .outerjoin(Membership, Membership.user_id == User.id)
-        .where(ApiToken.token_hash == token_hash, ApiToken.revoked_at.is_(None))
+        .where(kind.token_hash == token_hash, kind.revoked_at.is_(None))
     ).first()
     if row is None:
         return None
-    token_id, last_used_at, scopes, expires_at, user, org_id, role = row
-    if not touch(ApiToken, token_id, last_used_at):
+    credential_id, last_used_at, expires_at, value, user, org_id, role = row
+    if not touch(kind, credential_id, last_used_at):
         return None
-    found = CurrentUser(**_user_fields(user, (org_id, role) if org_id else None), token_id=token_id,
-                        scopes=tuple(s for s in scopes.split(",") if s), expires_at=expires_at)
-    cache.set(token_cache_key(token_hash), asdict(found), near=True)
+    own = ({"token_id": credential_id, "scopes": tuple(s for s in value.split(",") if s)} if kind is ApiToken
+           else {"token_id": None, "session_id": credential_id, "csrf_token": value})
+    found = CurrentUser(**_user_fields(user, (org_id, role) if org_id else None), expires_at=expires_at, **own)
+    cache.set(key, asdict(found), near=True)
     return found
+
+
+def lookup_token(token: str) -> CurrentUser | None:
+    """The token's user (see lookup_credential); None when unknown or revoked."""
+    token_hash = hash_token(token)
+    return lookup_credential(ApiToken, token_cache_key(token_hash), token_hash)
 
 
 def lookup_session(secret: str) -> CurrentUser | None:
     """The session's user, cached like a token's; None when unknown, revoked or expired."""
     token_hash = hash_token(secret)
-    cached = cache.get(session_cache_key(token_hash), near=True)
-    if cached is None:
-        row = db.session.execute(
-            select(UserSession.id, UserSession.last_used_at, UserSession.expires_at, UserSession.csrf_token, User,
-                   Membership.organisation_id, Membership.role)
-            .join(User, User.id == UserSession.user_id)
-            .outerjoin(Membership, Membership.user_id == User.id)
-            .where(UserSession.token_hash == token_hash, UserSession.revoked_at.is_(None))
-        ).first()
-        if row is None:
-            return None
-        session_id, last_used_at, expires_at, csrf, user, org_id, role = row
-        if not touch(UserSession, session_id, last_used_at):
-            return None
-        found = CurrentUser(**_user_fields(user, (org_id, role) if org_id else None), token_id=None,
-                            expires_at=expires_at, session_id=session_id, csrf_token=csrf)
-        cache.set(session_cache_key(token_hash), asdict(found), near=True)
-        cached = asdict(found)
-    found = CurrentUser(**cached)
-    return None if found.expires_at is not None and found.expires_at <= utcnow() else found
+    found = lookup_credential(UserSession, session_cache_key(token_hash), token_hash)
+    return None if found is None or (found.expires_at is not None and found.expires_at <= utcnow()) else found
 
 
 def touch(model: type[ApiToken] | type[UserSession], row_id: int, last_used_at: datetime | None) -> bool:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from email.message import EmailMessage
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from argon2 import PasswordHasher
@@ -29,6 +30,8 @@ from luca.errors import APIError, not_found
 from luca.extensions import db, limits
 from luca.limits import client_address, limited_message
 from luca.models import ApiToken, Invitation, Membership, Organisation, PasswordReset, User, UserSession, utcnow
+
+L = TypeVar("L", PasswordReset, Invitation)
 
 log = logging.getLogger(__name__)
 
@@ -239,19 +242,24 @@ def create_reset_link(user: User) -> str:
     return public_url(f"/reset-password?token={token}")
 
 
+def claim_link(kind: type[L], used: Any, token: str, what: str) -> L:
+    """The one-time link's row, claimed (its `used` column set) in the caller's transaction; 400 when the
+    token is unknown, used or expired. Claimed with one UPDATE, so two uses at once cannot both succeed."""
+    now = utcnow()
+    link = db.session.execute(select(kind).where(kind.token_hash == hash_token(token))).scalar_one_or_none()
+    claimed = None
+    if link is not None:
+        claimed = db.session.execute(update(kind).where(kind.id == link.id, used.is_(None), kind.expires_at > now)
+                                     .values({used.key: now}))
+    if claimed is None or claimed.rowcount == 0:
+        db.session.rollback()
+        raise APIError(400, "invalid_token", f"{what} is unknown, used or expired")
+    return link
+
+
 def use_reset_link(token: str, password: str) -> None:
     """Set a new password with a reset token, once and before it expires; ends every session. 400 otherwise."""
-    now = utcnow()
-    reset = db.session.execute(select(PasswordReset).where(PasswordReset.token_hash == hash_token(token))
-                               ).scalar_one_or_none()
-    used = None
-    if reset is not None:  # claimed with one UPDATE, so two uses at once cannot both succeed
-        used = db.session.execute(update(PasswordReset).where(
-            PasswordReset.id == reset.id, PasswordReset.used_at.is_(None), PasswordReset.expires_at > now)
-            .values(used_at=now))
-    if used is None or used.rowcount == 0:
-        db.session.rollback()
-        raise APIError(400, "invalid_token", "the reset link is unknown, used or expired")
+    reset = claim_link(PasswordReset, PasswordReset.used_at, token, "the reset link")
     set_password(reset.user_id, password)
 
 
@@ -284,17 +292,7 @@ def create_invitation(organisation_id: int, email: str, role: str, invited_by: i
 
 def accept_invitation(token: str, name: str, password: str) -> User:
     """Create the invited member (once, before the invitation expires); 400 for a bad token, 409 for a taken email."""
-    now = utcnow()
-    invitation = db.session.execute(select(Invitation).where(Invitation.token_hash == hash_token(token))
-                                    ).scalar_one_or_none()
-    claimed = None
-    if invitation is not None:
-        claimed = db.session.execute(update(Invitation).where(
-            Invitation.id == invitation.id, Invitation.accepted_at.is_(None), Invitation.expires_at > now)
-            .values(accepted_at=now))
-    if claimed is None or claimed.rowcount == 0:
-        db.session.rollback()
-        raise APIError(400, "invalid_token", "the invitation is unknown, used or expired")
+    invitation = claim_link(Invitation, Invitation.accepted_at, token, "the invitation")
     organisation = db.session.get(Organisation, invitation.organisation_id)
     user = create_account(invitation.email, name, password=password, organisation=organisation, role=invitation.role)
     db.session.commit()  # the claim and the member together: a failure above leaves the invitation unused
