@@ -3,8 +3,9 @@
 The browser tooling is tests/test_e2e.py's (its browser, page and sign-in helpers); the site is this
 module's own, because its answers must cost money: the primary test provider's model is priced in
 AI_PRICES. The provider echoes the question, so a question that carries "[1]" gets an answer that
-cites passage [1] of the conversation's documents. Screenshots of a citation, of the operator page's
-spend and of the Usage view are written to docs/screenshots/ (citations.png, spend.png, usage.png).
+cites passage [1] of the conversation's documents (or a test sets a fixed answer). Screenshots of a
+citation, of the operator page's spend and of the Usage view are written to docs/screenshots/
+(citations.png, spend.png, usage.png).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.support.apps import provider_env
-from tests.support.documents import make_pdf
+from tests.support.documents import make_pdf, trial_balance
 from tests.support.pages import require_chromium
 from tests.support.processes import flask_command, gunicorn, luca_env
 from tests.test_e2e import Browsing, Site, ask, browser, browsing, last_answer, new_conversation, screenshots, sign_in, unique
@@ -48,11 +49,21 @@ def site(provider_servers: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
             yield Site(base, env, tokens)
 
 
-def upload(page: Any, filename: str, pages: list[str]) -> None:
-    """Attach a PDF of these pages to the open conversation and wait until it is processed."""
-    page.locator("#file-input").set_input_files(files=[{"name": filename, "mimeType": "application/pdf",
-                                                        "buffer": make_pdf(pages)}])
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
+
+def upload(page: Any, filename: str, pages: list[str] | bytes, mime_type: str = "application/pdf") -> None:
+    """Attach a document (a PDF of these pages, or these bytes) to the open conversation; wait until it is ready."""
+    data = make_pdf(pages) if isinstance(pages, list) else pages
+    page.locator("#file-input").set_input_files(files=[{"name": filename, "mimeType": mime_type, "buffer": data}])
     expect(page.locator("#file-list .file.status-ready")).to_contain_text(filename)
+
+
+def bank_statement() -> bytes:
+    """A CSV of payments whose row 18 (the header is row 1) pays Zephyr Holdings 55120."""
+    rows = [f"2026-01-{d:02d},Supplier {d},{d * 100}" for d in range(1, 29)]
+    rows[16] = "2026-01-17,Zephyr Holdings,55120"
+    return "\n".join(["date,payee,amount", *rows]).encode()
 
 
 def money_of(page: Any, selector: str) -> str:
@@ -96,6 +107,28 @@ def test_an_answer_citing_a_document_shows_a_chip_that_opens_the_passage_and_its
 
     page.reload()  # the stored answer keeps its citations
     expect(last_answer(page).locator(".citation-chip")).to_have_text("[1] lease.pdf, p. 3")
+
+
+@pytest.mark.parametrize("filename,data,mime_type,answer,chip,place", [
+    ("tb.xlsx", trial_balance(), XLSX, "The suspense clearing account holds 98765.43 [1].", "[1] tb.xlsx, TB!D14",
+     "Sheet “TB”, cell D14"),
+    ("bank.csv", bank_statement(), "text/csv", "Zephyr Holdings was paid 55120 [1].", "[1] bank.csv, rows 18",
+     "Rows 18"),
+])
+def test_a_spreadsheet_citation_names_its_sheet_and_cell_a_csv_one_its_rows(
+        browsing: Browsing, site: Site, servers: Any, filename: str, data: bytes, mime_type: str, answer: str,
+        chip: str, place: str) -> None:
+    page, _ = browsing
+    primary, _ = servers
+    primary.configure(answer=answer)
+    sign_in(page, site.tokens["dave"])
+    new_conversation(page)
+    upload(page, filename, data, mime_type)
+    ask(page, f"Which figure does the {filename} hold? {unique('figure')}")
+    cited = last_answer(page).locator(".citation-chip")
+    expect(cited).to_have_text(chip)
+    cited.click()
+    expect(last_answer(page).locator(".citation-panel .citation-place")).to_have_text(place)
 
 
 def test_a_word_only_inside_a_document_is_a_document_hit_that_opens_its_conversation(
@@ -194,6 +227,49 @@ def test_an_operator_sees_everyones_spend_by_member_in_the_usage_view(browsing: 
     status, everyone = site.api("GET", "/api/usage", site.tokens["admin"])
     assert status == 200
     assert same_amount(money_of(page, '#usage-org-totals [data-figure="spent"] .money'), everyone["totals"]["cost_usd"])
+
+
+def test_an_org_admin_sees_the_organisations_spend_against_its_budget(browsing: Browsing, site: Site) -> None:
+    """The organisation's part as GET /api/usage, /api/org and /api/org/members will answer an org admin.
+
+    Until organisations' usage lands on this branch, those three answers are stood in for by the browser
+    (page.route); the member's own month comes from the real API.
+    """
+    page, _ = browsing
+    carol = site.api("GET", "/api/me", site.tokens["carol"])[1]
+    totals = {"answers": 5, "tokens_in": 900, "tokens_out": 300, "cost_usd": "42.5", "saved_usd": "3.25",
+              "cached_share": 0.2}
+    reports = {
+        "user": [{"group": str(carol["id"]), **totals}],
+        "model": [{"group": "gpt-4o-mini", **totals}],
+    }
+
+    def usage(route: Any) -> None:
+        """GET /api/usage?group_by=user|model for the organisation."""
+        group_by = route.request.url.rsplit("group_by=", 1)[-1]
+        route.fulfill(json={"from": "2026-12-01", "to": "2026-12-03", "group_by": group_by, "totals": totals,
+                            "items": reports[group_by], "titles_cost_usd": "0.5"})
+
+    page.route(re.compile(r".*/api/usage\?.*"), usage)
+    page.route("**/api/org", lambda route: route.fulfill(json={
+        "id": 1, "name": "Bookkeepers & Co", "domain": None, "created_at": "2026-01-01T00:00:00Z", "role": "admin",
+        "monthly_budget_usd": "50", "month_spent_usd": "43"}))
+    page.route("**/api/org/members", lambda route: route.fulfill(json={"items": [
+        {"id": carol["id"], "email": "carol@example.com", "name": "", "role": "admin",
+         "joined_at": "2026-01-01T00:00:00Z", "monthly_budget_usd": "20"}]}))
+    sign_in(page, site.tokens["carol"])
+    page.get_by_role("button", name="Usage").click()
+    part = page.locator("#usage-org")
+    expect(part.locator("#usage-org-heading")).to_have_text("Bookkeepers & Co")
+    budget = part.locator("#usage-org-budget .budget-line")
+    expect(budget).to_have_class(re.compile(r"\bnear\b"))  # 86 % of the budget
+    expect(budget.locator("p")).to_have_text("$43.00 of $50.00 this month · 86.0 %")
+    member = part.locator(f'#usage-org-members tbody tr[data-group="{carol["id"]}"]')
+    expect(member.locator("th")).to_have_text("carol@example.com")
+    expect(member.locator(".money").last).to_have_text("$20.00")  # her monthly budget
+    expect(part.locator("#usage-org-members .budget-head")).to_be_visible()
+    expect(part.locator('#usage-org-models tbody tr[data-group="gpt-4o-mini"] .money').first).to_have_text("$42.50")
+    expect(page.locator("#usage-mine-budget .budget-line p")).to_contain_text("of $20.00 this month")
 
 
 def test_sign_out_closes_the_usage_view_and_forgets_its_figures(browsing: Browsing, site: Site) -> None:
