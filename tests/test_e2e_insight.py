@@ -109,6 +109,26 @@ def test_an_answer_citing_a_document_shows_a_chip_that_opens_the_passage_and_its
     expect(last_answer(page).locator(".citation-chip")).to_have_text("[1] lease.pdf, p. 3")
 
 
+def test_an_answer_says_what_it_cost_and_a_deduplicated_one_what_it_saved(browsing: Browsing, site: Site) -> None:
+    page, _ = browsing
+    question = f"When is a provision recognised? {unique('provision')}"
+    first = site.conversation_with_answer("dave", "Provisions", question)
+    second = site.conversation_with_answer("dave", "Provisions again", question)  # served by deduplication
+    status, messages = site.api("GET", f"/api/conversations/{first}/messages", site.tokens["dave"])
+    cost = next(m["cost_usd"] for m in messages["items"] if m["role"] == "assistant")
+    assert status == 200 and Decimal(cost) > 0
+
+    sign_in(page, site.tokens["dave"])
+    page.locator(f'.conversation-item[data-id="{first}"] a').click()
+    assert same_amount(money_of(page, "#message-list .from-luca .meta-cost .money"), cost)
+    page.locator(f'.conversation-item[data-id="{second}"] a').click()
+    meta = page.locator("#message-list .from-luca .message-meta")
+    expect(meta.locator(".meta-cached")).to_have_text("served from cache")
+    expect(meta.locator(".meta-saved")).to_have_text(re.compile(r"^saved \$"))
+    assert same_amount(money_of(page, "#message-list .from-luca .meta-saved .money"), cost)
+    expect(meta.locator(".meta-cost")).to_have_count(0)
+
+
 @pytest.mark.parametrize("filename,data,mime_type,answer,chip,place", [
     ("tb.xlsx", trial_balance(), XLSX, "The suspense clearing account holds 98765.43 [1].", "[1] tb.xlsx, TB!D14",
      "Sheet “TB”, cell D14"),

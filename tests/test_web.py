@@ -113,7 +113,7 @@ MODULE_IMPORTS = {
     "chat/search.js": ["../app.js", "./history.js", "./list.js", "./messages.js", "./state.js"],
     "chat/history.js": ["../app.js", "./composer.js", "./files.js", "./header.js", "./list.js",
                         "./messages.js", "./state.js"],
-    "chat/messages.js": ["../app.js", "./state.js"],
+    "chat/messages.js": ["../app.js", "../spend.js", "./state.js"],
     "chat/composer.js": ["../app.js", "./header.js", "./list.js", "./messages.js", "./state.js"],
     "chat/header.js": ["../app.js", "./list.js", "./state.js"],
     "chat/files.js": ["../app.js", "./state.js"],

@@ -29,6 +29,7 @@ const dom = {
   spendUsers: groupTable($("spend-users"), "By user", "User"),
 };
 const emails = new Map(); // user id -> email, from GET /api/admin/users
+const asked = new Set(); // user ids looked up already (one missing from the list is not asked for again)
 
 let timer = null;
 let running = false;
@@ -162,7 +163,10 @@ function formatAlertValue(value, threshold) {
 
 /** Learn the emails of users seen in a report (one GET /api/admin/users while someone is new). */
 async function knowUsers(items) {
-  if (!Array.isArray(items) || items.every((item) => emails.has(String(item.group)))) return;
+  const unknown = (Array.isArray(items) ? items : []).map((item) => String(item.group))
+    .filter((id) => !emails.has(id) && !asked.has(id));
+  if (!unknown.length) return;
+  for (const id of unknown) asked.add(id);
   try {
     const users = await request("/api/admin/users?limit=1000");
     for (const user of users.items || []) emails.set(String(user.id), user.email);

@@ -1,9 +1,11 @@
 /**
- * One message as the page shows it (its content only ever a text node), the chips of the passages
+ * One message as the page shows it (its content only ever a text node; an answer's meta line says
+ * what it cost, or what deduplication saved), the chips of the passages
  * an answer cites (each opens its snippet and place in a panel under the answer), and the message
  * pane's scrolling, shared by the history and the composer.
  */
 import { el, longTime, shortTime } from "../app.js";
+import { money } from "../spend.js";
 import { dom } from "./state.js";
 
 function metaParts(message) {
@@ -11,6 +13,8 @@ function metaParts(message) {
   if (message.provider) parts.push(el("span", { class: "meta-provider", text: message.provider }));
   if (message.model) parts.push(el("span", { class: "meta-model", text: message.model }));
   if (message.cached) parts.push(el("span", { class: "meta-cached", text: "served from cache" }));
+  if (Number(message.saved_usd) > 0) parts.push(el("span", { class: "meta-saved" }, "saved ", money(message.saved_usd)));
+  else if (Number(message.cost_usd) > 0) parts.push(el("span", { class: "meta-cost" }, money(message.cost_usd)));
   if (message.status === "incomplete") parts.push(el("span", { class: "meta-incomplete", text: "incomplete" }));
   if (message.created_at) {
     parts.push(el("time", { datetime: message.created_at, title: longTime(message.created_at), text: shortTime(message.created_at) }));
