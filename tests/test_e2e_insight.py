@@ -276,7 +276,9 @@ def test_an_org_admin_sees_the_organisations_spend_against_its_budget(browsing: 
         "monthly_budget_usd": "50", "month_spent_usd": "43"}))
     page.route("**/api/org/members", lambda route: route.fulfill(json={"items": [
         {"id": carol["id"], "email": "carol@example.com", "name": "", "role": "admin",
-         "joined_at": "2026-01-01T00:00:00Z", "monthly_budget_usd": "20"}]}))
+         "joined_at": "2026-01-01T00:00:00Z", "monthly_budget_usd": "20"},
+        {"id": 999, "email": "idle@example.com", "name": "", "role": "member",
+         "joined_at": "2026-01-01T00:00:00Z", "monthly_budget_usd": None}]}))
     sign_in(page, site.tokens["carol"])
     page.get_by_role("button", name="Usage").click()
     part = page.locator("#usage-org")
@@ -288,6 +290,9 @@ def test_an_org_admin_sees_the_organisations_spend_against_its_budget(browsing: 
     expect(member.locator("th")).to_have_text("carol@example.com")
     expect(member.locator(".money").last).to_have_text("$20.00")  # her monthly budget
     expect(part.locator("#usage-org-members .budget-head")).to_be_visible()
+    idle = part.locator('#usage-org-members tbody tr[data-group="999"]')  # a member who spent nothing yet
+    expect(idle.locator("th")).to_have_text("idle@example.com")
+    expect(idle.locator("td").last).to_have_text("—")  # no budget of his own
     expect(part.locator('#usage-org-models tbody tr[data-group="gpt-4o-mini"] .money').first).to_have_text("$42.50")
     expect(page.locator("#usage-mine-budget .budget-line p")).to_contain_text("of $20.00 this month")
 

@@ -47,7 +47,15 @@ async function renderOrganisation(byUser, current) {
   if (operator && has(organisation, "monthly_budget_usd")) dom.orgBudget.prepend(`${organisation.name}: `);
   renderTotals(dom.orgTotals, byUser.totals, { titlesCost: byUser.titles_cost_usd });
   const memberBudgets = [...people.values()].some((person) => has(person, "monthly_budget_usd"));
-  renderGroups(dom.orgMembers, byUser.items, {
+  // Members who spent nothing yet are listed too (with their budget), when the member list answered.
+  const items = Array.isArray(byUser.items) ? [...byUser.items] : [];
+  const listed = new Set(items.map((item) => String(item.group)));
+  for (const member of value(members)?.items || []) {
+    if (!listed.has(String(member.id))) {
+      items.push({ group: String(member.id), answers: 0, cost_usd: "0", saved_usd: "0", cached_share: 0 });
+    }
+  }
+  renderGroups(dom.orgMembers, items, {
     label: (id) => people.get(id)?.email || `user ${id}`,
     budget: memberBudgets ? (id) => {
       const amount = people.get(id)?.monthly_budget_usd;
