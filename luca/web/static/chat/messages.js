@@ -23,7 +23,7 @@ function metaParts(message) {
 }
 
 const text = (value) => (typeof value === "string" || typeof value === "number" ? String(value) : "");
-const span = (value) => text(value).replace(/-/g, "–");
+const range = (value) => text(value).replace(/-/g, "–"); // "10-40" as "10–40"
 
 /**
  * Where in a document a citation or a search hit points, short ("p. 37", "TB!D14", "rows 10–40")
@@ -37,9 +37,9 @@ export function placeLabel(place, { long = false } = {}) {
     if (!long) return cells ? `${text(place.sheet)}!${cells}` : text(place.sheet);
     return `Sheet “${text(place.sheet)}”${cells ? `, ${cells.includes(":") ? "cells" : "cell"} ${cells}` : ""}`;
   }
-  if (text(place.rows)) return `${long ? "Rows" : "rows"} ${span(place.rows)}`;
-  if (text(place.lines)) return `${long ? "Lines" : "lines"} ${span(place.lines)}`;
-  const paragraphs = text(place.paragraph) || span(place.paragraphs);
+  if (text(place.rows)) return `${long ? "Rows" : "rows"} ${range(place.rows)}`;
+  if (text(place.lines)) return `${long ? "Lines" : "lines"} ${range(place.lines)}`;
+  const paragraphs = text(place.paragraph) || range(place.paragraphs);
   const bits = [];
   if (text(place.heading)) bits.push(`“${text(place.heading)}”`);
   if (paragraphs) bits.push(`${/–/.test(paragraphs) ? "paragraphs" : "paragraph"} ${paragraphs}`);
