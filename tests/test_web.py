@@ -81,8 +81,9 @@ def test_the_operator_page_can_say_not_authorised(web: Client) -> None:
     ("app.js", "text/javascript"),
     ("chat.js", "text/javascript"),
     *((f"chat/{name}.js", "text/javascript")
-      for name in ("state", "list", "search", "history", "messages", "composer", "header", "files")),
+      for name in ("state", "list", "search", "history", "messages", "composer", "header", "files", "usage")),
     ("admin.js", "text/javascript"),
+    ("spend.js", "text/javascript"),
     ("luca.css", "text/css"),
     ("favicon.svg", "image/svg+xml"),
 ])
@@ -106,17 +107,19 @@ def test_page_asset_urls_resolve_and_carry_a_version(web: Client) -> None:
 
 MODULE_IMPORTS = {
     "chat.js": ["./app.js", "./chat/composer.js", "./chat/files.js", "./chat/header.js",
-                "./chat/history.js", "./chat/list.js", "./chat/search.js", "./chat/state.js"],
+                "./chat/history.js", "./chat/list.js", "./chat/search.js", "./chat/state.js", "./chat/usage.js"],
     "chat/state.js": [],
     "chat/list.js": ["../app.js", "./state.js"],
-    "chat/search.js": ["../app.js", "./history.js", "./list.js", "./state.js"],
+    "chat/search.js": ["../app.js", "./history.js", "./list.js", "./messages.js", "./state.js"],
     "chat/history.js": ["../app.js", "./composer.js", "./files.js", "./header.js", "./list.js",
                         "./messages.js", "./state.js"],
-    "chat/messages.js": ["../app.js", "./state.js"],
+    "chat/messages.js": ["../app.js", "../spend.js", "./state.js"],
     "chat/composer.js": ["../app.js", "./header.js", "./list.js", "./messages.js", "./state.js"],
     "chat/header.js": ["../app.js", "./list.js", "./state.js"],
     "chat/files.js": ["../app.js", "./state.js"],
-    "admin.js": ["./app.js"],
+    "chat/usage.js": ["../app.js", "../spend.js"],
+    "spend.js": ["./app.js"],
+    "admin.js": ["./app.js", "./spend.js"],
 }
 
 

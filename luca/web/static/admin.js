@@ -1,9 +1,11 @@
 /**
- * The operator page: alerts, circuit breakers (with reset), queues, cache hit rates and a
- * 14-day chart of messages, refreshed every few seconds from the admin API. Nothing is asked
- * of the admin API unless GET /api/me says the user is an admin; a 403 stops everything.
+ * The operator page: alerts, this month's spend (GET /api/usage: totals, by model, by user, what
+ * deduplication saved), circuit breakers (with reset), queues, cache hit rates and a 14-day chart
+ * of messages, refreshed every few seconds. Nothing is asked of the admin API unless GET /api/me
+ * says the user is an admin; a 403 stops everything.
  */
 import { el, longTime, request, setupSession, showNotice, svg } from "./app.js";
+import { groupTable, renderGroups, renderTotals } from "./spend.js";
 
 const REFRESH_MS = 5000;
 
@@ -21,7 +23,13 @@ const dom = {
   cacheStats: $("cache-stats"),
   chart: $("analytics-chart"),
   analyticsTotals: $("analytics-totals"),
+  spendRange: $("spend-range"),
+  spendTotals: $("spend-totals"),
+  spendModels: groupTable($("spend-models"), "By model", "Model"),
+  spendUsers: groupTable($("spend-users"), "By user", "User"),
 };
+const emails = new Map(); // user id -> email, from GET /api/admin/users
+const asked = new Set(); // user ids looked up already (one missing from the list is not asked for again)
 
 let timer = null;
 let running = false;
@@ -91,13 +99,19 @@ async function refresh() {
   inFlight = true;
   try {
     const names = ["alerts", "breakers", "queue-stats", "cache-stats", "analytics"];
-    const results = await Promise.allSettled(names.map((name) => request(`/api/admin/${name}`)));
+    const results = await Promise.allSettled([
+      ...names.map((name) => request(`/api/admin/${name}`)),
+      request("/api/usage?group_by=model"),
+      request("/api/usage?group_by=user"),
+    ]);
     if (!running) return;
     if (results.some((r) => r.status === "rejected" && r.reason && r.reason.status === 403)) {
       notAuthorised();
       return;
     }
-    const [alerts, breakers, queues, cache, analytics] = results;
+    const [alerts, breakers, queues, cache, analytics, byModel, byUser] = results;
+    if (byUser.status === "fulfilled") await knowUsers(byUser.value.items);
+    show(byModel, renderSpend(byUser), dom.spendTotals);
     show(alerts, renderAlerts, dom.alertList);
     show(breakers, renderBreakers, dom.breakerRows);
     show(queues, renderQueues, dom.queueRows);
@@ -143,6 +157,33 @@ function renderAlerts(data) {
 function formatAlertValue(value, threshold) {
   if (typeof value !== "number") return String(value ?? "—");
   return typeof threshold === "number" && threshold > 0 && threshold < 1 ? percent(value) : number(value);
+}
+
+// -- spend this month ---------------------------------------------------------------------------------
+
+/** Learn the emails of users seen in a report (one GET /api/admin/users while someone is new). */
+async function knowUsers(items) {
+  const unknown = (Array.isArray(items) ? items : []).map((item) => String(item.group))
+    .filter((id) => !emails.has(id) && !asked.has(id));
+  if (!unknown.length) return;
+  for (const id of unknown) asked.add(id);
+  try {
+    const users = await request("/api/admin/users?limit=1000");
+    for (const user of users.items || []) emails.set(String(user.id), user.email);
+  } catch {
+    // the rows then name user ids
+  }
+}
+
+function renderSpend(byUser) {
+  return (byModel) => {
+    renderTotals(dom.spendTotals, byModel.totals, { titlesCost: byModel.titles_cost_usd });
+    dom.spendRange.textContent = byModel.from && byModel.to ? `${byModel.from} – ${byModel.to} UTC` : "";
+    renderGroups(dom.spendModels, byModel.items);
+    if (byUser.status === "fulfilled") {
+      renderGroups(dom.spendUsers, byUser.value.items, { label: (id) => emails.get(id) || `user ${id}` });
+    }
+  };
 }
 
 // -- breakers ----------------------------------------------------------------------------------------

@@ -3,8 +3,8 @@
  * conversation and starts the session. The features live in chat/: state.js (the shared
  * elements and state), list.js (the sidebar's list and drawer), search.js, history.js (one
  * conversation and its paged history), messages.js, composer.js (streamed answers, retry),
- * header.js (title, rename, pin, delete) and files.js (documents). Message content is only
- * ever inserted as text.
+ * header.js (title, rename, pin, delete), files.js (documents) and usage.js (the Usage view).
+ * Message content is only ever inserted as text.
  */
 import { setupSession } from "./app.js";
 import { setupComposer } from "./chat/composer.js";
@@ -14,6 +14,7 @@ import { highlightMessage, openConversation, setupHistory, showEmpty } from "./c
 import { closeDrawer, loadConversations, setupList } from "./chat/list.js";
 import { clearSearch, setupSearch } from "./chat/search.js";
 import { dom, state } from "./chat/state.js";
+import { setupUsage, usageFor } from "./chat/usage.js";
 
 // -- routing: #/c/<id> is the open conversation ----------------------------------------------------
 
@@ -47,12 +48,14 @@ setupHistory();
 setupComposer();
 setupHeader();
 setupFiles();
+setupUsage();
 
 // -- session ------------------------------------------------------------------------------------
 
 setupSession({
   onSignedIn(user) {
     dom.adminLink.hidden = !user.is_admin;
+    usageFor(user);
     dom.workspace.hidden = false;
     dom.drawerToggle.hidden = false;
     loadConversations({ reset: true });
@@ -71,5 +74,6 @@ setupSession({
     dom.messageList.replaceChildren();
     dom.fileList.replaceChildren();
     clearSearch();
+    usageFor(null);
   },
 });

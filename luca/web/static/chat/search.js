@@ -1,10 +1,12 @@
 /**
  * Search: the sidebar's search box (as the user types, after a pause, or on Enter) and its hits,
- * each linking to the conversation with the matching message brought into view.
+ * each linking to the conversation with the matching message brought into view; a document's hit
+ * names the file and the place (page, sheet and cells, rows) and opens the conversation it is in.
  */
 import { el, request, setSnippet } from "../app.js";
 import { highlightMessage } from "./history.js";
 import { closeDrawer } from "./list.js";
+import { placeLabel } from "./messages.js";
 import { conversationHref, dom, state } from "./state.js";
 
 function roleLabel(role) {
@@ -15,21 +17,24 @@ function roleLabel(role) {
 
 function renderHit(hit) {
   const snippet = el("span", { class: "hit-snippet" });
-  setSnippet(snippet, hit.snippet);
+  setSnippet(snippet, hit.snippet); // escaped text with <mark> only, else shown as text
+  const isDocument = hit.kind === "document";
+  const place = isDocument ? placeLabel(hit) : "";
   const link = el("a", {
     class: "hit-link",
     href: conversationHref(hit.conversation_id),
     onclick: () => {
-      state.highlight = hit.message_id;
+      state.highlight = isDocument ? null : hit.message_id;
       closeDrawer();
       if (state.current && state.current.id === hit.conversation_id) highlightMessage();
     },
   },
   el("span", { class: "hit-head" },
     el("span", { class: `hit-title${hit.conversation_title ? "" : " untitled"}`, text: hit.conversation_title || "New conversation" }),
-    el("span", { class: "hit-role", text: roleLabel(hit.role) })),
+    el("span", { class: "hit-role", text: isDocument ? "Document" : roleLabel(hit.role) })),
+  isDocument ? el("span", { class: "hit-file", text: `${hit.filename || "document"}${place ? `, ${place}` : ""}` }) : null,
   snippet);
-  return el("li", { class: "search-hit" }, link);
+  return el("li", { class: `search-hit${isDocument ? " document-hit" : ""}`, dataset: { kind: hit.kind || "" } }, link);
 }
 
 async function runSearch(query) {
