@@ -196,14 +196,13 @@ def record_unstored(user_id: int, source: str, provider: str | None, model: str 
 
     Returns what it cost, and counts that towards the request's reservations (see spent()).
     """
-    cost = pricing.cost_usd(provider, model, tokens_in, tokens_out)
-    spent_now = pricing.ZERO if cached else cost
+    cost, saved = pricing.charged(provider, model, tokens_in, tokens_out, cached)
     db.session.execute(insert(UsageRecord).values(
         user_id=user_id, source=source, provider=provider, model=model, tokens_in=tokens_in, tokens_out=tokens_out,
-        cached=cached, cost_usd=spent_now, saved_usd=cost if cached else None, created_at=utcnow()))
+        cached=cached, cost_usd=cost, saved_usd=saved, created_at=utcnow()))
     db.session.commit()
-    spent(spent_now)
-    return spent_now
+    spent(cost)
+    return cost
 
 
 def month_spend(holder: Holder, now: datetime | None = None) -> Decimal:

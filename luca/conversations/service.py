@@ -300,12 +300,12 @@ def add_answer(conversation: Conversation, completion: Completion, *, status: st
 
     A deduplicated answer cost nothing; it saved what the answer it reuses cost.
     """
-    cost = pricing.cost_usd(completion.provider, completion.model, completion.tokens_in, completion.tokens_out)
+    cost, saved = pricing.charged(completion.provider, completion.model, completion.tokens_in,
+                                  completion.tokens_out, cached)
     message = store_message(
         conversation, role="assistant", content=completion.text, status=status, provider=completion.provider,
         model=completion.model, tokens_in=completion.tokens_in, tokens_out=completion.tokens_out,
-        latency_ms=completion.latency_ms, cached=cached, cost_usd=pricing.ZERO if cached else cost,
-        saved_usd=cost if cached else None, source=source, **({"citations": citations} if citations else {}))
+        latency_ms=completion.latency_ms, cached=cached, cost_usd=cost, saved_usd=saved, source=source, **({"citations": citations} if citations else {}))
     if status == "complete":
         hold_title(conversation)  # only when Redis is known down: then the title job rides this transaction
     db.session.commit()
