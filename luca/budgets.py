@@ -1,11 +1,13 @@
 """Monthly budgets: the expected cost of an AI call is reserved before the call and settled after.
 
-A budget belongs to a holder, (kind, id): ("member", user_id) now, ("org", org_id) once
-organisations land; `SCOPES` says whose spending each kind covers and `holders_for()` which
-holders a user's spending counts towards. A month is the UTC calendar month.
+A budget belongs to a holder, (kind, id): ("member", user_id) or ("org", organisation_id);
+`SCOPES` says whose spending each kind covers and `holders_for()` which holders a user's spending
+counts towards (their own and their organisation's: a call must fit both). A month is the UTC
+calendar month.
 
-The database is the truth: a holder's month spend is the sum of `messages.cost_usd` and
-`conversations.title_cost_usd` of the month. What is not in the database yet — calls in flight
+The database is the truth: a holder's month spend is the sum of the cost of the month's answers
+(`answered()`: stored ones in messages, unstored /v1 ones in usage_records) and
+`conversations.title_cost_usd`. What is not in the database yet — calls in flight
 — is held in a ledger: with Redis, a hash per holder and month, `<prefix>budget:<kind>:<id>:<month>`,
 changed only by Lua scripts (so every process sees one ledger and a reservation is atomic);
 without Redis, or while it fails, a dict in the process (correct within one process).
@@ -35,14 +37,14 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from flask import Flask, current_app, g, has_request_context
-from sqlalchemy import ColumnElement, func, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, Subquery, func, insert, or_, select, tuple_, union_all, update
 
 from luca import pricing
 from luca.ai.base import ChatMessage, estimate_tokens
 from luca.cache import cache_key
 from luca.errors import APIError
 from luca.extensions import alerts, budget_ledger, cache, db, dedup, providers, redis_gateway
-from luca.models import Budget, Conversation, Message, utcnow
+from luca.models import Budget, Conversation, Membership, Message, UsageRecord, utcnow
 from luca.schemas import money_text
 from luca.redis import REDIS_ERRORS
 
@@ -50,11 +52,13 @@ log = logging.getLogger(__name__)
 
 Holder = tuple[str, int]
 
-# Whose spending a holder's budget covers, as a condition on a user_id column. Organisations
-# add one line: "org": lambda column, org_id: column.in_(select(User.id).where(User.org_id == org_id)).
+# Whose spending a holder's budget covers, as a condition on a user_id column. An organisation's is
+# its current members' (a removed member's spending leaves it with them).
 SCOPES: dict[str, Callable[[Any, int], ColumnElement[bool]]] = {
     "member": lambda column, user_id: column == user_id,
+    "org": lambda column, org_id: column.in_(select(Membership.user_id).where(Membership.organisation_id == org_id)),
 }
+HOLDER_NAMES = {"member": "member", "org": "organisation"}  # as alerts name them
 ALERT_LEVELS = (80, 100)
 LEDGER_IDLE = 3600  # seconds a holder's ledger outlives its last change (it holds the settled total)
 UNIT = Decimal("1e-10")
@@ -108,9 +112,18 @@ def seconds_until_month_end(now: datetime) -> int:
     return max(1, math.ceil((month_bounds(now)[1] - now).total_seconds()))
 
 
+def organisation_of(user_id: int) -> int | None:
+    """The user's organisation: the signed-in user's costs no query; a job's user is looked up."""
+    user = g.get("user") if has_request_context() else None
+    if user is not None and user.id == user_id:
+        return user.organisation_id
+    return db.session.execute(select(Membership.organisation_id).where(Membership.user_id == user_id)).scalar()
+
+
 def holders_for(user_id: int) -> list[Holder]:
-    """The holders whose budgets a user's spending counts towards (organisations add ("org", org_id))."""
-    return [("member", user_id)]
+    """The holders whose budgets a user's spending counts towards: theirs, and their organisation's."""
+    organisation_id = organisation_of(user_id)
+    return [("member", user_id)] + ([("org", organisation_id)] if organisation_id is not None else [])
 
 
 def budget_cache_key(holder: Holder) -> str:
@@ -160,13 +173,45 @@ def set_budget(holder: Holder, monthly_budget_usd: Decimal | None) -> None:
     cache.delete(budget_cache_key(holder))
 
 
+def answered(start: datetime, end: datetime, scope: Callable[[Any], ColumnElement[bool]] | None) -> Subquery:
+    """Every answer of [start, end) within scope (a condition on a user_id column; None: everyone), one row each.
+
+    Stored answers (messages) and answers stored in no conversation (usage_records), with the
+    columns both have: the one query usage and budgets read.
+    """
+    arms = []
+    for table in (Message, UsageRecord):
+        arm = select(table.user_id, table.created_at, table.source, table.provider, table.model, table.tokens_in,
+                     table.tokens_out, table.cached, table.cost_usd, table.saved_usd).where(
+            table.created_at >= start, table.created_at < end)
+        if table is Message:
+            arm = arm.where(Message.role == "assistant")
+        arms.append(arm if scope is None else arm.where(scope(table.user_id)))
+    return union_all(*arms).subquery("answered")
+
+
+def record_unstored(user_id: int, source: str, provider: str | None, model: str | None, tokens_in: int | None,
+                    tokens_out: int | None, cached: bool) -> Decimal:
+    """Record an answer stored in no conversation (its cost, or its saving when deduplicated); committed.
+
+    Returns what it cost, and counts that towards the request's reservations (see spent()).
+    """
+    cost, saved = pricing.charged(provider, model, tokens_in, tokens_out, cached)
+    db.session.execute(insert(UsageRecord).values(
+        user_id=user_id, source=source, provider=provider, model=model, tokens_in=tokens_in, tokens_out=tokens_out,
+        cached=cached, cost_usd=cost, saved_usd=saved, created_at=utcnow()))
+    db.session.commit()
+    spent(cost)
+    return cost
+
+
 def month_spend(holder: Holder, now: datetime | None = None) -> Decimal:
     """What a holder spent this UTC month, from the database: answers and titles."""
     start, end = month_bounds(now or utcnow())
     kind, holder_id = holder
     scope = SCOPES[kind]
-    answers = (select(func.coalesce(func.sum(Message.cost_usd), 0))
-               .where(scope(Message.user_id, holder_id), Message.created_at >= start, Message.created_at < end))
+    rows = answered(start, end, lambda column: scope(column, holder_id))
+    answers = select(func.coalesce(func.sum(rows.c.cost_usd), 0))
     titles = (select(func.coalesce(func.sum(Conversation.title_cost_usd), 0))
               .where(scope(Conversation.user_id, holder_id), Conversation.titled_at >= start,
                      Conversation.titled_at < end))
@@ -175,13 +220,17 @@ def month_spend(holder: Holder, now: datetime | None = None) -> Decimal:
     return pricing.money(Decimal(str(spent_answers)) + Decimal(str(spent_titles)))
 
 
-def expected_cost(context: Sequence[ChatMessage]) -> Decimal:
-    """The most a call can cost: the context's tokens plus AI_MAX_OUTPUT_TOKENS, at the dearest provider's price."""
+def expected_cost(context: Sequence[ChatMessage], route: Sequence[Any] | None = None,
+                  max_tokens: int | None = None) -> Decimal:
+    """The most a call can cost: the context's tokens plus AI_MAX_OUTPUT_TOKENS (or a lower max_tokens asked for),
+    at the dearest price of the route (default: the provider chain, which may fall back)."""
     tokens_in = sum(estimate_tokens(m["content"]) for m in context)
     tokens_out = current_app.config["AI_MAX_OUTPUT_TOKENS"]
+    if max_tokens is not None:  # the providers cap what a client asks for at AI_MAX_OUTPUT_TOKENS
+        tokens_out = min(tokens_out, max_tokens)
     prices = pricing.price_table()
-    return max((pricing.cost_usd(p.name, p.model, tokens_in, tokens_out, prices) for p in providers.all()),
-               default=pricing.ZERO)
+    return max((pricing.cost_usd(p.name, p.model, tokens_in, tokens_out, prices)
+                for p in (providers.all() if route is None else route)), default=pricing.ZERO)
 
 
 class BudgetExceeded(APIError):
@@ -189,7 +238,7 @@ class BudgetExceeded(APIError):
 
     def __init__(self, holder: Holder, budget: Decimal, spent: Decimal, held: Decimal, now: datetime) -> None:
         kind, holder_id = holder
-        whose = "your" if kind == "member" else f"the {kind}'s"
+        whose = "your" if kind == "member" else "your organisation's"
         budget_text, spent_text = money_text(budget), money_text(spent)
         super().__init__(
             429, "budget_exceeded",
@@ -296,16 +345,17 @@ class BudgetLedger:
             self._settled[key] = self._settled.get(key, 0) + cost
 
 
-def reserve(user_id: int, context: Sequence[ChatMessage],
-            allowed_anyway: Callable[[], bool] | None = None) -> Reservation | None:
+def reserve(user_id: int, context: Sequence[ChatMessage], allowed_anyway: Callable[[], bool] | None = None,
+            route: Sequence[Any] | None = None, max_tokens: int | None = None) -> Reservation | None:
     """Reserve a call's expected cost against every budget the user's spending counts towards (None: no budget).
 
     BudgetExceeded when one has no room, unless allowed_anyway() says the call costs nothing.
+    route and max_tokens narrow the expected cost (see expected_cost).
     """
     budgets = budgets_of(holders_for(user_id))
     if not budgets:
         return None
-    expected = expected_cost(context)
+    expected = expected_cost(context, route, max_tokens)
     now = utcnow()
     month = now.strftime("%Y-%m")
     ledger = budget_ledger.of()
@@ -326,9 +376,10 @@ def reserve(user_id: int, context: Sequence[ChatMessage],
 
 
 def reserve_for_request(user_id: int, context: Sequence[ChatMessage],
-                        allowed_anyway: Callable[[], bool] | None = None) -> None:
+                        allowed_anyway: Callable[[], bool] | None = None, route: Sequence[Any] | None = None,
+                        max_tokens: int | None = None) -> None:
     """Before storing a question: reserve its answer's expected cost until the request ends (BudgetExceeded)."""
-    reservation = reserve(user_id, context, allowed_anyway)
+    reservation = reserve(user_id, context, allowed_anyway, route, max_tokens)
     if reservation is not None:
         g.setdefault("budget_reservations", []).append(reservation)
 
@@ -399,5 +450,5 @@ def announce_levels(budgets: dict[Holder, Decimal], month: str) -> None:
             db.session.commit()
             if claimed:
                 alerts.announce(f"budget_{level}", True, float(spent_now), float(budget),
-                                f"{kind} {holder_id} has spent {money_text(spent_now)} of its {money_text(budget)} USD budget "
+                                f"{HOLDER_NAMES[kind]} {holder_id} has spent {money_text(spent_now)} of its {money_text(budget)} USD budget "
                                 f"for {month} ({level} %)")

@@ -201,6 +201,33 @@ class Message(db.Model):
     saved_usd: Mapped[Decimal | None] = mapped_column(Money)
     # The passages an answer cites, [{"n", "file_id", "filename", "page" | "sheet" + "cells" | ..., "snippet"}].
     citations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
+    # The door it came through: "api" (REST and the web app) or "openai-api" (/v1 with a conversation).
+    source: Mapped[str] = mapped_column(String(16), default="api", server_default="api")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class UsageRecord(db.Model):
+    """An answer paid for (or served by deduplication) but stored in no conversation: a /v1 call without one.
+
+    Usage and budgets read these beside the stored answers (luca.budgets.answered), so every call counts.
+    """
+
+    __tablename__ = "usage_records"
+    __table_args__ = (
+        Index("usage_records_user_created_idx", "user_id", "created_at"),
+        Index("usage_records_created_idx", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(String(16))
+    provider: Mapped[str | None] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(128))
+    tokens_in: Mapped[int | None]
+    tokens_out: Mapped[int | None]
+    cached: Mapped[bool] = mapped_column(default=False)
+    cost_usd: Mapped[Decimal | None] = mapped_column(Money)
+    saved_usd: Mapped[Decimal | None] = mapped_column(Money)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

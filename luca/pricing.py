@@ -59,3 +59,10 @@ def cost_usd(provider: str | None, model: str | None, tokens_in: int | None, tok
     """The exact cost of tokens_in and tokens_out with a provider's model."""
     price_in, price_out = price_of(provider, model, prices)
     return money(((tokens_in or 0) * price_in + (tokens_out or 0) * price_out) / 1000)
+
+
+def charged(provider: str | None, model: str | None, tokens_in: int | None, tokens_out: int | None,
+            cached: bool) -> tuple[Decimal, Decimal | None]:
+    """An answer's (cost_usd, saved_usd): its cost, or 0 and what it saved when deduplication served it."""
+    cost = cost_usd(provider, model, tokens_in, tokens_out)
+    return (ZERO, cost) if cached else (cost, None)

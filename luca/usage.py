@@ -1,9 +1,10 @@
-"""What AI answers cost and who spent it: GET /api/me/usage (everyone) and GET /api/usage (operators).
+"""What AI answers cost and who spent it: GET /api/me/usage (everyone) and GET /api/usage (org admins, operators).
 
 A blueprint of its own: the conversations blueprint is the member's API and the admin one is
-operators-only under /api/admin, while usage is one query that members, operators (and, with
-organisations, org admins) read with different scopes. Every figure is summed from the messages
-table when asked (answers only; titles are reported beside them), so it is exact.
+operators-only under /api/admin, while usage is one query (report()) that members, org owners and
+admins (their organisation) and operators (everyone) read with different scopes. Every figure is
+summed when asked from the answers (budgets.answered: the messages table, and the usage records
+of /v1 calls stored in no conversation; titles are reported beside them), so it is exact.
 """
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import ColumnElement, case, func, select
 
 from luca import analytics, budgets, pricing
+from luca.accounts import service as accounts
 from luca.admin.routes import parse_day
 from luca.api import API_ERRORS, endpoints
 from luca.auth import current_user, require_user
 from luca.errors import APIError
 from luca.extensions import db
-from luca.models import Conversation, Message, utcnow
+from luca.models import Conversation, Membership, utcnow
 from luca.schemas import Money
 
 bp = Blueprint("usage", __name__)
@@ -34,14 +36,16 @@ endpoint = endpoints(errors=API_ERRORS)
 MAX_DAYS = 366
 DAY = r"^\d{4}-\d{2}-\d{2}$"
 
-# What group_by groups on. Organisations add one line:
-# "org": select(User.org_id).where(User.id == Message.user_id).scalar_subquery().
-GROUPS: dict[str, Callable[[], Any]] = {
-    "day": lambda: func.date(Message.created_at),
-    "user": lambda: Message.user_id,
-    "model": lambda: func.coalesce(Message.model, analytics.NOT_APPLICABLE),
-    "provider": lambda: func.coalesce(Message.provider, analytics.NOT_APPLICABLE),
+# What group_by groups on, given the answers' columns ("org" reads the members' organisation, joined in report()).
+GROUPS: dict[str, Callable[[Any], Any]] = {
+    "day": lambda c: func.date(c.created_at),
+    "user": lambda c: c.user_id,
+    "model": lambda c: func.coalesce(c.model, analytics.NOT_APPLICABLE),
+    "provider": lambda c: func.coalesce(c.provider, analytics.NOT_APPLICABLE),
+    "source": lambda c: c.source,
+    "org": lambda c: Membership.organisation_id,
 }
+OPERATORS_ONLY = {"org"}
 CSV_FIELDS = ("group", "answers", "tokens_in", "tokens_out", "cost_usd", "saved_usd", "cached_share")
 
 
@@ -53,7 +57,8 @@ class UsageQuery(BaseModel):
     from_: str | None = Field(None, alias="from", pattern=DAY,
                               description="First day, YYYY-MM-DD (default: the first of this month, UTC)")
     to: str | None = Field(None, pattern=DAY, description="Last day, YYYY-MM-DD (default: today, UTC)")
-    group_by: Literal["day", "user", "model", "provider"] | None = None
+    group_by: Literal["day", "user", "model", "provider", "source", "org"] | None = Field(
+        None, description="org is for operators only (403 for anyone else)")
 
 
 class UsageTotals(BaseModel):
@@ -68,7 +73,8 @@ class UsageTotals(BaseModel):
 
 
 class UsageItem(UsageTotals):
-    """One group's totals: a day (YYYY-MM-DD), a user id, a model or a provider ("-" for none)."""
+    """One group's totals: a day (YYYY-MM-DD), a user id, a model, a provider, a source ("api", "openai-api") or an
+    organisation id ("-" for none)."""
 
     group: str
 
@@ -113,22 +119,26 @@ def report(start: date, end: date, scope: Callable[[Any], ColumnElement[bool]] |
            group_by: str | None) -> UsageReport:
     """Sum the answers of [start, end] within scope (a condition on a user_id column; None: everyone), grouped."""
     first, after = analytics.day_bounds(start, end)
-    sums = (func.count().label("answers"), func.sum(Message.tokens_in).label("tokens_in"),
-            func.sum(Message.tokens_out).label("tokens_out"), func.sum(Message.cost_usd).label("cost_usd"),
-            func.sum(Message.saved_usd).label("saved_usd"),
-            func.sum(case((Message.cached, 1), else_=0)).label("cached"))
-    stmt = select(*sums).where(Message.role == "assistant", Message.created_at >= first, Message.created_at < after)
+    rows = budgets.answered(first, after, scope)
+    c = rows.c
+    sums = (func.count().label("answers"), func.sum(c.tokens_in).label("tokens_in"),
+            func.sum(c.tokens_out).label("tokens_out"), func.sum(c.cost_usd).label("cost_usd"),
+            func.sum(c.saved_usd).label("saved_usd"), func.sum(case((c.cached, 1), else_=0)).label("cached"))
+    stmt = select(*sums).select_from(rows)
     titles = select(func.coalesce(func.sum(Conversation.title_cost_usd), 0)).where(
         Conversation.titled_at >= first, Conversation.titled_at < after)
     if scope is not None:
-        stmt = stmt.where(scope(Message.user_id))
         titles = titles.where(scope(Conversation.user_id))
     total = db.session.execute(stmt).one()
     items = []
     if group_by is not None:
-        key = GROUPS[group_by]().label("group")
-        for row in db.session.execute(stmt.add_columns(key).group_by(key).order_by(key)):
-            group = row.group.isoformat() if isinstance(row.group, date) else str(row.group)
+        key = GROUPS[group_by](c).label("group")
+        grouped = stmt.add_columns(key)
+        if group_by == "org":
+            grouped = grouped.outerjoin(Membership, Membership.user_id == c.user_id)
+        for row in db.session.execute(grouped.group_by(key).order_by(key)):
+            group = (row.group.isoformat() if isinstance(row.group, date)
+                     else analytics.NOT_APPLICABLE if row.group is None else str(row.group))
             items.append(UsageItem(group=group, **totals_of(row)))
     titles_cost = db.session.execute(titles).scalar_one()
     return UsageReport(from_=start, to=end, group_by=group_by, totals=UsageTotals(**totals_of(total)), items=items,
@@ -155,21 +165,39 @@ def respond(usage: UsageReport) -> Any:
     return usage
 
 
+def scoped(holder: budgets.Holder) -> Callable[[Any], ColumnElement[bool]]:
+    """The condition on a user_id column for a budget holder's spending (budgets.SCOPES)."""
+    kind, holder_id = holder
+    return lambda column: budgets.SCOPES[kind](column, holder_id)
+
+
+def check_grouping(query: UsageQuery) -> None:
+    """403 for a grouping only operators may ask for (it is well-formed, but not theirs to see)."""
+    if query.group_by in OPERATORS_ONLY and not current_user().is_admin:
+        raise APIError(403, "forbidden", f"group_by={query.group_by} is for operators",
+                       [{"field": "group_by", "message": "operators only"}])
+
+
 @bp.get("/me/usage")
-@endpoint(query=UsageQuery, response=UsageReport, errors=(422,))
+@endpoint(query=UsageQuery, response=UsageReport, errors=(403, 422))
 def my_usage(query: UsageQuery) -> Any:
     """The signed-in user's answers and their cost (CSV with Accept: text/csv)."""
+    check_grouping(query)
     start, end = date_range(query)
-    user_id = current_user().id
-    return respond(report(start, end, lambda column: budgets.SCOPES["member"](column, user_id), query.group_by))
+    return respond(report(start, end, scoped(("member", current_user().id)), query.group_by))
 
 
 @bp.get("/usage")
 @endpoint(query=UsageQuery, response=UsageReport, errors=(403, 422))
 def usage(query: UsageQuery) -> Any:
-    """Everyone's answers and their cost, for operators (CSV with Accept: text/csv)."""
-    if not current_user().is_admin:  # organisations: an org admin gets scope=budgets.SCOPES["org"] here
-        raise APIError(403, "forbidden", "usage across users is for administrators")
+    """Answers and their cost: an org owner's or admin's organisation, every organisation for operators (CSV with
+    Accept: text/csv; group_by=org for operators only)."""
+    user = current_user()
+    if user.is_admin:
+        scope = None
+    else:
+        scope = scoped(("org", accounts.require_role(*accounts.ADMIN_ROLES).organisation_id))
+    check_grouping(query)
     start, end = date_range(query)
-    return respond(report(start, end, None, query.group_by))
+    return respond(report(start, end, scope, query.group_by))
 

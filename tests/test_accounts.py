@@ -353,13 +353,13 @@ def test_roles_decide_who_manages_members(app) -> None:
 
 
 def test_org_admins_see_their_members_usage(app) -> None:
-    _, token = member(app, "owner@firm.example", org="Firm")
-    member(app, "staff@firm.example", org="Firm")
-    api = Api(app.test_client(), token, 0)
+    owner_id, token = member(app, "owner@firm.example", org="Firm")
+    _, staff_token = member(app, "staff@firm.example", org="Firm")
+    api = Api(app.test_client(), token, owner_id)
     api.ask(api.new_conversation()["id"], "What is VAT?")
-    usage = api.get("/api/org/usage").get_json()
-    assert [(m["email"], m["questions"], m["answers"]) for m in usage["members"]] == [
-        ("owner@firm.example", 1, 1), ("staff@firm.example", 0, 0)]
+    usage = api.get("/api/usage?group_by=user").get_json()
+    assert [(item["group"], item["answers"]) for item in usage["items"]] == [(str(owner_id), 1)]
+    assert Api(app.test_client(), staff_token, 0).get("/api/usage").status_code == 403  # a member sees their own
 
 
 def test_a_role_change_applies_at_once_despite_the_credential_cache(app) -> None:

@@ -285,3 +285,127 @@ def test_twenty_concurrent_sends_across_gunicorn_workers_sharing_redis_make_five
     assert spend(app, api.user_id) == 5 * COST
     ledger = redis_target.client.hgetall(f"{redis_target.prefix}budget:member:{api.user_id}:{utcnow():%Y-%m}")
     assert not [name for name in ledger if name.startswith(b"r:")]  # every reservation settled
+
+
+# -- organisations: a budget for every member together, set by its owners and admins ----------------------------
+def org_budget(owner: Api, amount: Any) -> Any:
+    """PATCH /api/org with a monthly budget, as the organisation's owner."""
+    return owner.patch("/api/org", json={"monthly_budget_usd": amount})
+
+
+def test_twenty_concurrent_sends_of_an_organisation_s_members_against_its_budget_for_five(budget_app, servers) -> None:
+    primary, _ = servers
+    members = [signed(budget_app, org="Acme") for _ in range(4)]
+    assert org_budget(members[0], str(5 * COST)).status_code == 200
+    conversations = [members[i % 4].new_conversation()["id"] for i in range(20)]
+    primary.configure(latency_ms=1500)
+
+    def send(index: int) -> Any:
+        member = members[index % 4]
+        return Api(budget_app.test_client(), member.token, member.user_id).ask(conversations[index], f"q {index:02d}")
+
+    responses = at_once(20, send)
+    assert sorted(r.status_code for r in responses) == [201] * 5 + [429] * 15
+    refused = [r.get_json()["error"] for r in responses if r.status_code == 429]
+    assert {e["details"]["holder"] for e in refused} == {"org"} and "organisation's" in refused[0]["message"]
+    assert primary.stats()["requests"] == 5
+    assert sum(stored(budget_app, m.user_id).get("assistant", 0) for m in members) == 5
+    with budget_app.app_context():
+        org_id = db.session.execute(sa.text("SELECT organisation_id FROM memberships WHERE user_id = :u"),
+                                    {"u": members[0].user_id}).scalar_one()
+        assert budgets.month_spend(("org", org_id)) == 5 * COST
+
+
+def test_a_send_must_fit_both_the_member_s_and_the_organisation_s_budget(budget_app, servers) -> None:
+    owner, staff = signed(budget_app, org="Acme"), signed(budget_app, org="Acme")
+    org_budget(owner, str(3 * COST))
+    assert owner.patch(f"/api/org/members/{staff.user_id}", json={"monthly_budget_usd": str(COST)}).status_code == 200
+    mine, theirs = owner.new_conversation()["id"], staff.new_conversation()["id"]
+    assert staff.ask(theirs, "one", cache=False).status_code == 201
+    refused = staff.ask(theirs, "two", cache=False).get_json()["error"]
+    assert (refused["code"], refused["details"]["holder"]) == ("budget_exceeded", "member")  # theirs is spent
+    assert [owner.ask(mine, q, cache=False).status_code for q in ("a", "b", "c")] == [201, 201, 429]
+    assert owner.ask(mine, "d", cache=False).get_json()["error"]["details"]["holder"] == "org"
+
+
+def test_another_organisation_s_budget_is_not_yours(budget_app, servers) -> None:
+    acme, globex = signed(budget_app, org="Acme"), signed(budget_app, org="Globex")
+    org_budget(acme, "0")
+    assert globex.ask(globex.new_conversation()["id"], "free to ask").status_code == 201
+    assert acme.ask(acme.new_conversation()["id"], "not me").status_code == 429
+
+
+def test_the_80_and_100_percent_alerts_of_an_organisation_reach_the_webhook_once_each(app_factory, servers) -> None:
+    primary, _ = servers
+    primary.configure(answer=ANSWER)
+    hook = Webhook()
+    try:
+        app = app_factory(**provider_overrides(primary, **PRICED, ALERT_WEBHOOK_URL=hook.url))
+        alice, bob = signed(app, org="Acme"), signed(app, org="Acme")
+        org_budget(alice, str(5 * COST))
+        asking = [(alice, alice.new_conversation()["id"]), (bob, bob.new_conversation()["id"])] * 4
+        statuses = [api.ask(conversation, f"q{i}", cache=False).status_code
+                    for i, (api, conversation) in enumerate(asking)]
+        assert statuses == [201] * 5 + [429] * 3
+        hook.wait_for(2)
+        time.sleep(0.3)  # a third post would have arrived by now
+        assert [(p["alert"]["name"], p["alert"]["threshold"]) for p in hook.posts] == \
+            [("budget_80", float(5 * COST)), ("budget_100", float(5 * COST))]
+        org_id = alice.get("/api/org").get_json()["id"]
+        assert all(f"organisation {org_id} has spent" in p["text"] for p in hook.posts)
+    finally:
+        hook.close()
+
+
+@pytest.mark.sqlite_only
+def test_org_owners_and_admins_set_budgets_that_show_in_the_org_and_its_members(app) -> None:
+    owner, staff = signed(app, org="Acme"), signed(app, org="Acme")
+    org = org_budget(owner, "250.5").get_json()
+    assert (org["monthly_budget_usd"], org["month_spent_usd"], org["name"]) == ("250.5", "0", "Acme")
+    assert staff.get("/api/org").get_json()["monthly_budget_usd"] == "250.5"  # members see it too
+    member = owner.patch(f"/api/org/members/{staff.user_id}", json={"monthly_budget_usd": 20}).get_json()
+    assert (member["monthly_budget_usd"], member["role"]) == ("20", "member")
+    own = owner.patch(f"/api/org/members/{owner.user_id}", json={"monthly_budget_usd": "5"})  # limits only them
+    assert own.status_code == 200 and own.get_json()["role"] == "owner"
+    listed = {m["id"]: m["monthly_budget_usd"] for m in owner.get("/api/org/members").get_json()["items"]}
+    assert listed == {owner.user_id: "5", staff.user_id: "20"}
+    assert org_budget(owner, None).get_json()["monthly_budget_usd"] is None  # null removes it
+    assert owner.patch("/api/org", json={"name": "Acme Ltd"}).get_json()["name"] == "Acme Ltd"
+    with app.app_context():
+        assert db.session.execute(sa.text("SELECT holder_kind, monthly_budget_usd FROM budgets")).all() \
+            and budgets.budgets_of([("member", staff.user_id)]) == {("member", staff.user_id): Decimal(20)}
+
+
+@pytest.mark.sqlite_only
+def test_only_owners_and_admins_of_the_organisation_set_its_budgets(app) -> None:
+    owner, staff, stranger = signed(app, org="Acme"), signed(app, org="Acme"), signed(app, org="Globex")
+    assert org_budget(staff, "10").status_code == 403
+    assert staff.patch(f"/api/org/members/{staff.user_id}", json={"monthly_budget_usd": "10"}).status_code == 403
+    assert stranger.patch(f"/api/org/members/{staff.user_id}", json={"monthly_budget_usd": "0"}).status_code == 404
+    assert owner.get("/api/org").get_json()["monthly_budget_usd"] is None
+    with app.app_context():
+        assert db.session.execute(sa.text("SELECT count(*) FROM budgets")).scalar_one() == 0
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("amount", [-1, "-0.01", "abc", True, [1], {"usd": 1}, 1e8, "100000000", "NaN", "Infinity",
+                                    "0.00000000001", ""])
+@pytest.mark.parametrize("where", ["org", "member"])
+def test_a_bad_budget_amount_is_a_422_naming_the_field(app, amount: Any, where: str) -> None:
+    owner, staff = signed(app, org="Acme"), signed(app, org="Acme")
+    path = "/api/org" if where == "org" else f"/api/org/members/{staff.user_id}"
+    response = owner.patch(path, json={"monthly_budget_usd": amount})
+    assert response.status_code == 422, response.get_json()
+    assert [d["field"] for d in response.get_json()["error"]["details"]] == ["monthly_budget_usd"]
+    with app.app_context():
+        assert db.session.execute(sa.text("SELECT count(*) FROM budgets")).scalar_one() == 0
+
+
+@pytest.mark.sqlite_only
+def test_a_name_or_role_of_null_is_a_422_naming_the_field(app) -> None:
+    owner, staff = signed(app, org="Acme"), signed(app, org="Acme")
+    for path, field in (("/api/org", "name"), (f"/api/org/members/{staff.user_id}", "role")):
+        response = owner.patch(path, json={field: None, "monthly_budget_usd": "1"})
+        assert response.status_code == 422 and response.get_json()["error"]["details"][0]["field"] == field
+    with app.app_context():
+        assert db.session.execute(sa.text("SELECT count(*) FROM budgets")).scalar_one() == 0

@@ -10,19 +10,21 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
 import openai
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 
+from luca import budgets
 from luca.ai.context import SYSTEM_PROMPT
 from luca.ai.dedup import answer_key, sharing_scope
 from luca.ai.offline import OfflineProvider
-from luca.auth import CurrentUser
-from luca.errors import APIError
-from luca.openai_api import completions
+from luca.extensions import db
+from luca.models import utcnow
 from tests.support.api import Api, signed
 from tests.support.apps import provider_overrides, serving
 from tests.support.litellm_venv import litellm_completion
@@ -355,22 +357,73 @@ def test_first_questions_are_shared_within_an_organisation_only() -> None:
     assert answer_key(route, context, 1, scope="user") != answer_key(route, context, 2, scope="user")
 
 
-@pytest.mark.sqlite_only
-def test_the_budget_hook_runs_before_the_provider_and_not_for_a_deduplicated_answer(luca: Luca, monkeypatch) -> None:
-    """The seam the budgets work fills in: a refusal there is the client's RateLimitError, with no provider call."""
-    reserved: list[int] = []
+PRICED = {"AI_PRICES": {"primary-model": [1, 1], "backup-model": [1, 1]}}
 
-    def reserve(user: CurrentUser, *args: Any) -> None:
-        reserved.append(user.id)
-        if len(reserved) > 1:
-            raise APIError(429, "budget_exceeded", "this month's budget is spent", headers={"Retry-After": "60"})
 
-    monkeypatch.setattr(completions, "reserve_budget", reserve)
-    with luca.sdk(signed(luca.app, org="Acme")) as alice, luca.sdk(signed(luca.app, org="Acme")) as bob:
-        alice.chat.completions.create(model="luca", messages=QUESTION)
-        bob.chat.completions.create(model="luca", messages=QUESTION)  # a deduplication hit: nothing reserved
+@pytest.fixture
+def priced_luca(app_factory, servers) -> Iterator[Luca]:
+    """Luca whose answers cost money (1 USD per 1,000 tokens in and out)."""
+    yield from luca_for(app_factory, servers, **PRICED)
+
+
+def assert_budget_exceeded(raised: pytest.ExceptionInfo[openai.RateLimitError]) -> None:
+    """OpenAI's insufficient_quota, Luca's budget_exceeded, Retry-After until the UTC month ends."""
+    assert raised.value.status_code == 429
+    assert (raised.value.body["type"], raised.value.body["code"]) == ("insufficient_quota", "budget_exceeded")
+    until_month_end = budgets.seconds_until_month_end(utcnow())
+    assert until_month_end <= int(raised.value.response.headers["Retry-After"]) <= until_month_end + 60
+
+
+def test_a_budget_raises_rate_limit_error_before_any_provider_call_and_stores_nothing(priced_luca: Luca) -> None:
+    owner = signed(priced_luca.app, org="Acme")
+    assert owner.patch("/api/org", json={"monthly_budget_usd": "0"}).status_code == 200
+    with priced_luca.sdk(owner) as client:
+        for extra in ({}, {"stream": True}, {"extra_headers": {"X-Luca-Conversation": "new"}}):
+            with pytest.raises(openai.RateLimitError) as raised:
+                client.chat.completions.create(model="luca", messages=QUESTION, **extra)  # a stream too: 429 first
+            assert_budget_exceeded(raised)
+    assert priced_luca.primary.stats()["requests"] == 0 and priced_luca.backup.stats()["requests"] == 0
+    assert owner.get("/api/conversations").get_json()["items"] == []
+    assert owner.get("/api/me/usage").get_json()["totals"]["answers"] == 0
+
+
+def test_a_deduplicated_answer_is_served_over_budget(priced_luca: Luca) -> None:
+    alice, bob = signed(priced_luca.app, org="Acme"), signed(priced_luca.app, org="Acme")
+    with priced_luca.sdk(alice) as client:
+        first = client.chat.completions.create(model="luca", messages=QUESTION).choices[0].message.content
+    alice.patch("/api/org", json={"monthly_budget_usd": "0"})  # alice owns Acme: nobody may spend now
+    with priced_luca.sdk(bob) as client:
+        hit = client.chat.completions.with_raw_response.create(model="luca", messages=QUESTION)
+        streamed = client.chat.completions.create(model="luca", messages=QUESTION, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == first
         with pytest.raises(openai.RateLimitError) as raised:
-            bob.chat.completions.create(model="luca", messages=[{"role": "user", "content": "What is EBIT?"}],
-                                        stream=True)
-    assert len(reserved) == 2 and luca.primary.stats()["requests"] == 1
-    assert raised.value.body["type"] == "insufficient_quota" and raised.value.response.headers["Retry-After"] == "60"
+            client.chat.completions.create(model="luca", messages=[{"role": "user", "content": "What is EBIT?"}])
+    assert hit.headers["X-Cache"] == "hit" and hit.parse().choices[0].message.content == first
+    assert_budget_exceeded(raised)
+    assert priced_luca.primary.stats()["requests"] == 1
+    saved = bob.get("/api/me/usage").get_json()["totals"]
+    assert (saved["answers"], saved["cost_usd"], saved["cached_share"]) == (2, "0", 1.0)
+    assert Decimal(saved["saved_usd"]) > 0
+
+
+def test_every_v1_call_is_in_usage_under_openai_api(priced_luca: Luca) -> None:
+    user = signed(priced_luca.app)
+    user.ask(user.new_conversation()["id"], "What is a ledger?")  # the REST API: source api
+    with priced_luca.sdk(user) as client:
+        client.chat.completions.create(model="luca", messages=QUESTION)  # stored nowhere
+        list(client.chat.completions.create(model="luca", messages=[{"role": "user", "content": "What is EBIT?"}],
+                                            stream=True))
+        client.chat.completions.create(model="luca", messages=[{"role": "user", "content": "What is EBITDA?"}],
+                                       extra_headers={"X-Luca-Conversation": "new"})
+    report = user.get("/api/me/usage?group_by=source").get_json()
+    by_source = {item["group"]: item for item in report["items"]}
+    assert {source: item["answers"] for source, item in by_source.items()} == {"api": 1, "openai-api": 3}
+    with priced_luca.app.app_context():
+        recorded = db.session.execute(sa.text(
+            "SELECT cost_usd FROM usage_records WHERE source = 'openai-api' UNION ALL "
+            "SELECT cost_usd FROM messages WHERE role = 'assistant' AND source = 'openai-api'")).scalars().all()
+        stored = db.session.execute(sa.text("SELECT role, source FROM messages WHERE source = 'openai-api'")).all()
+        spent = budgets.month_spend(("member", user.user_id))
+    assert len(recorded) == 3 and Decimal(by_source["openai-api"]["cost_usd"]) == sum(Decimal(str(c)) for c in recorded)
+    assert sorted(stored) == [("assistant", "openai-api"), ("user", "openai-api")]  # the stored exchange
+    assert spent >= Decimal(report["totals"]["cost_usd"]) > 0  # answers, plus the titles

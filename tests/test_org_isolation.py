@@ -115,7 +115,7 @@ def test_no_list_or_search_shows_another_organisations_rows(app: Flask) -> None:
     answer = attacker.ask(attacker.new_conversation(title="our books")["id"], f"What about the {SECRET}?")
     assert answer.get_json()["answer"]["cached"] is False
     reads = ["/api/conversations", "/api/conversations?shared=true", f"/api/conversations?q={SECRET}",
-             f"/api/search?q={SECRET}", "/api/org", "/api/org/members", "/api/org/usage", "/api/tokens",
+             f"/api/search?q={SECRET}", "/api/org", "/api/org/members", "/api/usage?group_by=user", "/api/tokens",
              "/api/auth/sessions", "/api/me", "/api/auth/session"]
     for path in reads:
         response = attacker.get(path)

@@ -50,13 +50,17 @@ def activity(usage_app: Flask, servers) -> tuple[Api, Api, Api]:
     return alice, bob, operator
 
 
+COLUMNS = "user_id, provider, model, source, created_at, tokens_in, tokens_out, cost_usd, saved_usd, cached"
+
+
 def answers(app: Flask, user_id: int | None = None) -> list[dict[str, Any]]:
-    """Every stored answer (of one user) as plain values."""
+    """Every answer (of one user) as plain values: the stored ones and the usage records of unstored ones."""
+    only = " AND user_id = :u" if user_id else ""
     with app.app_context():
         rows = db.session.execute(sa.text(
-            "SELECT user_id, provider, model, created_at, tokens_in, tokens_out, cost_usd, saved_usd, cached "
-            "FROM messages WHERE role = 'assistant'" + (" AND user_id = :u" if user_id else "")),
-            {"u": user_id}).mappings().all()
+            f"SELECT {COLUMNS}, (SELECT organisation_id FROM memberships m WHERE m.user_id = a.user_id) AS org "
+            f"FROM (SELECT {COLUMNS} FROM messages WHERE role = 'assistant'{only} "
+            f"UNION ALL SELECT {COLUMNS} FROM usage_records WHERE 1 = 1{only}) a"), {"u": user_id}).mappings().all()
     return [dict(row) for row in rows]
 
 
@@ -83,19 +87,37 @@ def group_of(row: dict[str, Any], group_by: str) -> str:
     return str(row["user_id"] if group_by == "user" else row[group_by])
 
 
-@pytest.mark.parametrize("group_by", ["day", "user", "model", "provider"])
-def test_usage_totals_and_groups_equal_sums_over_the_messages_table(usage_app, activity, group_by: str) -> None:
-    _, _, operator = activity
-    start = (utcnow() - timedelta(days=10)).date()
-    report = operator.get(f"/api/usage?from={start}&to={utcnow().date()}&group_by={group_by}").get_json()
-    rows = answers(usage_app)
+def assert_report_is_the_sums(report: dict[str, Any], rows: list[dict[str, Any]], group_by: str) -> None:
+    """The report's totals and every group's equal the sums over rows."""
     assert as_numbers(report["totals"]) == summed(rows)
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         groups[group_of(row, group_by)].append(row)
     assert {item["group"]: as_numbers({k: v for k, v in item.items() if k != "group"}) for item in report["items"]} \
         == {group: summed(members) for group, members in groups.items()}
-    assert len(report["items"]) >= 2
+
+
+@pytest.mark.parametrize("group_by", ["day", "user", "model", "provider", "source", "org"])
+def test_usage_totals_and_groups_equal_sums_over_the_messages_table(usage_app, activity, group_by: str) -> None:
+    _, _, operator = activity
+    globex = signed(usage_app, org="Globex")  # another organisation: an operator sees every one
+    globex.ask(globex.new_conversation()["id"], "What is a ledger?")
+    start = (utcnow() - timedelta(days=10)).date()
+    report = operator.get(f"/api/usage?from={start}&to={utcnow().date()}&group_by={group_by}").get_json()
+    assert_report_is_the_sums(report, answers(usage_app), group_by)
+    assert len(report["items"]) >= (1 if group_by == "source" else 2)
+
+
+@pytest.mark.parametrize("group_by", ["user", "model", "day"])
+def test_an_org_admin_sees_their_organisation_and_never_another_s_rows(usage_app, activity, group_by: str) -> None:
+    alice, bob, _ = activity  # alice owns Acme, bob is a member
+    globex = signed(usage_app, org="Globex")
+    globex.ask(globex.new_conversation()["id"], "What is VAT?")
+    start = (utcnow() - timedelta(days=10)).date()
+    report = alice.get(f"/api/usage?from={start}&group_by={group_by}").get_json()
+    acme = [row for row in answers(usage_app) if row["user_id"] in (alice.user_id, bob.user_id)]
+    assert_report_is_the_sums(report, acme, group_by)
+    assert report["totals"]["answers"] == 5
 
 
 def test_usage_counts_what_deduplication_saved(usage_app, activity) -> None:
@@ -118,10 +140,19 @@ def test_my_usage_is_mine_alone_and_the_range_excludes_older_days(usage_app, act
     assert {item["group"] for item in this_month["items"]} <= {"primary-model", "backup-model"}
 
 
-def test_usage_across_users_is_for_operators(activity) -> None:
-    alice, _, _ = activity
-    response = alice.get("/api/usage")
+def test_usage_across_users_is_for_org_admins_and_operators(activity) -> None:
+    _, bob, _ = activity  # a member of Acme
+    response = bob.get("/api/usage")
     assert response.status_code == 403 and response.get_json()["error"]["code"] == "forbidden"
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("path", ["/api/usage", "/api/me/usage"])
+def test_grouping_by_organisation_is_for_operators_alone_a_403(usage_app, path: str) -> None:
+    owner = signed(usage_app, org="Acme")
+    response = owner.get(f"{path}?group_by=org")
+    assert response.status_code == 403
+    assert [d["field"] for d in response.get_json()["error"]["details"]] == ["group_by"]
 
 
 def test_usage_as_csv(usage_app, activity) -> None:
@@ -141,7 +172,7 @@ def test_usage_as_csv(usage_app, activity) -> None:
 @pytest.mark.sqlite_only
 @pytest.mark.parametrize(("query", "field"), [
     ("from=2026-02-30", "from"), ("from=yesterday", "from"), ("to=2026-13-01", "to"), ("from=", "from"),
-    ("group_by=org", "group_by"), ("group_by=", "group_by"), ("colour=blue", "colour"),
+    ("group_by=team", "group_by"), ("group_by=", "group_by"), ("colour=blue", "colour"),
     ("from=2026-12-02&to=2026-12-01", "from"), ("from=2020-01-01&to=2026-12-01", "to"),
 ])
 def test_bad_usage_parameters_are_a_422_naming_the_parameter(api: Api, query: str, field: str) -> None:

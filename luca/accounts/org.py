@@ -1,31 +1,29 @@
-"""The signed-in user's organisation under /api/org: its name, members and roles, invitations, usage."""
+"""The signed-in user's organisation under /api/org: its name and budget, members, roles and budgets, invitations.
+
+Usage (what the members spent) is GET /api/usage, luca/usage.py: one query for every scope.
+"""
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 
-from sqlalchemy import case, func, select
+from pydantic import BaseModel
+from sqlalchemy import select
 
+from luca import budgets
 from luca.accounts import bp, endpoint, service
-from luca.admin.routes import parse_day
 from luca.accounts.schemas import (
     InvitationCreate,
     InvitationOut,
     MemberList,
     MemberOut,
     MemberUpdate,
-    MemberUsage,
     OrganisationOut,
     OrganisationUpdate,
-    UsageOut,
-    UsageQuery,
 )
 from luca.auth import current_user, forget_user
 from luca.errors import APIError, not_found
 from luca.extensions import db
-from luca.models import Membership, Message, Organisation, User, utcnow
-
-USAGE_DEFAULT_DAYS = 30
-USAGE_MAX_DAYS = 366
+from luca.models import Membership, Organisation, User
 
 
 def own_organisation() -> tuple[Organisation, str]:
@@ -37,25 +35,49 @@ def own_organisation() -> tuple[Organisation, str]:
     return organisation, user.role
 
 
+def not_null(body: BaseModel, *fields: str) -> None:
+    """422 naming the field when one of fields is sent as null (only a budget may be cleared with null)."""
+    for name in fields:
+        if name in body.model_fields_set and getattr(body, name) is None:
+            raise APIError(422, "validation_error", "the request body is not valid",
+                           [{"field": name, "message": "must not be null"}])
+
+
+def organisation_out(organisation: Organisation, role: str) -> OrganisationOut:
+    """The organisation with its monthly budget and this month's spend."""
+    holder = ("org", organisation.id)
+    return OrganisationOut(id=organisation.id, name=organisation.name, domain=organisation.domain,
+                           created_at=organisation.created_at, role=role,
+                           monthly_budget_usd=budgets.budgets_of([holder]).get(holder),
+                           month_spent_usd=budgets.month_spend(holder))
+
+
 @bp.get("/org")
 @endpoint(response=OrganisationOut)
 def get_organisation() -> OrganisationOut:
-    """The user's organisation and their role in it."""
-    organisation, role = own_organisation()
-    return OrganisationOut(id=organisation.id, name=organisation.name, domain=organisation.domain,
-                           created_at=organisation.created_at, role=role)
+    """The user's organisation, their role in it, its monthly budget and this month's spend."""
+    return organisation_out(*own_organisation())
 
 
 @bp.patch("/org")
 @endpoint(body=OrganisationUpdate, response=OrganisationOut, errors=(403,))
 def update_organisation(body: OrganisationUpdate) -> OrganisationOut:
-    """Rename the organisation (owners and admins)."""
+    """Rename the organisation or set its monthly budget (null removes it); owners and admins."""
     service.require_role(*service.ADMIN_ROLES)
+    not_null(body, "name")
     organisation, role = own_organisation()
-    organisation.name = body.name
+    if body.name is not None:
+        organisation.name = body.name
     db.session.commit()
-    return OrganisationOut(id=organisation.id, name=organisation.name, domain=organisation.domain,
-                           created_at=organisation.created_at, role=role)
+    if "monthly_budget_usd" in body.model_fields_set:
+        budgets.set_budget(("org", organisation.id), body.monthly_budget_usd)
+    return organisation_out(organisation, role)
+
+
+def member_out(user: User, membership: Membership, budget: Decimal | None = None) -> MemberOut:
+    """A member as listed, with their monthly budget."""
+    return MemberOut(id=user.id, email=user.email, name=user.name, role=membership.role,
+                     joined_at=membership.created_at, monthly_budget_usd=budget)
 
 
 @bp.get("/org/members")
@@ -65,20 +87,20 @@ def list_members() -> MemberList:
     me = service.require_role(*service.ADMIN_ROLES)
     rows = db.session.execute(select(User, Membership).join(Membership, Membership.user_id == User.id)
                               .where(Membership.organisation_id == me.organisation_id).order_by(User.id)).all()
-    return MemberList(items=[MemberOut(id=u.id, email=u.email, name=u.name, role=m.role, joined_at=m.created_at)
-                             for u, m in rows])
+    found = budgets.budgets_of([("member", u.id) for u, _ in rows])
+    return MemberList(items=[member_out(u, m, found.get(("member", u.id))) for u, m in rows])
 
 
-def colleague(user_id: int) -> Membership:
-    """A member of the signed-in admin's organisation whom they may manage; 404 outside it, 403 for oneself or
-    (unless an owner) for an owner."""
+def colleague(user_id: int, oneself: bool = False) -> Membership:
+    """A member of the signed-in admin's organisation whom they may manage; 404 outside it, 403 for oneself (unless
+    oneself) or (unless an owner) for an owner."""
     me = service.require_role(*service.ADMIN_ROLES)
     membership = db.session.execute(select(Membership).where(
         Membership.user_id == service.existing_id(user_id, "member"),
         Membership.organisation_id == me.organisation_id)).scalar_one_or_none()
     if membership is None:
         raise not_found("member")
-    if user_id == me.id:
+    if user_id == me.id and not oneself:
         raise APIError(403, "forbidden", "you cannot change your own membership; ask another owner or admin")
     if membership.role == "owner" and me.role != "owner":
         raise APIError(403, "forbidden", "only an owner can change or remove an owner")
@@ -88,16 +110,20 @@ def colleague(user_id: int) -> Membership:
 @bp.patch("/org/members/<int:user_id>")
 @endpoint(body=MemberUpdate, response=MemberOut, errors=(403,))
 def update_member(user_id: int, body: MemberUpdate) -> MemberOut:
-    """Give a member another role (only owners make owners)."""
-    membership = colleague(user_id)
-    if body.role == "owner" and current_user().role != "owner":
-        raise APIError(403, "forbidden", "only an owner can make an owner")
-    membership.role = body.role
-    db.session.commit()
-    forget_user(user_id)  # their cached role goes with their cached credentials
-    user = db.session.get(User, user_id)
-    return MemberOut(id=user.id, email=user.email, name=user.name, role=membership.role,
-                     joined_at=membership.created_at)
+    """Give a member another role (only owners make owners) or a monthly budget (null removes it; an admin may set
+    their own, which limits only them)."""
+    not_null(body, "role")
+    membership = colleague(user_id, oneself=body.role is None)
+    if body.role is not None:
+        if body.role == "owner" and current_user().role != "owner":
+            raise APIError(403, "forbidden", "only an owner can make an owner")
+        membership.role = body.role
+        db.session.commit()
+        forget_user(user_id)  # their cached role goes with their cached credentials
+    holder = ("member", user_id)
+    if "monthly_budget_usd" in body.model_fields_set:
+        budgets.set_budget(holder, body.monthly_budget_usd)
+    return member_out(db.session.get(User, user_id), membership, budgets.budgets_of([holder]).get(holder))
 
 
 @bp.delete("/org/members/<int:user_id>")
@@ -120,34 +146,3 @@ def invite(body: InvitationCreate) -> InvitationOut:
         raise APIError(409, "email_taken", "an account with this email already exists")
     url, token, invitation = service.create_invitation(me.organisation_id, body.email, body.role, me.id)
     return InvitationOut(url=url, token=token, expires_at=invitation.expires_at)
-
-
-@bp.get("/org/usage")
-@endpoint(query=UsageQuery, response=UsageOut, errors=(403, 422))
-def usage(query: UsageQuery) -> UsageOut:
-    """Questions, answers and tokens per member over a range of days (owners and admins)."""
-    me = service.require_role(*service.ADMIN_ROLES)
-    end = parse_day(query.to, "to") or utcnow().date()
-    start = parse_day(query.from_, "from") or max(date.min, end - timedelta(days=min(USAGE_DEFAULT_DAYS - 1,
-                                                                                     (end - date.min).days)))
-    if start > end or (end - start).days + 1 > USAGE_MAX_DAYS:
-        raise APIError(422, "validation_error", f"from must not be after to, and the range at most {USAGE_MAX_DAYS} "
-                       "days", [{"field": "from", "message": "out of range"}])
-    until = datetime.combine(end, time.max)
-    totals = {row.user_id: row for row in db.session.execute(
-        select(Message.user_id, func.sum(case((Message.role == "user", 1), else_=0)).label("questions"),
-               func.sum(case((Message.role == "assistant", 1), else_=0)).label("answers"),
-               func.coalesce(func.sum(Message.tokens_in), 0).label("tokens_in"),
-               func.coalesce(func.sum(Message.tokens_out), 0).label("tokens_out"))
-        .join(Membership, Membership.user_id == Message.user_id)
-        .where(Membership.organisation_id == me.organisation_id,
-               Message.created_at >= datetime.combine(start, time.min), Message.created_at <= until)
-        .group_by(Message.user_id))}
-    members = db.session.execute(select(User.id, User.email).join(Membership, Membership.user_id == User.id)
-                                 .where(Membership.organisation_id == me.organisation_id).order_by(User.id)).all()
-    return UsageOut(from_=start.isoformat(), to=end.isoformat(), members=[
-        MemberUsage(user_id=uid, email=email, questions=int(totals[uid].questions) if uid in totals else 0,
-                    answers=int(totals[uid].answers) if uid in totals else 0,
-                    tokens_in=int(totals[uid].tokens_in) if uid in totals else 0,
-                    tokens_out=int(totals[uid].tokens_out) if uid in totals else 0)
-        for uid, email in members])

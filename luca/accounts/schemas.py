@@ -1,17 +1,22 @@
 """Request and response models of the accounts API (kept here, beside the routes that use them)."""
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from luca.schemas import Body, Out, UTCDateTime, UserOut
+from luca.schemas import Body, Money, Out, UTCDateTime, UserOut
 
 Email = Annotated[str, Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")]
 Password = Annotated[str, Field(min_length=1, max_length=1024)]  # the length rule is checked with its own message
 Name = Annotated[str, Field(max_length=120)]
 Role = Literal["owner", "admin", "member"]
 Scope = Literal["read", "write", "admin"]
+# A monthly budget as set: exact, 0 (nothing may be spent) up to what the money columns hold.
+BudgetAmount = Annotated[Decimal, Field(ge=0, lt=Decimal("1e8"), max_digits=18, decimal_places=10,
+                                        description="USD per UTC calendar month, 0 to 99,999,999.9999999999, "
+                                                    "a number or a decimal string; null removes the budget")]
 
 
 class SignupRequest(Body):
@@ -133,12 +138,15 @@ class OrganisationOut(Out):
     domain: str | None
     created_at: UTCDateTime
     role: Role
+    monthly_budget_usd: Money | None = Field(None, description="null: no organisation budget")
+    month_spent_usd: Money = Field(description="what the members spent this UTC month (answers and titles)")
 
 
 class OrganisationUpdate(Body):
-    """Rename the organisation."""
+    """Rename the organisation, or set its monthly budget (owners and admins); fields left out stay."""
 
-    name: Annotated[str, Field(min_length=1, max_length=120)]
+    name: Annotated[str, Field(min_length=1, max_length=120)] | None = None
+    monthly_budget_usd: BudgetAmount | None = None
 
 
 class MemberOut(BaseModel):
@@ -149,6 +157,7 @@ class MemberOut(BaseModel):
     name: str
     role: Role
     joined_at: UTCDateTime
+    monthly_budget_usd: Money | None = Field(None, description="null: no member budget")
 
 
 class MemberList(BaseModel):
@@ -158,9 +167,10 @@ class MemberList(BaseModel):
 
 
 class MemberUpdate(Body):
-    """A member's new role."""
+    """A member's new role or monthly budget (owners and admins); fields left out stay."""
 
-    role: Role
+    role: Role | None = None
+    monthly_budget_usd: BudgetAmount | None = None
 
 
 class InvitationCreate(Body):
@@ -176,31 +186,3 @@ class InvitationOut(BaseModel):
     url: str
     token: str
     expires_at: UTCDateTime
-
-
-class UsageQuery(BaseModel):
-    """Query string of the organisation's usage; both ends are UTC days and inclusive."""
-
-    from_: str | None = Field(None, alias="from", pattern=r"^\d{4}-\d{2}-\d{2}$", description="First day (default: 30 days back)")
-    to: str | None = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$", description="Last day (default: today, UTC)")
-
-
-class MemberUsage(BaseModel):
-    """One member's questions, answers and tokens in the range."""
-
-    user_id: int
-    email: str
-    questions: int
-    answers: int
-    tokens_in: int
-    tokens_out: int
-
-
-class UsageOut(BaseModel):
-    """The organisation's usage per member, from `from` to `to`."""
-
-    model_config = ConfigDict(serialize_by_alias=True)
-
-    from_: str = Field(serialization_alias="from")
-    to: str
-    members: list[MemberUsage]

@@ -282,9 +282,10 @@ def store_message(conversation: Conversation, **values: Any) -> Message:
                                      **values})
 
 
-def add_question(conversation: Conversation, content: str) -> Message:
-    """Store the user's question and mark the conversation active; committed before any AI call."""
-    message = store_message(conversation, role="user", content=content)
+def add_question(conversation: Conversation, content: str, source: str = "api") -> Message:
+    """Store the user's question (asked through source) and mark the conversation active; committed before any AI
+    call."""
+    message = store_message(conversation, role="user", content=content, source=source)
     table = Conversation.__table__
     db.session.execute(update(table).where(table.c.id == conversation.id).values(updated_at=message.created_at))
     db.session.commit()
@@ -294,17 +295,17 @@ def add_question(conversation: Conversation, content: str) -> Message:
 
 
 def add_answer(conversation: Conversation, completion: Completion, *, status: str = "complete",
-               cached: bool = False, citations: list[dict[str, Any]] | None = None) -> Message:
+               cached: bool = False, citations: list[dict[str, Any]] | None = None, source: str = "api") -> Message:
     """Store an assistant answer with the provider and model that actually wrote it, what it cost and cites.
 
     A deduplicated answer cost nothing; it saved what the answer it reuses cost.
     """
-    cost = pricing.cost_usd(completion.provider, completion.model, completion.tokens_in, completion.tokens_out)
+    cost, saved = pricing.charged(completion.provider, completion.model, completion.tokens_in,
+                                  completion.tokens_out, cached)
     message = store_message(
         conversation, role="assistant", content=completion.text, status=status, provider=completion.provider,
         model=completion.model, tokens_in=completion.tokens_in, tokens_out=completion.tokens_out,
-        latency_ms=completion.latency_ms, cached=cached, cost_usd=pricing.ZERO if cached else cost,
-        saved_usd=cost if cached else None, **({"citations": citations} if citations else {}))
+        latency_ms=completion.latency_ms, cached=cached, cost_usd=cost, saved_usd=saved, source=source, **({"citations": citations} if citations else {}))
     if status == "complete":
         hold_title(conversation)  # only when Redis is known down: then the title job rides this transaction
     db.session.commit()

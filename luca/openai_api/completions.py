@@ -4,6 +4,8 @@ What a door adds to the answer service is translation: the client's messages bec
 (after Luca's system prompt), the answer becomes a chat.completion or chunks. Nothing is stored
 unless the request names a conversation (X-Luca-Conversation: new, or an id of the user's): then
 the last question and its answer are stored there with luca.conversations.service, and titled.
+Either way the answer is recorded in usage under SOURCE (an unstored one as a usage record), and
+its cost is reserved and settled by luca.budgets exactly as for the REST API.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any
 
 from flask import Response, current_app, request, stream_with_context
 
+from luca import budgets
 from luca.ai import chain
 from luca.ai.base import ChatMessage, Completion, Options, Provider, estimate_tokens
 from luca.ai.chain import AnswerStream, ProvidersUnavailable
@@ -45,7 +48,7 @@ from luca.openai_api.schemas import (
 
 log = logging.getLogger(__name__)
 
-SOURCE = "openai-api"  # what usage recorded for these answers is attributed to (see settle_budget)
+SOURCE = "openai-api"  # what usage records these answers under (see record_answer)
 CONVERSATION_HEADER = "X-Luca-Conversation"
 
 
@@ -116,32 +119,30 @@ def wanted_conversation(user_id: int) -> Callable[[], Conversation | None]:
     return lambda: conversation
 
 
-# -- budgets: the seam for the budgets issue ----------------------------------------------------------
-def reserve_budget(user: CurrentUser, route: Sequence[Provider], context: list[ChatMessage],
-                   options: Options) -> Any:
-    """Reserve the call's worst-case cost before a provider is asked (429 budget_exceeded when it does not fit).
+# -- budgets and usage: the REST API's engine ------------------------------------------------------
+def reserve_budget(user: CurrentUser, route: Sequence[Provider], context: list[ChatMessage], options: Options,
+                   deduplicator: Deduplicator | None, key: str) -> None:
+    """Before anything is stored or a provider asked: reserve the call's worst-case cost until the request ends.
 
-    Budgets do not exist yet: nothing is reserved. Called only when a provider will be asked;
-    an answer served by deduplication costs nothing and is always allowed.
+    budgets.reserve_for_request, as the REST send does: 429 budget_exceeded when the member's or
+    the organisation's budget has no room for it, unless deduplication holds the answer (it costs
+    nothing and is always served). The reservation is settled when the request ends (after a
+    streamed answer's last event) with what record_answer() recorded.
     """
-    return None
+    def free() -> bool:
+        return deduplicator is not None and deduplicator.cached(key) is not None
+
+    budgets.reserve_for_request(user.id, context, free, route=route, max_tokens=options.get("max_tokens"))
 
 
-def settle_budget(reservation: Any, completion: Completion | None) -> None:
-    """Settle a reservation with the real cost (none when no answer came) and record usage under SOURCE."""
-    return None
-
-
-def paid(user: CurrentUser, route: Sequence[Provider], context: list[ChatMessage], options: Options,
-         call: Callable[[], Completion]) -> Completion:
-    """call() (a provider call) between reserving and settling its cost."""
-    reservation = reserve_budget(user, route, context, options)
-    completion = None
-    try:
-        completion = call()
-        return completion
-    finally:
-        settle_budget(reservation, completion)
+def record_answer(user: CurrentUser, conversation: Conversation | None, completion: Completion, cached: bool,
+                  status: str = "complete") -> None:
+    """Record the answer in usage under SOURCE: stored in its conversation, or as a usage record when there is none."""
+    if conversation is not None:
+        service.add_answer(conversation, completion, status=status, cached=cached, source=SOURCE)
+    else:
+        budgets.record_unstored(user.id, SOURCE, completion.provider, completion.model, completion.tokens_in,
+                                completion.tokens_out, cached)
 
 
 # -- answering -------------------------------------------------------------------------------------
@@ -178,15 +179,16 @@ def answer(body: ChatCompletionRequest, user: CurrentUser) -> Any:
     question = next(m for m in reversed(context) if m["role"] == "user")["content"]
 
     def respond() -> Any:
+        reserve_budget(user, route, context, options, deduplicator, key)  # before anything is stored
         conversation = conversation_of()
         if conversation is not None:
-            service.add_question(conversation, question)
+            service.add_question(conversation, question, source=SOURCE)
         if body.stream:
             return stream(body, user, route, context, options, conversation, deduplicator, key)
         started = time.perf_counter()
 
         def call() -> Completion:
-            return paid(user, route, context, options, lambda: chain.answer(context, route, options))
+            return chain.answer(context, route, options)
 
         try:
             completion, cached = deduplicator.answer(key, call) if deduplicator else (call(), False)
@@ -194,8 +196,8 @@ def answer(body: ChatCompletionRequest, user: CurrentUser) -> Any:
             raise unavailable(exc) from None
         if cached:
             completion = replace(completion, latency_ms=int((time.perf_counter() - started) * 1000))
+        record_answer(user, conversation, completion, cached)
         if conversation is not None:
-            service.add_answer(conversation, completion, cached=cached)
             enqueue_title(conversation)
         result = ChatCompletion(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()),
                                 model=answered_as(route, completion.provider, completion.model),
@@ -220,19 +222,16 @@ def stream(body: ChatCompletionRequest, user: CurrentUser, route: Sequence[Provi
            key: str) -> Response:
     """Stream the answer as chat.completion.chunk events; fallback only before the first chunk."""
     hit, leader = deduplicator.begin(key) if deduplicator else (None, False)
-    reservation = None
     source: AnswerStream | ReplayStream
     if hit:
         source = ReplayStream(hit)
     else:
         try:
-            reservation = reserve_budget(user, route, context, options)
             source = chain.open_stream(context, route, options)
         except BaseException as exc:
             if leader and deduplicator:  # waiting twins must not wait for a stream that never began
                 deduplicator.finish(key)
             if isinstance(exc, ProvidersUnavailable):
-                settle_budget(reservation, None)
                 raise unavailable(exc) from None
             raise
     cached = hit is not None
@@ -274,11 +273,8 @@ def stream(body: ChatCompletionRequest, user: CurrentUser, route: Sequence[Provi
                 close()
             if leader and deduplicator:
                 deduplicator.finish(key)
-            if not cached:
-                settle_budget(reservation, finished or completion_of(parts))
-            if conversation is not None:
-                service.add_answer(conversation, finished or completion_of(parts),
-                                   status="complete" if finished else "incomplete", cached=cached)
+            record_answer(user, conversation, finished or completion_of(parts), cached,
+                          "complete" if finished else "incomplete")
         if finished is None:
             return
         if conversation is not None:

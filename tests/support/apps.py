@@ -17,7 +17,7 @@ from luca.models import Conversation
 from tests.support import ROOT
 
 TABLES = ["document_chunks", "files", "messages", "conversations", "api_tokens", "user_sessions", "password_resets", "invitations",
-          "memberships", "users", "organisations", "analytics_daily", "analytics_rollups", "job_outbox", "budgets"]
+          "memberships", "users", "organisations", "analytics_daily", "analytics_rollups", "job_outbox", "budgets", "usage_records"]
 
 
 def migrate(url: str) -> None:
