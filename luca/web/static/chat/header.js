@@ -1,10 +1,11 @@
 /**
  * The open conversation's header: its title (renamed by the user, or awaited while the background
- * job writes it), pin / unpin and delete.
+ * job writes it), share with the organisation / stop sharing, pin / unpin and delete; a colleague's
+ * shared conversation shows none of them, only that it is read-only (the composer goes too).
  */
 import { request, showNotice } from "../app.js";
 import { listItem, loadConversations, placeOnTop, renderListItem, updateListStatus } from "./list.js";
-import { displayTitle, dom, state } from "./state.js";
+import { displayTitle, dom, isReadOnly, state } from "./state.js";
 
 const TITLE_POLL_MS = 2000;
 const TITLE_POLL_ATTEMPTS = 45;
@@ -16,6 +17,13 @@ export function renderHeader() {
   dom.title.classList.toggle("untitled", !conversation.title);
   dom.pinButton.textContent = conversation.pinned ? "Unpin" : "Pin";
   dom.pinButton.setAttribute("aria-pressed", conversation.pinned ? "true" : "false");
+  dom.shareButton.textContent = conversation.shared ? "Shared" : "Share";
+  dom.shareButton.setAttribute("aria-pressed", conversation.shared ? "true" : "false");
+  const readOnly = isReadOnly(conversation);
+  dom.readOnlyBadge.hidden = !readOnly;
+  for (const node of [dom.shareButton, dom.renameButton, dom.pinButton, dom.deleteButton, dom.composer, dom.attach]) {
+    node.hidden = readOnly;
+  }
   document.title = `${displayTitle(conversation)} — Luca`;
 }
 
@@ -131,6 +139,17 @@ export function setupHeader() {
       const updated = await updateCurrent({ pinned: !state.current.pinned });
       if (updated.pinned) placeOnTop(updated);
       else loadConversations({ reset: true }); // its place among the unpinned ones is the server's to say
+    } catch (err) {
+      if (err.status !== 401) showNotice(err.message);
+    }
+  });
+
+  dom.shareButton.addEventListener("click", async () => {
+    if (!state.current) return;
+    try {
+      const updated = await updateCurrent({ shared: !state.current.shared });
+      showNotice(updated.shared ? "Everyone in your organisation can now read this conversation."
+        : "This conversation is yours alone again.", { kind: "info", timeout: 4000 });
     } catch (err) {
       if (err.status !== 401) showNotice(err.message);
     }
