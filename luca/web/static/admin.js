@@ -1,7 +1,7 @@
 /**
  * The operator page: alerts, circuit breakers (with reset), queues, cache hit rates and a
  * 14-day chart of messages, refreshed every few seconds from the admin API. Nothing is asked
- * of the admin API unless GET /api/me says the user is an admin; a 403 stops everything.
+ * of the admin API unless GET /api/auth/session says the user is an admin; a 403 stops everything.
  */
 import { el, longTime, request, setupSession, showNotice, svg } from "./app.js";
 
