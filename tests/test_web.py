@@ -81,6 +81,13 @@ def test_the_sign_in_form_offers_sign_up_only_when_it_is_open(app_factory) -> No
     assert 'id="signup-form"' in opened and 'for="signup-password"' in opened
 
 
+def test_a_forgotten_password_is_mailed_only_where_mail_is_set_up(app_factory) -> None:
+    without = Client(app_factory().test_client()).get("/").get_data(as_text=True)
+    assert 'id="forgot-form"' not in without and "operator can give you a link" in without
+    mailed = Client(app_factory(MAIL_URL="smtp://127.0.0.1:1").test_client()).get("/").get_data(as_text=True)
+    assert 'id="forgot-form"' in mailed and 'for="forgot-email"' in mailed
+
+
 @pytest.mark.parametrize("path,form", [("/reset-password?token=t", "reset"), ("/accept-invitation?token=t", "invitation")])
 def test_the_link_pages_hold_their_form_and_never_the_token(web: Client, path: str, form: str) -> None:
     html = web.get(path).get_data(as_text=True)

@@ -250,6 +250,7 @@ function revealer(button, onShow) {
     const form = $(button.getAttribute("aria-controls"));
     form.hidden = false;
     button.setAttribute("aria-expanded", "true");
+    button.hidden = true;
     onShow(form);
   });
 }
@@ -352,6 +353,22 @@ export function setupSession({ onSignedIn, onSignedOut }) {
     }));
   }
 
+  const forgotForm = $("forgot-form");
+  forgotForm?.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const address = forgotForm.elements.email.value.trim();
+    if (!address) return;
+    try {
+      await request("/api/auth/forgot", { method: "POST", auth: false, json: { email: address } });
+      error.textContent = "";
+      showNotice(`If ${address} has an account, a link to choose a new password is on its way (valid for an hour).`,
+        { kind: "info", timeout: 10000 });
+    } catch (err) {
+      error.textContent = err.message;
+    }
+  });
+
+  revealer($("forgot-toggle"), (form) => form.elements.email.focus());
   revealer($("token-toggle"), () => tokenInput.focus());
   revealer($("signup-toggle"), (form) => form.elements.name.focus());
   signout.addEventListener("click", () => signOut());
