@@ -158,7 +158,7 @@ def test_sign_out_ends_the_session(contexts: Any, site: Site) -> None:
     expect(page.locator("#workspace")).to_be_hidden()
 
 
-def test_a_colleague_is_invited_and_accepts_in_another_browser(contexts: Any, site: Site) -> None:
+def test_a_colleague_is_invited_accepts_in_another_browser_and_is_removed(contexts: Any, site: Site) -> None:
     owner = contexts()
     owner.context.grant_permissions(["clipboard-read", "clipboard-write"])
     sign_in_with_password(owner, OWNER, PASSWORD)
@@ -201,6 +201,12 @@ def test_a_colleague_is_invited_and_accepts_in_another_browser(contexts: Any, si
     again.get_by_role("button", name="Join").click()
     expect(again.locator("#account-error")).to_contain_text("used or has expired")
 
+    row.get_by_role("button", name=f"Remove {email}").click()
+    owner.locator("#confirm-dialog").get_by_role("button", name="Remove").click()
+    expect(row).to_have_count(0)
+    colleague.locator("#new-conversation").click()  # removed: signed out everywhere at once
+    expect(colleague.locator("#signin-error")).to_contain_text("Sign in again")
+
 
 def test_a_shared_conversation_opens_read_only_for_a_colleague(contexts: Any, site: Site) -> None:
     question = f"Which payroll filings are due at year end? {uuid.uuid4().hex[:6]}"
@@ -213,6 +219,7 @@ def test_a_shared_conversation_opens_read_only_for_a_colleague(contexts: Any, si
     share.click()
     expect(share).to_have_attribute("aria-pressed", "true")
     expect(share).to_have_text("Shared")
+    expect(owner.locator(f'#conversation-list [data-id="{conversation_id}"] .shared-marker')).to_be_visible()
 
     colleague = contexts()
     sign_in_with_password(colleague, COLLEAGUE, PASSWORD)
@@ -263,6 +270,9 @@ def test_personal_tokens_are_made_shown_once_and_revoked_in_settings(contexts: A
     assert status == 403 and body["error"]["code"] == "insufficient_scope"
 
     row.get_by_role("button", name=re.compile("^Revoke")).click()
+    dialog = page.locator("#confirm-dialog")
+    expect(dialog).to_contain_text(f"Revoke {name}?")
+    dialog.get_by_role("button", name="Revoke").click()
     expect(row).to_have_count(0)
     assert site.api("GET", "/api/me", token)[0] == 401
     page.reload()

@@ -131,7 +131,7 @@ export function setupFiles() {
 
   let dragDepth = 0;
   dom.view.addEventListener("dragenter", (event) => {
-    if (!hasFiles(event)) return;
+    if (!hasFiles(event) || isReadOnly(state.current)) return;
     event.preventDefault();
     dragDepth += 1;
     dom.dropOverlay.hidden = false;

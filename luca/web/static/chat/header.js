@@ -5,7 +5,7 @@
  */
 import { request, showNotice } from "../app.js";
 import { listItem, loadConversations, placeOnTop, renderListItem, updateListStatus } from "./list.js";
-import { displayTitle, dom, isReadOnly, state } from "./state.js";
+import { confirmAction, displayTitle, dom, isReadOnly, state } from "./state.js";
 
 const TITLE_POLL_MS = 2000;
 const TITLE_POLL_ATTEMPTS = 45;
@@ -92,16 +92,6 @@ async function updateCurrent(changes) {
   return updated;
 }
 
-function confirmDelete(title) {
-  return new Promise((resolve) => {
-    dom.confirmText.textContent = `“${title}” and all its messages and documents will be deleted. This cannot be undone.`;
-    dom.confirm.returnValue = "";
-    dom.confirm.addEventListener("close", () => resolve(dom.confirm.returnValue === "ok"), { once: true });
-    dom.confirm.showModal();
-    document.getElementById("confirm-cancel").focus();
-  });
-}
-
 /** Wire the rename form and the pin and delete buttons. */
 export function setupHeader() {
   dom.renameButton.addEventListener("click", showRename);
@@ -157,7 +147,9 @@ export function setupHeader() {
 
   dom.deleteButton.addEventListener("click", async () => {
     const conversation = state.current;
-    if (!conversation || !(await confirmDelete(displayTitle(conversation)))) {
+    const title = conversation ? displayTitle(conversation) : "";
+    if (!conversation || !(await confirmAction("Delete this conversation?",
+      `“${title}” and all its messages and documents will be deleted. This cannot be undone.`, "Delete"))) {
       dom.deleteButton.focus();
       return;
     }

@@ -4,7 +4,7 @@
  * phone width the drawer that holds them.
  */
 import { el, icon, request, shortTime, showNotice } from "../app.js";
-import { ICONS, NARROW, conversationHref, displayTitle, dom, state } from "./state.js";
+import { ICONS, NARROW, conversationHref, displayTitle, dom, isReadOnly, state } from "./state.js";
 
 const LIST_PAGE = 20;
 const SHARED_PAGE = 50;
@@ -39,6 +39,7 @@ export function renderListItem(conversation) {
   },
   el("span", { class: `conversation-name${conversation.title ? "" : " untitled"}`, text: displayTitle(conversation) }),
   conversation.pinned ? el("span", { class: "pin-marker" }, icon(ICONS.pin), el("span", { class: "visually-hidden", text: "(pinned)" })) : null,
+  conversation.shared && !isReadOnly(conversation) ? el("span", { class: "shared-marker", text: "shared" }) : null,
   el("time", { class: "conversation-time", datetime: conversation.updated_at, text: shortTime(conversation.updated_at) }));
   return el("li", { class: `conversation-item${conversation.pinned ? " pinned" : ""}`, dataset: { id: conversation.id } }, link);
 }

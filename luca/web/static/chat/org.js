@@ -4,7 +4,7 @@
  * hand over. The API decides who may do what; the page only leaves out what it would refuse.
  */
 import { copyText, el, longTime, request, showNotice } from "../app.js";
-import { showPane, state } from "./state.js";
+import { confirmAction, showPane, state } from "./state.js";
 
 const ROLES = ["member", "admin", "owner"];
 const $ = (id) => document.getElementById(id);
@@ -77,6 +77,8 @@ async function changeRole(member, select) {
 }
 
 async function removeMember(member) {
+  if (!(await confirmAction(`Remove ${member.email}?`, "They are signed out everywhere, their API tokens stop "
+    + "working and they can no longer sign in. Their conversations stay.", "Remove"))) return;
   try {
     await request(`/api/org/members/${encodeURIComponent(member.id)}`, { method: "DELETE" });
     showNotice(`${member.email} was removed; their sessions and tokens have ended.`, { kind: "info", timeout: 5000 });

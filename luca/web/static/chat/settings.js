@@ -4,7 +4,7 @@
  * once; listed with their last use; revoked).
  */
 import { ApiError, copyText, el, longTime, request, showNotice } from "../app.js";
-import { showPane } from "./state.js";
+import { confirmAction, showPane } from "./state.js";
 
 const $ = (id) => document.getElementById(id);
 const view = {
@@ -29,7 +29,8 @@ function sessionRow(session) {
       "aria-label": `End the session of ${session.user_agent || "an unknown browser"}`,
       onclick: () => endSession(session.id) });
   return el("tr", { dataset: { session: String(session.id) } },
-    el("td", { class: "user-agent", text: session.user_agent || "unknown browser", title: session.user_agent }),
+    el("td", {}, el("span", { class: "user-agent", text: session.user_agent || "unknown browser",
+      title: session.user_agent || null })),
     el("td", { text: session.address || "" }),
     el("td", { text: when(session.created_at) }),
     el("td", { text: when(session.last_used_at) }),
@@ -84,6 +85,8 @@ async function loadTokens() {
 }
 
 async function revokeToken(token) {
+  if (!(await confirmAction(`Revoke ${token.name || "this token"}?`, `Whatever uses the token ${token.prefix}… `
+    + "is refused from now on. This cannot be undone.", "Revoke"))) return;
   try {
     await request(`/api/tokens/${encodeURIComponent(token.id)}`, { method: "DELETE" });
     showNotice(`Revoked ${token.name || "the token"}.`, { kind: "info", timeout: 4000 });

@@ -62,7 +62,9 @@ export const dom = {
   composerInput: $("composer-input"),
   sendButton: $("send-button"),
   confirm: $("confirm-dialog"),
+  confirmTitle: $("confirm-title"),
   confirmText: $("confirm-text"),
+  confirmOk: $("confirm-ok"),
 };
 
 export const state = {
@@ -105,4 +107,17 @@ export function showPane(name) {
     if (name === pane) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
+}
+
+/** Ask before something that cannot be undone, in the page's dialog; resolves to whether the user agreed. */
+export function confirmAction(title, text, action) {
+  return new Promise((resolve) => {
+    dom.confirmTitle.textContent = title;
+    dom.confirmText.textContent = text;
+    dom.confirmOk.textContent = action;
+    dom.confirm.returnValue = "";
+    dom.confirm.addEventListener("close", () => resolve(dom.confirm.returnValue === "ok"), { once: true });
+    dom.confirm.showModal();
+    document.getElementById("confirm-cancel").focus();
+  });
 }
