@@ -231,6 +231,21 @@ export function hideNotice() {
   if (notice) notice.hidden = true;
 }
 
+/**
+ * Run the API call a button asked for: on success say `success` (or success(result)) in an info notice and
+ * resolve to the result; on failure show the error (a 401 signs out instead) and resolve to undefined.
+ */
+export async function perform(call, success) {
+  try {
+    const result = await call();
+    if (success) showNotice(typeof success === "function" ? success(result) : success, { kind: "info", timeout: 5000 });
+    return result;
+  } catch (err) {
+    if (err.status !== 401) showNotice(err.message);
+    return undefined;
+  }
+}
+
 /** Copy text to the clipboard; false when the browser refuses (the caller leaves it selectable). */
 export async function copyText(text) {
   try {

@@ -3,7 +3,7 @@
  * job writes it), share with the organisation / stop sharing, pin / unpin and delete; a colleague's
  * shared conversation shows none of them, only that it is read-only (the composer goes too).
  */
-import { request, showNotice } from "../app.js";
+import { perform, request, showNotice } from "../app.js";
 import { listItem, loadConversations, placeOnTop, renderListItem, updateListStatus } from "./list.js";
 import { confirmAction, displayTitle, dom, isReadOnly, state } from "./state.js";
 
@@ -136,13 +136,8 @@ export function setupHeader() {
 
   dom.shareButton.addEventListener("click", async () => {
     if (!state.current) return;
-    try {
-      const updated = await updateCurrent({ shared: !state.current.shared });
-      showNotice(updated.shared ? "Everyone in your organisation can now read this conversation."
-        : "This conversation is yours alone again.", { kind: "info", timeout: 4000 });
-    } catch (err) {
-      if (err.status !== 401) showNotice(err.message);
-    }
+    await perform(() => updateCurrent({ shared: !state.current.shared }), (updated) => (updated.shared
+      ? "Everyone in your organisation can now read this conversation." : "This conversation is yours alone again."));
   });
 
   dom.deleteButton.addEventListener("click", async () => {

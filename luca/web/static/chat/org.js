@@ -3,7 +3,7 @@
  * or removed here; nobody changes their own), and invitations, each a one-time link to copy and
  * hand over. The API decides who may do what; the page only leaves out what it would refuse.
  */
-import { copyText, el, longTime, request, showNotice } from "../app.js";
+import { copyText, el, longTime, perform, request, showNotice } from "../app.js";
 import { confirmAction, showPane, state } from "./state.js";
 
 const ROLES = ["member", "admin", "owner"];
@@ -64,27 +64,17 @@ async function loadMembers() {
 }
 
 async function changeRole(member, select) {
-  try {
-    const updated = await request(`/api/org/members/${encodeURIComponent(member.id)}`, {
-      method: "PATCH", json: { role: select.value },
-    });
-    showNotice(`${updated.email} is now ${updated.role === "admin" ? "an" : "a"} ${updated.role}.`,
-      { kind: "info", timeout: 4000 });
-  } catch (err) {
-    if (err.status !== 401) showNotice(err.message);
-  }
+  await perform(() => request(`/api/org/members/${encodeURIComponent(member.id)}`, {
+    method: "PATCH", json: { role: select.value },
+  }), (updated) => `${updated.email} is now ${updated.role === "admin" ? "an" : "a"} ${updated.role}.`);
   loadMembers();
 }
 
 async function removeMember(member) {
   if (!(await confirmAction(`Remove ${member.email}?`, "They are signed out everywhere, their API tokens stop "
     + "working and they can no longer sign in. Their conversations stay.", "Remove"))) return;
-  try {
-    await request(`/api/org/members/${encodeURIComponent(member.id)}`, { method: "DELETE" });
-    showNotice(`${member.email} was removed; their sessions and tokens have ended.`, { kind: "info", timeout: 5000 });
-  } catch (err) {
-    if (err.status !== 401) showNotice(err.message);
-  }
+  await perform(() => request(`/api/org/members/${encodeURIComponent(member.id)}`, { method: "DELETE" }),
+    `${member.email} was removed; their sessions and tokens have ended.`);
   loadMembers();
 }
 

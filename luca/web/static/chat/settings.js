@@ -3,7 +3,7 @@
  * password, and personal API tokens (made with a name, scopes and an expiry, the secret shown
  * once; listed with their last use; revoked).
  */
-import { ApiError, copyText, el, longTime, request, showNotice } from "../app.js";
+import { copyText, el, longTime, perform, request, showNotice } from "../app.js";
 import { confirmAction, showPane } from "./state.js";
 
 const $ = (id) => document.getElementById(id);
@@ -37,25 +37,25 @@ function sessionRow(session) {
     el("td", { class: "action" }, action));
 }
 
-async function loadSessions() {
-  view.sessionStatus.textContent = "Loading…";
+/** Fill a table's rows from a list endpoint, saying in status when it is loading, empty or failed. */
+async function loadRows(path, rows, status, render, empty) {
+  status.textContent = "Loading…";
   try {
-    const sessions = await request("/api/auth/sessions");
-    view.sessionRows.replaceChildren(...sessions.items.map(sessionRow));
-    view.sessionStatus.textContent = sessions.items.length ? ""
-      : "No browser sessions: you are signed in with an API token.";
+    const list = await request(path);
+    rows.replaceChildren(...list.items.map(render));
+    status.textContent = list.items.length ? "" : empty;
   } catch (err) {
-    if (err.status !== 401) view.sessionStatus.textContent = err.message;
+    if (err.status !== 401) status.textContent = err.message;
   }
 }
 
+const loadSessions = () => loadRows("/api/auth/sessions", view.sessionRows, view.sessionStatus, sessionRow,
+  "No browser sessions: you are signed in with an API token.");
+const loadTokens = () => loadRows("/api/tokens", view.tokenRows, view.tokenStatus, tokenRow, "No personal tokens yet.");
+
 async function endSession(id) {
-  try {
-    await request(`/api/auth/sessions/${encodeURIComponent(id)}`, { method: "DELETE" });
-    showNotice("That session has ended.", { kind: "info", timeout: 4000 });
-  } catch (err) {
-    if (err.status !== 401) showNotice(err.message);
-  }
+  await perform(() => request(`/api/auth/sessions/${encodeURIComponent(id)}`, { method: "DELETE" }),
+    "That session has ended.");
   loadSessions();
 }
 
@@ -73,26 +73,11 @@ function tokenRow(token) {
     })));
 }
 
-async function loadTokens() {
-  view.tokenStatus.textContent = "Loading…";
-  try {
-    const tokens = await request("/api/tokens");
-    view.tokenRows.replaceChildren(...tokens.items.map(tokenRow));
-    view.tokenStatus.textContent = tokens.items.length ? "" : "No personal tokens yet.";
-  } catch (err) {
-    if (err.status !== 401) view.tokenStatus.textContent = err.message;
-  }
-}
-
 async function revokeToken(token) {
   if (!(await confirmAction(`Revoke ${token.name || "this token"}?`, `Whatever uses the token ${token.prefix}… `
     + "is refused from now on. This cannot be undone.", "Revoke"))) return;
-  try {
-    await request(`/api/tokens/${encodeURIComponent(token.id)}`, { method: "DELETE" });
-    showNotice(`Revoked ${token.name || "the token"}.`, { kind: "info", timeout: 4000 });
-  } catch (err) {
-    if (err.status !== 401) showNotice(err.message);
-  }
+  await perform(() => request(`/api/tokens/${encodeURIComponent(token.id)}`, { method: "DELETE" }),
+    `Revoked ${token.name || "the token"}.`);
   loadTokens();
 }
 
@@ -106,15 +91,13 @@ async function createToken(event) {
   }
   const body = { name: fields.name.value.trim(), scopes };
   if (fields.expiry.value) body.expires_in_days = Number(fields.expiry.value);
-  try {
-    const created = await request("/api/tokens", { method: "POST", json: body });
+  const created = await perform(() => request("/api/tokens", { method: "POST", json: body }));
+  if (created) {
     view.secretValue.value = created.token;
     view.secret.hidden = false;
     view.secretValue.focus();
     view.secretValue.select();
     fields.name.value = "";
-  } catch (err) {
-    if (err.status !== 401) showNotice(err.message);
   }
   loadTokens();
 }
@@ -130,7 +113,7 @@ async function changePassword(event) {
     showNotice("Your password is changed; every other session has ended.", { kind: "info", timeout: 6000 });
     loadSessions();
   } catch (err) {
-    if (err instanceof ApiError && err.status !== 401) view.passwordError.textContent = err.message;
+    if (err.status !== 401) view.passwordError.textContent = err.message;
   }
 }
 
