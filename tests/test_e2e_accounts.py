@@ -21,6 +21,8 @@ from playwright.sync_api import expect
 from tests.support import ROOT
 from tests.support.accounts import PASSWORD
 from tests.support.browser import Site, chromium, open_page, serve_site, sign_in_with_password
+from tests.support.oidc import CLIENT_ID, CLIENT_SECRET, OidcProvider, install
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.slow  # the module's gunicorn and Chromium take several seconds to start
 SCREENSHOTS = ROOT / "docs" / "screenshots"
@@ -75,7 +77,7 @@ def site(provider_servers: tuple[Any, Any], tmp_path_factory: pytest.TempPathFac
 
 
 @pytest.fixture(scope="module")
-def browser(site: Site) -> Iterator[Any]:
+def browser() -> Iterator[Any]:
     """One headless Chromium for the module."""
     with chromium() as browser:
         yield browser
@@ -99,6 +101,49 @@ def contexts(browser: Any, site: Site) -> Iterator[Any]:
     finally:
         for context, _ in opened:
             context.close()
+
+
+@pytest.fixture(scope="module")
+def sso_site(provider_servers: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """Luca with single sign-on through a real oidc-provider (tests/support/oidc), whose port is chosen first so
+    that Luca can be started with its issuer and the provider with Luca's callback; Firm claims lovelace.example."""
+    primary, _ = provider_servers
+    install()
+    tmp = tmp_path_factory.mktemp("e2e-sso")
+    port = free_port()
+    settings = {"OIDC_ISSUER": f"http://127.0.0.1:{port}", "OIDC_CLIENT_ID": CLIENT_ID,
+                "OIDC_CLIENT_SECRET": CLIENT_SECRET, "OIDC_NAME": "Lovelace ID"}
+    with serve_site(primary, tmp, {"owner": [OWNER, "--org", "Firm"]}, **settings) as site:
+        provider = OidcProvider(f"{site.base}/api/auth/oidc/callback", tmp / "oidc-provider.log", port=port).start()
+        try:
+            yield site
+        finally:
+            provider.stop()
+
+
+def test_single_sign_on_creates_the_member_in_the_organisation_claiming_the_domain(browser: Any,
+                                                                                  sso_site: Site) -> None:
+    firm = re.search(r"organisation (\d+)", sso_site.command("users", "create", f"x-{uuid.uuid4().hex[:4]}@firm.example",
+                                                             "--org", "Firm"))
+    assert firm
+    sso_site.command("orgs", "claim-domain", firm.group(1), "lovelace.example")
+    context, page, watch = open_page(browser, sso_site)
+    try:
+        page.goto("/")
+        page.get_by_role("link", name="Sign in with Lovelace ID").click()
+        page.locator("input[name=login]").fill("ada")  # the provider's own login form, then its consent form
+        page.locator("input[name=password]").fill("any password")
+        page.locator("button[type=submit]").click()
+        page.locator("button[type=submit]").click()
+        expect(page.locator("#user-email")).to_have_text("ada@lovelace.example")
+        assert page.url.rstrip("/") == sso_site.base
+        members = sso_site.api("GET", "/api/org/members", sso_site.tokens["owner"])[1]["items"]
+        assert {m["email"]: m["role"] for m in members}["ada@lovelace.example"] == "member"  # created in Firm
+        page.locator("#new-conversation").click()  # the single sign-on session writes with its CSRF token
+        expect(page.locator("#conversation-view")).to_be_visible()
+        assert watch.errors == [] and watch.dialogs == []
+    finally:
+        context.close()
 
 
 def test_a_reset_link_sets_the_password_and_the_user_signs_in_with_it(contexts: Any, site: Site) -> None:

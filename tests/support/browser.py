@@ -78,6 +78,7 @@ def serve_site(provider: Any, tmp: Path, users: dict[str, list[str]], **settings
 @contextmanager
 def chromium() -> Iterator[Any]:
     """One headless Chromium; Playwright is stopped afterwards."""
+    require_chromium()
     playwright = sync_playwright().start()
     try:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
