@@ -226,7 +226,7 @@ def test_a_colleague_is_invited_accepts_in_another_browser_and_is_removed(contex
     colleague = contexts()  # the colleague's own browser
     colleague.goto(url)
     expect(colleague.get_by_role("heading", name="Join your organisation")).to_be_visible()
-    colleague.get_by_label("Your name").fill("Grace")
+    colleague.get_by_label("Your name").fill("Grace <img src=x onerror=alert(1)>")
     colleague.get_by_label("New password", exact=True).fill(PASSWORD)
     colleague.get_by_role("button", name="Join").click()
     expect(colleague.locator("#user-email")).to_have_text(email)  # signed in as the new member
@@ -234,7 +234,8 @@ def test_a_colleague_is_invited_accepts_in_another_browser_and_is_removed(contex
 
     owner.reload()
     row = owner.locator("#member-rows tr", has_text=email)
-    expect(row).to_contain_text("Grace")
+    expect(row).to_contain_text("Grace <img src=x onerror=alert(1)>")  # a name is text, never markup
+    assert owner.locator("#member-rows img").count() == 0
     row.get_by_label(f"Role of {email}").select_option("admin")
     expect(owner.locator("#notice")).to_contain_text(f"{email} is now an admin")
     members = site.api("GET", "/api/org/members", site.tokens["owner"])[1]["items"]
