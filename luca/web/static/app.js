@@ -352,7 +352,8 @@ export function setupSession({ onSignedIn, onSignedOut }) {
     });
   };
 
-  submitting(passwordForm, (fields) => request("/api/auth/login", {
+  // A password or sign-up starts a cookie session: a token kept from before must not speak over it.
+  submitting(passwordForm, (fields) => clearToken() || request("/api/auth/login", {
     method: "POST", auth: false, json: { email: fields.email.value.trim(), password: fields.password.value },
   }), (err) => (err.status === 401 ? "That email and password do not match an account." : err.message));
 
@@ -362,7 +363,7 @@ export function setupSession({ onSignedIn, onSignedOut }) {
   }, (err) => (err.status === 401 ? "That token is not valid: it may be mistyped, expired or revoked." : err.message));
 
   if (signupForm) {
-    submitting(signupForm, (fields) => request("/api/auth/signup", {
+    submitting(signupForm, (fields) => clearToken() || request("/api/auth/signup", {
       method: "POST", auth: false,
       json: { name: fields.name.value.trim(), email: fields.email.value.trim(), password: fields.password.value },
     }));

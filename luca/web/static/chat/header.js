@@ -92,7 +92,7 @@ async function updateCurrent(changes) {
   return updated;
 }
 
-/** Wire the rename form and the pin and delete buttons. */
+/** Wire the rename form and the share, pin and delete buttons. */
 export function setupHeader() {
   dom.renameButton.addEventListener("click", showRename);
   dom.renameCancel.addEventListener("click", () => {
