@@ -1,7 +1,8 @@
-"""Command-line tools: `flask --app wsgi users ...` and `flask --app wsgi tokens ...`."""
+"""Command-line tools: `flask --app wsgi users ...`, `tokens ...`, `orgs ...` and the operations groups."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 
@@ -21,8 +22,11 @@ cache_cli = AppGroup("cache", help="Manage the cache.")
 jobs_cli = AppGroup("jobs", help="Background jobs.")
 queue_cli = AppGroup("queue", help="Queue statistics.")
 breakers_cli = AppGroup("breakers", help="Circuit breakers.")
+orgs_cli = AppGroup("orgs", help="Organisations: the email domains they take single sign-on users from.")
 
 DEMO_EMAIL = "demo@luca.local"
+# An email domain: dot-separated labels of letters, digits and inner hyphens, at most 254 characters.
+DOMAIN = re.compile(r"(?=.{1,254}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
 # Longer than a request takes from reading a token's row to caching it.
 REVOKE_SETTLE_SECONDS = 1.0
 
@@ -221,7 +225,42 @@ def reset_breaker(name: str) -> None:
     click.echo(f"{breaker.name} reset: {breaker.current_state}")
 
 
+@orgs_cli.command("claim-domain")
+@click.argument("org_id", type=int)
+@click.argument("domain")
+def claim_domain(org_id: int, domain: str) -> None:
+    """Let an organisation take new single sign-on users whose verified email is at DOMAIN (an operator's decision).
+
+    Refused when another organisation holds the domain: release it there first (`orgs release-domain`).
+    """
+    domain = domain.strip().lower().lstrip("@")
+    if not DOMAIN.fullmatch(domain):
+        raise click.ClickException(f"{domain!r} is not an email domain (like firm.example)")
+    organisation = db.session.get(Organisation, org_id) if 0 < org_id < 2**31 else None
+    if organisation is None:
+        raise click.ClickException(f"no organisation with id {org_id}")
+    holder = db.session.execute(select(Organisation).where(Organisation.domain == domain)).scalar_one_or_none()
+    if holder is not None and holder.id != organisation.id:
+        raise click.ClickException(f"{domain} is claimed by organisation {holder.id} ({holder.name}); "
+                                   f"run `orgs release-domain {holder.id}` first if it should move")
+    organisation.domain = domain
+    db.session.commit()
+    click.echo(f"organisation {organisation.id} ({organisation.name}) now takes single sign-on users of {domain}")
+
+
+@orgs_cli.command("release-domain")
+@click.argument("org_id", type=int)
+def release_domain(org_id: int) -> None:
+    """Stop an organisation from taking new single sign-on users by email domain (its members stay)."""
+    organisation = db.session.get(Organisation, org_id) if 0 < org_id < 2**31 else None
+    if organisation is None:
+        raise click.ClickException(f"no organisation with id {org_id}")
+    released, organisation.domain = organisation.domain, None
+    db.session.commit()
+    click.echo(f"organisation {organisation.id} ({organisation.name}) released {released or 'no domain'}")
+
+
 def register_cli(app: Flask) -> None:
     """Attach the command groups to the app's CLI."""
-    for group in (users_cli, tokens_cli, cache_cli, jobs_cli, queue_cli, breakers_cli):
+    for group in (users_cli, tokens_cli, orgs_cli, cache_cli, jobs_cli, queue_cli, breakers_cli):
         app.cli.add_command(group)

@@ -26,6 +26,9 @@ from tests.support.processes import RedisServer, luca_env
 from tests.support.provider import FakeProvider
 from tests.support.services import REDIS_URL, RedisTarget, service_missing, temporary_postgres_database
 
+# The browser tests' shared fixtures (browser, browsing, screenshots); each browser module defines its site.
+pytest_plugins = ["tests.support.browser"]
+
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -190,3 +193,13 @@ def stack(app_factory: Callable[..., Flask], database_url: str, redis_target: Re
                    QUEUE_PREFIX=prefix, JOBS_RETRY_BACKOFF="0", **provider_env(primary))
     yield Stack(app, settings, env, prefix, redis_target, tmp_path)
     redis_target.delete_queues(prefix)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database with no tables at all."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+    else:
+        with temporary_postgres_database("luca_migrations") as url:
+            yield url

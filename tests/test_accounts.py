@@ -14,7 +14,7 @@ from flask_migrate import upgrade
 from config import TestConfig
 from luca import create_app
 from luca.extensions import db
-from luca.models import ApiToken, Conversation, Invitation, Membership, PasswordReset, User, utcnow
+from luca.models import ApiToken, Conversation, Invitation, Membership, Organisation, PasswordReset, User, utcnow
 from tests.support import ROOT
 from tests.support.accounts import PASSWORD, Browser, login, member
 from tests.support.api import Api
@@ -417,3 +417,37 @@ def test_ids_past_32_bits_are_404(app, api: Api) -> None:
     answers = [api.delete(f"/api/auth/sessions/{big}"), api.delete(f"/api/tokens/{big}"),
                api.patch(f"/api/org/members/{big}", json={"role": "member"}), api.delete(f"/api/org/members/{big}")]
     assert [a.status_code for a in answers] == [404] * 4
+
+
+# -- email domains for single sign-on: claimed by an operator, never by the firm -------------------
+def organisation_domains(app: Flask) -> dict[int, str | None]:
+    """Each organisation's claimed domain."""
+    with app.app_context():
+        return {org_id: domain for org_id, domain in db.session.execute(sa.select(Organisation.id, Organisation.domain))}
+
+
+def test_an_operator_claims_a_domain_another_organisation_cannot_take(app, runner) -> None:
+    member(app, "owner@firm.example", org="Firm")
+    member(app, "owner@rival.example", org="Rival")
+    firm, rival = sorted(organisation_domains(app))
+    claimed = runner.invoke(args=["orgs", "claim-domain", str(firm), "Firm.Example"])
+    assert claimed.exit_code == 0, claimed.output
+    assert organisation_domains(app) == {firm: "firm.example", rival: None}
+
+    taken = runner.invoke(args=["orgs", "claim-domain", str(rival), "firm.example"])
+    assert taken.exit_code != 0 and f"claimed by organisation {firm}" in taken.output
+    for bad in (["orgs", "claim-domain", str(rival), "not a domain"], ["orgs", "claim-domain", "99999", "x.example"]):
+        assert runner.invoke(args=bad).exit_code != 0
+    assert organisation_domains(app) == {firm: "firm.example", rival: None}
+
+    assert runner.invoke(args=["orgs", "release-domain", str(firm)]).exit_code == 0
+    assert runner.invoke(args=["orgs", "claim-domain", str(rival), "firm.example"]).exit_code == 0
+    assert organisation_domains(app) == {firm: None, rival: "firm.example"}
+
+
+def test_a_firm_admin_cannot_claim_a_domain_through_the_api(app) -> None:
+    member(app, "owner@firm.example")
+    owner = login(app, "owner@firm.example")
+    response = owner.patch("/api/org", json={"name": "Firm", "domain": "firm.example"})
+    assert response.status_code in (400, 422), response.get_json()
+    assert set(organisation_domains(app).values()) == {None}

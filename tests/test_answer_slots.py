@@ -22,7 +22,7 @@ from flask import Flask
 
 from luca.extensions import db, slots
 from tests.support import ROOT
-from tests.support.api import Api, signed
+from tests.support.api import Api, http_request, new_conversation_over_http, signed
 from tests.support.apps import provider_env, provider_overrides
 from tests.support.processes import flask_command, gunicorn, luca_env
 from tests.support.services import RedisTarget
@@ -281,32 +281,11 @@ def luca_under_gunicorn(tmp_path: Path, primary: Any, **settings: str) -> Iterat
         yield base, token
 
 
-def http_request(base: str, method: str, path: str, token: str | None = None, body: Any = None,
-                 timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
-    """One request on a connection of its own: status, headers and body."""
-    host, port = base.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
-    try:
-        conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
-        response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        conn.close()
-
-
-def new_conversation(base: str, token: str) -> str:
-    """Create a conversation (titled, so no title job runs) and return its id."""
-    status, _, body = http_request(base, "POST", "/api/conversations", token, {"title": "held"})
-    assert status == 201
-    return json.loads(body)["id"]
-
-
 @pytest.mark.slow
 def test_healthz_stays_fast_while_one_users_answers_hang(tmp_path: Path, servers) -> None:
     primary, _ = servers
     with luca_under_gunicorn(tmp_path, primary, WEB_CONCURRENCY="1", GUNICORN_THREADS="5") as (base, token):
-        conversations = [new_conversation(base, token) for _ in range(8)]
+        conversations = [new_conversation_over_http(base, token) for _ in range(8)]
         primary.configure(hang_s=HANG)
         refusals: list[str] = []
 
@@ -352,7 +331,7 @@ def test_a_streaming_client_that_disconnects_gives_its_slot_back(tmp_path: Path,
     settings = {"REDIS_URL": redis_target.url, "REDIS_KEY_PREFIX": redis_target.prefix,
                 "QUEUE_PREFIX": redis_target.prefix, "AI_MAX_CONCURRENT_PER_USER": "1"}
     with luca_under_gunicorn(tmp_path, primary, WEB_CONCURRENCY="2", **settings) as (base, token):
-        conversation = new_conversation(base, token)
+        conversation = new_conversation_over_http(base, token)
         path = f"/api/conversations/{conversation}/messages"
         host, port = base.removeprefix("http://").split(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=60)

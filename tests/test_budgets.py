@@ -22,12 +22,11 @@ from flask import Flask
 from luca import budgets
 from luca.extensions import budget_ledger, db
 from luca.models import utcnow
-from tests.support.api import Api, signed
+from tests.support.api import Api, http_request, new_conversation_over_http, signed
 from tests.support.apps import conversation_row, provider_env, provider_overrides
 from tests.support.processes import gunicorn, luca_env, wait_until
 from tests.support.services import RedisTarget
-from tests.test_answer_slots import http_request, new_conversation
-from tests.test_operations import Webhook
+from tests.support.webhook import Webhook
 
 ANSWER = "abcdefgh"
 COST = Decimal("0.003")
@@ -268,7 +267,7 @@ def test_twenty_concurrent_sends_across_gunicorn_workers_sharing_redis_make_five
                    AI_MAX_CONCURRENT_PER_USER="0", RATE_LIMITS_ENABLED="false",
                    WEB_CONCURRENCY="2", GUNICORN_THREADS="12")
     with gunicorn(env) as (base, _server):
-        conversations = [new_conversation(base, api.token) for _ in range(20)]
+        conversations = [new_conversation_over_http(base, api.token) for _ in range(20)]
         primary.configure(latency_ms=2000)
 
         def send(index: int) -> tuple[int, dict[str, str], bytes]:

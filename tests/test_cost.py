@@ -19,7 +19,6 @@ from tests.support.api import signed
 from tests.support.apps import conversation_row, provider_overrides
 from tests.support.processes import wait_until
 from tests.support.sse import parse_events
-from tests.test_migrations import empty_database  # noqa: F401 (a fixture: a database with no tables)
 
 PRICES = {"primary-model": [1.5, 2.25], "backup/backup-model": [0.5, 0.125]}
 

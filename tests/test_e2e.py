@@ -7,197 +7,33 @@ docs/screenshots/ on every run.
 """
 from __future__ import annotations
 
-import json
 import re
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from tests.support import ROOT
-from tests.support.apps import provider_env
+from tests.support.browser import (WAIT_MS, Browsing, Servers, Site, ask, last_answer, new_conversation, open_page,
+                                   serve_site, sign_in_with_token, unique, wait_for_answer)
 from tests.support.documents import make_pdf
-from tests.support.pages import CHROMIUM, CHROMIUM_ARGS, require_chromium
-from tests.support.processes import flask_command, gunicorn, luca_env
+from tests.support.processes import flask_command
 
 pytestmark = pytest.mark.slow  # the module's gunicorn and Chromium take about 8 s to start
-SCREENSHOTS = ROOT / "docs" / "screenshots"
-WAIT_MS = 15_000
-
-
-@dataclass
-class Site:
-    """Luca under gunicorn, with its users' tokens."""
-
-    base: str
-    env: dict[str, str]
-    tokens: dict[str, str] = field(default_factory=dict)
-
-    def api(self, method: str, path: str, token: str, body: Any = None) -> tuple[int, Any]:
-        """Call the API directly (not through the browser); return the status and the JSON body."""
-        headers = {"Authorization": f"Bearer {token}"}
-        data = None
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-            data = json.dumps(body).encode()
-        request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                raw = response.read()
-                return response.status, (json.loads(raw) if raw else None)
-        except urllib.error.HTTPError as exc:
-            with exc:
-                return exc.code, json.loads(exc.read() or b"null")
-
-    def conversation_with_answer(self, user: str, title: str | None, question: str) -> str:
-        """Start a conversation and have one question answered, through the API; return its id."""
-        status, conversation = self.api("POST", "/api/conversations", self.tokens[user],
-                                        {"title": title} if title else {})
-        assert status == 201, conversation
-        status, exchange = self.api("POST", f"/api/conversations/{conversation['id']}/messages", self.tokens[user],
-                                    {"content": question})
-        assert status == 201, exchange
-        return conversation["id"]
 
 
 @pytest.fixture(scope="module")
 def site(provider_servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """Luca in a real gunicorn on a migrated SQLite file, answering with the primary test provider."""
-    require_chromium()
     primary, _ = provider_servers
-    tmp = tmp_path_factory.mktemp("e2e")
-    env = luca_env(DATABASE_URL=f"sqlite:///{tmp}/luca.db", **provider_env(primary), WEB_CONCURRENCY="1",
-                   JOBS_RETRY_BACKOFF="0.5", AI_TIMEOUT="10")
-    flask_command(env, "db", "upgrade")
     users = {"alice": ["alice@example.com", "--name", "Alice"], "bob": ["bob@example.com"],
              "admin": ["ops@example.com", "--admin"]}
-    with ThreadPoolExecutor(len(users)) as pool:  # the users are created while gunicorn starts
-        created = {name: pool.submit(flask_command, env, "users", "create", *args) for name, args in users.items()}
-        with gunicorn(env) as (base, _process):
-            tokens = {name: future.result().strip().splitlines()[-1] for name, future in created.items()}
-            yield Site(base, env, tokens)
-
-
-@pytest.fixture(scope="module")
-def browser(site: Site) -> Iterator[Any]:
-    """One headless Chromium for the module; Playwright is stopped afterwards."""
-    playwright = sync_playwright().start()
-    try:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-    finally:
-        playwright.stop()
-
-
-@dataclass
-class Watch:
-    """What the page did that a test may assert on: dialogs, script errors, CSP violations, API answers."""
-
-    dialogs: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    responses: list[tuple[str, int]] = field(default_factory=list)
-
-
-Browsing = tuple[Any, Watch]  # a Playwright page and what it did
-Servers = tuple[Any, Any]  # the primary and backup provider test servers
-
-
-@pytest.fixture(scope="module")
-def screenshots() -> Path:
-    """The directory the screenshots are written to."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    return SCREENSHOTS
-
-
-def open_page(browser: Any, site: Site, **context_args: Any) -> tuple[Any, Any, Watch]:
-    """A fresh context and page on the site, watched for dialogs, errors and API responses."""
-    expect.set_options(timeout=WAIT_MS)
-    context = browser.new_context(**{"base_url": site.base, "viewport": {"width": 1280, "height": 800},
-                                     **context_args})
-    context.set_default_timeout(WAIT_MS)
-    page = context.new_page()
-    watch = Watch()
-
-    def on_dialog(dialog: Any) -> None:
-        """Note a JavaScript dialog (alert, confirm, prompt) and dismiss it."""
-        watch.dialogs.append(f"{dialog.type}: {dialog.message}")
-        dialog.dismiss()
-
-    def on_console(message: Any) -> None:
-        """Note a Content-Security-Policy violation reported on the console."""
-        if message.type == "error" and "Content Security Policy" in message.text:
-            watch.errors.append(f"CSP: {message.text}")
-
-    page.on("dialog", on_dialog)
-    page.on("console", on_console)
-    page.on("pageerror", lambda error: watch.errors.append(f"script error: {error}"))
-    page.on("response", lambda response: watch.responses.append((response.url, response.status))
-            if "/api/" in response.url else None)
-    return context, page, watch
-
-
-@pytest.fixture
-def browsing(browser: Any, site: Site) -> Iterator[Browsing]:
-    """A page at desktop size; no script error, CSP violation or dialog may happen on it."""
-    context, page, watch = open_page(browser, site)
-    try:
-        yield page, watch
-        assert watch.errors == []
-        assert watch.dialogs == []
-    finally:
-        context.close()
-
-
-def sign_in(page: Any, token: str, path: str = "/") -> None:
-    """Open path and sign in through the form."""
-    page.goto(path)
-    page.get_by_label("API token").fill(token)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.locator("#user-email")).to_be_visible()
-
-
-def new_conversation(page: Any) -> str:
-    """Start a conversation from the sidebar; return its id."""
-    page.locator("#new-conversation").click()
-    expect(page.locator("#conversation-view")).to_be_visible()
-    page.wait_for_function("() => /^#\\/c\\//.test(location.hash)")
-    return page.evaluate("() => location.hash.slice(4)")
-
-
-def ask(page: Any, question: str) -> None:
-    """Type a question in the composer and press Enter."""
-    box = page.get_by_label("Your question")
-    box.fill(question)
-    box.press("Enter")
-
-
-def last_answer(page: Any) -> Any:
-    """The newest answer in the message list."""
-    return page.locator("#message-list .message.from-luca").last
-
-
-def wait_for_answer(page: Any, question: str) -> None:
-    """Wait until the stored answer to question is shown (the stream has ended)."""
-    answer = last_answer(page)
-    expect(answer.locator(".message-text")).to_have_text(f"[primary] You asked: {question}")
-    expect(answer).not_to_have_class(re.compile(r"\bstreaming\b"))
-
-
-def unique(word: str) -> str:
-    """A word no other test uses, so that no answer is served from the deduplication cache."""
-    return f"{word}{uuid.uuid4().hex[:6]}"
+    with serve_site(primary, tmp_path_factory.mktemp("e2e"), users) as site:
+        yield site
 
 
 def test_sign_in_then_a_streamed_answer_grows_token_by_token(browsing: Browsing, site: Site, servers: Servers,
@@ -208,11 +44,12 @@ def test_sign_in_then_a_streamed_answer_grows_token_by_token(browsing: Browsing,
     page.goto("/")
     expect(page.get_by_role("heading", name="Sign in to Luca")).to_be_visible()
     page.screenshot(path=str(screenshots / "signin.png"))
-    page.get_by_label("API token").fill("luca_not-a-real-token")
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Use an API token").click()
+    page.get_by_label("API token", exact=True).fill("luca_not-a-real-token")
+    page.get_by_role("button", name="Sign in with the token").click()
     expect(page.locator("#signin-error")).to_contain_text("not valid")
 
-    sign_in(page, site.tokens["alice"])
+    sign_in_with_token(page, site.tokens["alice"])
     expect(page.locator("#user-email")).to_have_text("alice@example.com")
     assert page.evaluate("() => localStorage.getItem('luca.token')") == site.tokens["alice"]
     expect(page.locator("#admin-link")).to_be_hidden()
@@ -254,7 +91,7 @@ def test_sign_in_then_a_streamed_answer_grows_token_by_token(browsing: Browsing,
     expect(page.locator("#message-list .message.from-user .message-text").last).to_have_text(question)
 
     page.get_by_role("button", name="Sign out").click()
-    expect(page.get_by_label("API token")).to_be_visible()
+    expect(page.get_by_label("API token", exact=True)).to_be_visible()  # the form it signed in with stays open
     assert page.evaluate("() => localStorage.getItem('luca.token')") is None
 
 
@@ -263,7 +100,7 @@ def test_the_generated_title_appears_in_the_list_without_a_reload(browsing: Brow
     page, _ = browsing
     primary, _ = servers
     primary.configure(chunk_delay_ms=20)
-    sign_in(page, site.tokens["alice"])
+    sign_in_with_token(page, site.tokens["alice"])
     conversation_id = new_conversation(page)
     item = page.locator(f'.conversation-item[data-id="{conversation_id}"] .conversation-name')
     expect(item).to_have_text("New conversation")
@@ -281,7 +118,7 @@ def test_a_question_can_be_retried_when_the_providers_are_down(browsing: Browsin
                                                                servers: Servers) -> None:
     page, _ = browsing
     primary, _ = servers
-    sign_in(page, site.tokens["alice"])
+    sign_in_with_token(page, site.tokens["alice"])
     new_conversation(page)
     primary.configure(status=500)
     question = f"What is a trial balance? {unique('tb')}"
@@ -299,7 +136,7 @@ def test_a_question_can_be_retried_when_the_providers_are_down(browsing: Browsin
 
 def test_an_uploaded_pdf_is_processed_until_ready(browsing: Browsing, site: Site, screenshots: Path) -> None:
     page, _ = browsing
-    sign_in(page, site.tokens["alice"])
+    sign_in_with_token(page, site.tokens["alice"])
     conversation_id = new_conversation(page)
     page.locator("#file-input").set_input_files(files=[{
         "name": "trial-balance.pdf", "mimeType": "application/pdf",
@@ -326,7 +163,7 @@ def test_an_uploaded_pdf_is_processed_until_ready(browsing: Browsing, site: Site
 
 def test_search_shows_marked_snippets_and_opens_the_result(browsing: Browsing, site: Site, screenshots: Path) -> None:
     page, _ = browsing
-    sign_in(page, site.tokens["alice"])
+    sign_in_with_token(page, site.tokens["alice"])
     word = unique("zebracorn")
     conversation_id = new_conversation(page)
     question = f"Can I deduct the {word} subscription as a business expense?"
@@ -353,7 +190,7 @@ def test_search_shows_marked_snippets_and_opens_the_result(browsing: Browsing, s
 
 def test_typing_in_search_while_a_conversation_opens_keeps_the_focus(browsing: Browsing, site: Site) -> None:
     page, _ = browsing
-    sign_in(page, site.tokens["alice"])
+    sign_in_with_token(page, site.tokens["alice"])
     held: list[Any] = []
     page.route("**/api/conversations/*/messages*", lambda route: held.append(route))  # held until the user types
     page.locator("#new-conversation").click()
@@ -375,7 +212,7 @@ def test_typing_in_search_while_a_conversation_opens_keeps_the_focus(browsing: B
 
 def test_rename_pin_and_delete_a_conversation(browsing: Browsing, site: Site) -> None:
     page, _ = browsing
-    sign_in(page, site.tokens["alice"])
+    sign_in_with_token(page, site.tokens["alice"])
     conversation_id = new_conversation(page)
     item = page.locator(f'.conversation-item[data-id="{conversation_id}"]')
 
@@ -410,7 +247,7 @@ def test_rename_pin_and_delete_a_conversation(browsing: Browsing, site: Site) ->
 def test_message_markup_is_shown_as_text_never_run(browsing: Browsing, site: Site) -> None:
     page, watch = browsing
     markup = "<img src=x onerror=alert(1)>"
-    sign_in(page, site.tokens["alice"])
+    sign_in_with_token(page, site.tokens["alice"])
     new_conversation(page)
     question = f"{markup} {unique('xss')}"
     ask(page, question)
@@ -434,7 +271,7 @@ def test_message_markup_is_shown_as_text_never_run(browsing: Browsing, site: Sit
 
 def test_an_expired_token_sends_the_user_back_to_sign_in(browsing: Browsing, site: Site) -> None:
     page, _ = browsing
-    sign_in(page, site.tokens["alice"])
+    sign_in_with_token(page, site.tokens["alice"])
     page.evaluate("() => localStorage.setItem('luca.token', 'luca_revoked-or-mistyped')")
     page.locator("#new-conversation").click()
     expect(page.locator("#signin-error")).to_contain_text("Sign in again")
@@ -452,7 +289,7 @@ def test_the_history_pages_backwards_as_you_scroll_up(browsing: Browsing, site: 
         status, body = site.api("POST", f"/api/conversations/{conversation['id']}/messages", token,
                                 {"content": f"Ledger question {number} {tag}"})
         assert status == 201, body
-    sign_in(page, token)
+    sign_in_with_token(page, token)
     page.locator(f'.conversation-item[data-id="{conversation["id"]}"] a').click()
     messages = page.locator("#message-list .message")
     expect(messages).to_have_count(30)
@@ -474,7 +311,7 @@ def test_the_conversation_list_scrolls_on_with_pinned_first(browsing: Browsing, 
         assert status == 201
         ids.append(conversation["id"])
     assert site.api("PATCH", f"/api/conversations/{ids[0]}", token, {"pinned": True})[0] == 200
-    sign_in(page, token)
+    sign_in_with_token(page, token)
     items = page.locator("#conversation-list .conversation-item")
     expect(items).to_have_count(20)  # the first page
     expect(items.first).to_have_attribute("data-id", ids[0])  # pinned first, although it is the oldest
@@ -488,15 +325,16 @@ def test_the_conversation_list_scrolls_on_with_pinned_first(browsing: Browsing, 
 
 def test_a_non_admin_gets_no_operator_page(browsing: Browsing, site: Site) -> None:
     page, watch = browsing
-    sign_in(page, site.tokens["bob"], "/admin")
+    sign_in_with_token(page, site.tokens["bob"], "/admin")
     expect(page.get_by_role("heading", name="Not authorised")).to_be_visible()
     expect(page.locator("#dashboard")).to_be_hidden()
     page.wait_for_timeout(500)
     assert [url for url, _ in watch.responses if "/api/admin/" in url] == []  # nothing was even asked
 
-    # A page told by /api/me that bob is an admin still shows nothing: the admin API says 403.
-    page.route("**/api/me", lambda route: route.fulfill(json={
-        "id": 2, "email": "bob@example.com", "name": "", "is_admin": True, "created_at": "2025-01-01T00:00:00Z"}))
+    # A page told by the session that bob is an admin still shows nothing: the admin API says 403.
+    page.route("**/api/auth/session", lambda route: route.fulfill(json={"csrf_token": None, "user": {
+        "id": 2, "email": "bob@example.com", "name": "", "is_admin": True, "created_at": "2025-01-01T00:00:00Z",
+        "organisation_id": 2, "role": "owner"}}))
     page.reload()
     expect(page.get_by_role("heading", name="Not authorised")).to_be_visible()
     expect(page.locator("#dashboard")).to_be_hidden()
@@ -510,7 +348,7 @@ def test_an_admin_sees_queues_breakers_alerts_and_analytics(browsing: Browsing, 
     site.conversation_with_answer("admin", "Operator check", f"Is the queue healthy? {unique('ops')}")
     flask_command({**site.env, "DISABLE_QUEUES": "true"}, "jobs", "reconcile")  # roll up today's analytics
     page.clock.install()  # so that the test can move the page's refresh timer on
-    sign_in(page, site.tokens["admin"], "/admin")
+    sign_in_with_token(page, site.tokens["admin"], "/admin")
     expect(page.get_by_role("heading", name="Operations")).to_be_visible()
     breakers = page.locator("#breaker-rows tr")
     for name in ("database", "external-api", "redis", "AI-primary"):
@@ -549,7 +387,7 @@ def test_the_list_is_a_drawer_at_phone_width(browser: Any, site: Site, screensho
     try:
         conversation_id = site.conversation_with_answer(  # an admin: the top bar has one more link
             "admin", "Year-end checklist", "Which adjustments belong in a year-end checklist?")
-        sign_in(page, site.tokens["admin"])
+        sign_in_with_token(page, site.tokens["admin"])
         toggle = page.get_by_role("button", name="Conversations")
         expect(toggle).to_be_visible()
         expect(page.locator("#sidebar")).not_to_be_in_viewport()

@@ -24,11 +24,11 @@ from tests.support.apps import provider_env
 from tests.support.documents import make_pdf, trial_balance
 from tests.support.pages import require_chromium
 from tests.support.processes import flask_command, gunicorn, luca_env
-from tests.test_e2e import Browsing, Site, ask, browser, browsing, last_answer, new_conversation, screenshots, sign_in, unique
+from tests.support.browser import Browsing, Site, ask, last_answer, new_conversation, unique
+from tests.support.browser import sign_in_with_token as sign_in
 
 
 pytestmark = pytest.mark.slow  # gunicorn and Chromium take seconds to start
-FIXTURES = (browser, browsing, screenshots)  # tests/test_e2e.py's, found by pytest in this module's names
 PRICES = {"primary-model": [0.5, 1.5]}  # USD per 1,000 tokens in and out: every answer costs something
 
 

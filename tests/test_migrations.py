@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,16 +23,6 @@ REQUIRED_INDEXES = {
     "messages_conversation_created_idx",
     "messages_role_created_idx",
 }
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database with no tables at all."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'empty.db'}"
-    else:
-        with temporary_postgres_database("luca_migrations") as url:
-            yield url
 
 
 def app_on(url: str) -> Flask:

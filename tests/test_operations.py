@@ -1,11 +1,8 @@
 """Operations: health checks, alerts and their webhook, the admin statistics endpoints, breaker resets."""
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -13,12 +10,12 @@ from flask import Flask
 from flask_migrate import upgrade
 
 from config import TestConfig
-from luca import create_app
-from luca import extensions
+from luca import create_app, extensions
 from tests.support import ROOT
 from tests.support.api import Api, create_user
 from tests.support.apps import close_app
 from tests.support.services import temporary_postgres_database
+from tests.support.webhook import Webhook
 
 
 def admin_api(app: Flask) -> Api:
@@ -93,50 +90,6 @@ def test_readyz_is_200_degraded_with_redis_down(app_factory) -> None:
 
 
 # -- alerts ------------------------------------------------------------------------------------
-class Webhook:
-    """A local HTTP server that records what is posted to it, optionally after a delay."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.posts: list[dict] = []
-        self.in_flight = 0
-        self.release = threading.Event()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                owner.in_flight += 1
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if delay:
-                    owner.release.wait(delay)
-                owner.posts.append(body)
-                self.send_response(200)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-                owner.in_flight -= 1
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def wait_for(self, count: int, timeout: float = 10) -> list[dict]:
-        """Wait until count posts arrived."""
-        deadline = time.monotonic() + timeout
-        while len(self.posts) < count and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return self.posts
-
-    def close(self) -> None:
-        """Stop serving."""
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def webhook() -> Iterator[Webhook]:
     """A webhook receiver."""

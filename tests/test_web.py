@@ -13,7 +13,7 @@ from tests.support.pages import assert_security_headers, audit
 # Runs once, on SQLite: pages and static files are the same whatever the database.
 pytestmark = pytest.mark.sqlite_only
 
-PAGES = ["/", "/admin"]
+PAGES = ["/", "/admin", "/reset-password?token=t", "/accept-invitation?token=t"]
 
 
 @pytest.fixture
@@ -65,10 +65,35 @@ def test_pages_hold_no_user_data_and_load_nothing_from_elsewhere(web: Client) ->
 
 def test_the_chat_page_is_labelled_and_keyboard_usable(web: Client) -> None:
     html = web.get("/").get_data(as_text=True)
-    for control in ("token-input", "search-input", "composer-input", "rename-input", "file-input"):
+    for control in ("signin-email", "signin-password", "token-input", "search-input", "composer-input",
+                    "rename-input", "file-input", "password-current", "password-new", "token-name", "token-expiry",
+                    "invite-email", "invite-role"):
         assert f'for="{control}"' in html, f"{control} has no label"
     assert 'aria-live="polite"' in html and 'role="log"' in html
     assert '<meta name="viewport"' in html
+
+
+def test_the_sign_in_form_offers_sign_up_only_when_it_is_open(app_factory) -> None:
+    closed = Client(app_factory().test_client()).get("/").get_data(as_text=True)
+    assert 'id="signin-form"' in closed and 'id="token-form"' in closed and "Use an API token" in closed
+    assert 'id="signup-form"' not in closed
+    opened = Client(app_factory(SIGNUP="open").test_client()).get("/").get_data(as_text=True)
+    assert 'id="signup-form"' in opened and 'for="signup-password"' in opened
+
+
+def test_a_forgotten_password_is_mailed_only_where_mail_is_set_up(app_factory) -> None:
+    without = Client(app_factory().test_client()).get("/").get_data(as_text=True)
+    assert 'id="forgot-form"' not in without and "operator can give you a link" in without
+    mailed = Client(app_factory(MAIL_URL="smtp://127.0.0.1:1").test_client()).get("/").get_data(as_text=True)
+    assert 'id="forgot-form"' in mailed and 'for="forgot-email"' in mailed
+
+
+@pytest.mark.parametrize("path,form", [("/reset-password?token=t", "reset"), ("/accept-invitation?token=t", "invitation")])
+def test_the_link_pages_hold_their_form_and_never_the_token(web: Client, path: str, form: str) -> None:
+    html = web.get(path).get_data(as_text=True)
+    assert f'data-form="{form}"' in html and 'for="account-password"' in html
+    assert ('for="account-name"' in html) is (form == "invitation")
+    assert "token=t" not in html  # the page's script reads it from the address, never the server from the page
 
 
 def test_the_operator_page_can_say_not_authorised(web: Client) -> None:
@@ -81,9 +106,11 @@ def test_the_operator_page_can_say_not_authorised(web: Client) -> None:
     ("app.js", "text/javascript"),
     ("chat.js", "text/javascript"),
     *((f"chat/{name}.js", "text/javascript")
-      for name in ("state", "list", "search", "history", "messages", "composer", "header", "files", "usage")),
+      for name in ("state", "list", "search", "history", "messages", "composer", "header", "files", "settings",
+                   "org", "usage")),
     ("admin.js", "text/javascript"),
     ("spend.js", "text/javascript"),
+    ("account.js", "text/javascript"),
     ("luca.css", "text/css"),
     ("favicon.svg", "image/svg+xml"),
 ])
@@ -107,7 +134,8 @@ def test_page_asset_urls_resolve_and_carry_a_version(web: Client) -> None:
 
 MODULE_IMPORTS = {
     "chat.js": ["./app.js", "./chat/composer.js", "./chat/files.js", "./chat/header.js",
-                "./chat/history.js", "./chat/list.js", "./chat/search.js", "./chat/state.js", "./chat/usage.js"],
+                "./chat/history.js", "./chat/list.js", "./chat/org.js", "./chat/search.js", "./chat/settings.js",
+                "./chat/state.js", "./chat/usage.js"],
     "chat/state.js": [],
     "chat/list.js": ["../app.js", "./state.js"],
     "chat/search.js": ["../app.js", "./history.js", "./list.js", "./messages.js", "./state.js"],
@@ -117,9 +145,12 @@ MODULE_IMPORTS = {
     "chat/composer.js": ["../app.js", "./header.js", "./list.js", "./messages.js", "./state.js"],
     "chat/header.js": ["../app.js", "./list.js", "./state.js"],
     "chat/files.js": ["../app.js", "./state.js"],
+    "chat/settings.js": ["../app.js", "./state.js"],
+    "chat/org.js": ["../app.js", "./state.js"],
     "chat/usage.js": ["../app.js", "../spend.js"],
     "spend.js": ["./app.js"],
     "admin.js": ["./app.js", "./spend.js"],
+    "account.js": ["./app.js"],
 }
 
 

@@ -1,7 +1,7 @@
-"""The web client: the chat page at /, the operator page at /admin, their files under /static/web.
+"""The web client: the chat page at /, the operator page at /admin, the pages of reset and invitation links.
 
-Both pages are static HTML plus ES modules (one entry module each); every byte of data they show
-comes from the public REST API, called from the browser with the user's API token. register_web()
+The pages are static HTML plus ES modules (one entry module each); every byte of data they show
+comes from the public REST API, called from the browser with the session cookie or an API token. register_web()
 mounts them.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The two pages and their helpers (luca/headers.py adds the security headers to everything the app serves)."""
+"""The pages and their helpers (luca/headers.py adds the security headers to everything the app serves)."""
 from __future__ import annotations
 
 import os
@@ -18,6 +18,18 @@ def chat() -> str:
 def admin() -> str:
     """The operator page: queues, cache, breakers, alerts and analytics (the data needs an admin's token)."""
     return render_template("web/admin.html")
+
+
+@bp.get("/reset-password")
+def reset_password() -> str:
+    """A reset link's page: choose a new password (the link's ?token= is read by the page's script)."""
+    return render_template("web/account.html", form="reset")
+
+
+@bp.get("/accept-invitation")
+def accept_invitation() -> str:
+    """An invitation link's page: join the organisation with a name and a password."""
+    return render_template("web/account.html", form="invitation")
 
 
 def web_asset(filename: str) -> str:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import base64
+import http.client
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -104,3 +106,24 @@ def upload(api: Api, conversation_id: str, name: str, data: bytes) -> dict[str, 
 def file_status(api: Api, file_id: int) -> dict[str, Any]:
     """A file's status as the API shows it."""
     return api.get(f"/api/files/{file_id}").get_json()
+
+
+def http_request(base: str, method: str, path: str, token: str | None = None, body: Any = None,
+                 timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
+    """One request on a connection of its own: status, headers and body."""
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    try:
+        conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def new_conversation_over_http(base: str, token: str) -> str:
+    """Create a conversation (titled, so no title job runs) and return its id."""
+    status, _, body = http_request(base, "POST", "/api/conversations", token, {"title": "held"})
+    assert status == 201
+    return json.loads(body)["id"]

@@ -1,8 +1,8 @@
 /**
  * The operator page: alerts, this month's spend (GET /api/usage: totals, by model, by user, what
  * deduplication saved), circuit breakers (with reset), queues, cache hit rates and a 14-day chart
- * of messages, refreshed every few seconds. Nothing is asked of the admin API unless GET /api/me
- * says the user is an admin; a 403 stops everything.
+ * of messages, refreshed every few seconds. Nothing is asked of the admin API unless
+ * GET /api/auth/session says the user is an admin; a 403 stops everything.
  */
 import { el, longTime, request, setupSession, showNotice, svg } from "./app.js";
 import { groupTable, renderGroups, renderTotals } from "./spend.js";

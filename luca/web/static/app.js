@@ -1,10 +1,14 @@
 /**
- * Shared helpers of Luca's web pages (chat.js, admin.js): the stored API token and the
- * sign-in form, API calls with readable errors, DOM building that never parses HTML,
- * and a reader for Server-Sent Events sent in a fetch() response body.
+ * Shared helpers of Luca's web pages (chat.js, admin.js, account.js): the session (a cookie
+ * session signed in with email and password, whose CSRF token every write sends, or a pasted API
+ * token kept in localStorage) and the sign-in forms, API calls with readable errors, DOM building
+ * that never parses HTML, and a reader for Server-Sent Events sent in a fetch() response body.
  */
 
 const TOKEN_KEY = "luca.token";
+const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
+// The cookie session's CSRF token (GET /api/auth/session hands it out); "" with an API token.
+let csrfToken = "";
 
 /** The API token kept in localStorage, or "". */
 export function getToken() {
@@ -67,6 +71,7 @@ export async function request(path, { method = "GET", json, body, headers = {}, 
   const init = { method, headers: { Accept: "application/json", ...headers }, cache: "no-store", signal };
   const token = getToken();
   if (token) init.headers.Authorization = `Bearer ${token}`;
+  else if (csrfToken && !SAFE_METHODS.has(method.toUpperCase())) init.headers["X-CSRF-Token"] = csrfToken;
   if (json !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(json);
@@ -227,85 +232,172 @@ export function hideNotice() {
 }
 
 /**
- * The sign-in form and the account area shared by both pages. The token is checked with
- * GET /api/me before it is kept; onSignedIn(user) runs after a sign-in (or at load with a kept
- * token), onSignedOut() after signing out or when the API answers 401.
+ * Run the API call a button asked for: on success say `success` (or success(result)) in an info notice and
+ * resolve to the result; on failure show the error (a 401 signs out instead) and resolve to undefined.
+ */
+export async function perform(call, success) {
+  try {
+    const result = await call();
+    if (success) showNotice(typeof success === "function" ? success(result) : success, { kind: "info", timeout: 5000 });
+    return result;
+  } catch (err) {
+    if (err.status !== 401) showNotice(err.message);
+    return undefined;
+  }
+}
+
+/** Copy text to the clipboard; false when the browser refuses (the caller leaves it selectable). */
+export async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const $ = (id) => document.getElementById(id);
+
+/** Wire a "show this form" button: it reveals its form (aria-controls) and hides itself. */
+function revealer(button, onShow) {
+  if (!button) return;
+  button.addEventListener("click", () => {
+    const form = $(button.getAttribute("aria-controls"));
+    form.hidden = false;
+    button.setAttribute("aria-expanded", "true");
+    button.hidden = true;
+    onShow(form);
+  });
+}
+
+/**
+ * The sign-in forms and the account area shared by the pages: email and password (a cookie
+ * session), the single sign-on link, sign-up when the server allows it, and behind "Use an API
+ * token" a pasted token. GET /api/auth/session says who is signed in either way. onSignedIn(user)
+ * runs after a sign-in (or at load with a live session or kept token), onSignedOut() after signing
+ * out or when the API answers 401.
  */
 export function setupSession({ onSignedIn, onSignedOut }) {
-  const signin = document.getElementById("signin");
-  const form = document.getElementById("signin-form");
-  const input = document.getElementById("token-input");
-  const error = document.getElementById("signin-error");
-  const button = document.getElementById("signin-button");
-  const account = document.getElementById("account");
-  const email = document.getElementById("user-email");
-  const signout = document.getElementById("signout-button");
+  const signin = $("signin");
+  const error = $("signin-error");
+  const passwordForm = $("signin-form");
+  const tokenForm = $("token-form");
+  const tokenInput = $("token-input");
+  const signupForm = $("signup-form");
+  const account = $("account");
+  const email = $("user-email");
+  const signout = $("signout-button");
   let user = null;
 
   const showSignin = (message = "") => {
     user = null;
+    csrfToken = "";
     account.hidden = true;
     signin.hidden = false;
     error.textContent = message;
-    input.value = "";
-    input.focus();
+    tokenInput.value = "";
+    passwordForm.elements.password.value = "";
+    (tokenForm.hidden ? passwordForm.elements.email : tokenInput).focus();
   };
 
-  const signedIn = (me) => {
-    user = me;
+  const signedIn = (session) => {
+    user = session.user;
+    csrfToken = session.csrf_token || "";
     signin.hidden = true;
     error.textContent = "";
-    email.textContent = me.email;
-    email.title = me.name ? `${me.name} <${me.email}>` : me.email;
+    email.textContent = user.email;
+    email.title = user.name ? `${user.name} <${user.email}>` : user.email;
     account.hidden = false;
-    onSignedIn(me);
+    onSignedIn(user);
   };
 
-  const signOut = (message = "") => {
+  const signOut = async (message = "") => {
     const wasSignedIn = user !== null;
+    if (wasSignedIn && !getToken()) {
+      try {
+        await request("/api/auth/logout", { method: "POST", auth: false });
+      } catch {
+        // the session may have ended already; the page signs out either way
+      }
+    }
     clearToken();
     showSignin(message);
     if (wasSignedIn) onSignedOut();
   };
 
-  onUnauthorized(() => signOut("Your session has ended (the token is no longer valid). Sign in again."));
+  onUnauthorized(() => signOut("Your session has ended (signed out elsewhere, or the token is no longer valid). "
+    + "Sign in again."));
 
-  form.addEventListener("submit", async (event) => {
+  /** Submit handler of a sign-in form: send(form) resolves to a session, or rejects with an ApiError. */
+  const submitting = (form, send, explain = (err) => err.message) => {
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const button = form.querySelector("button[type=submit]");
+      const empty = [...form.querySelectorAll("input[required]")].find((input) => !input.value.trim());
+      if (empty) {
+        error.textContent = `Fill in ${empty.labels[0]?.textContent || "every field"}.`;
+        empty.focus();
+        return;
+      }
+      button.disabled = true;
+      error.textContent = "";
+      try {
+        signedIn(await send(form.elements));
+      } catch (err) {
+        clearToken();
+        error.textContent = explain(err);
+      } finally {
+        button.disabled = false;
+      }
+    });
+  };
+
+  // A password or sign-up starts a cookie session: a token kept from before must not speak over it.
+  submitting(passwordForm, (fields) => clearToken() || request("/api/auth/login", {
+    method: "POST", auth: false, json: { email: fields.email.value.trim(), password: fields.password.value },
+  }), (err) => (err.status === 401 ? "That email and password do not match an account." : err.message));
+
+  submitting(tokenForm, (fields) => {
+    setToken(fields.token.value.trim());
+    return request("/api/auth/session", { auth: false });
+  }, (err) => (err.status === 401 ? "That token is not valid: it may be mistyped, expired or revoked." : err.message));
+
+  if (signupForm) {
+    submitting(signupForm, (fields) => clearToken() || request("/api/auth/signup", {
+      method: "POST", auth: false,
+      json: { name: fields.name.value.trim(), email: fields.email.value.trim(), password: fields.password.value },
+    }));
+  }
+
+  const forgotForm = $("forgot-form");
+  forgotForm?.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const token = input.value.trim();
-    if (!token) {
-      error.textContent = "Paste your API token.";
-      input.focus();
-      return;
-    }
-    button.disabled = true;
-    error.textContent = "";
-    setToken(token);
+    const address = forgotForm.elements.email.value.trim();
+    if (!address) return;
     try {
-      signedIn(await request("/api/me", { auth: false }));
+      await request("/api/auth/forgot", { method: "POST", auth: false, json: { email: address } });
+      error.textContent = "";
+      showNotice(`If ${address} has an account, a link to choose a new password is on its way (valid for an hour).`,
+        { kind: "info", timeout: 10000 });
     } catch (err) {
-      clearToken();
-      error.textContent = err.status === 401 ? "That token is not valid: it may be mistyped or revoked." : err.message;
-      input.select();
-    } finally {
-      button.disabled = false;
+      error.textContent = err.message;
     }
   });
 
+  revealer($("forgot-toggle"), (form) => form.elements.email.focus());
+  revealer($("token-toggle"), () => tokenInput.focus());
+  revealer($("signup-toggle"), (form) => form.elements.name.focus());
   signout.addEventListener("click", () => signOut());
-  document.getElementById("notice-close")?.addEventListener("click", hideNotice);
+  $("notice-close")?.addEventListener("click", hideNotice);
 
   (async () => {
-    if (!getToken()) {
-      showSignin();
-      return;
-    }
+    const kept = getToken();
     try {
-      signedIn(await request("/api/me", { auth: false }));
+      signedIn(await request("/api/auth/session", { auth: false }));
     } catch (err) {
       if (err.status === 401) {
         clearToken();
-        showSignin("The saved token is no longer valid. Sign in again.");
+        showSignin(kept ? "The saved token is no longer valid. Sign in again." : "");
       } else {
         showSignin(err.message);
       }

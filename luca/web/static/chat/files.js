@@ -3,7 +3,7 @@
  * the file picker or dropped on the conversation, and polling until processing ends.
  */
 import { el, icon, request, showNotice } from "../app.js";
-import { ICONS, dom, state } from "./state.js";
+import { ICONS, dom, isReadOnly, state } from "./state.js";
 
 const FILE_POLL_MS = 1000;
 
@@ -55,6 +55,7 @@ export function stopFilePolls() {
 export async function loadFiles() {
   const conversation = state.current;
   const generation = state.openGeneration;
+  if (isReadOnly(conversation)) return; // a colleague's documents stay theirs: sharing shows the messages
   try {
     const files = await request(`/api/conversations/${encodeURIComponent(conversation.id)}/files`);
     if (generation !== state.openGeneration) return;
@@ -98,7 +99,7 @@ function pollFile(id) {
 
 async function upload(file) {
   const conversation = state.current;
-  if (!conversation) return;
+  if (!conversation || isReadOnly(conversation)) return;
   const generation = state.openGeneration;
   const placeholder = renderFile({ filename: file.name, status: "uploading" });
   dom.fileList.append(placeholder);
@@ -130,7 +131,7 @@ export function setupFiles() {
 
   let dragDepth = 0;
   dom.view.addEventListener("dragenter", (event) => {
-    if (!hasFiles(event)) return;
+    if (!hasFiles(event) || isReadOnly(state.current)) return;
     event.preventDefault();
     dragDepth += 1;
     dom.dropOverlay.hidden = false;

@@ -1,10 +1,11 @@
 /**
  * The open conversation's header: its title (renamed by the user, or awaited while the background
- * job writes it), pin / unpin and delete.
+ * job writes it), share with the organisation / stop sharing, pin / unpin and delete; a colleague's
+ * shared conversation shows none of them, only that it is read-only (the composer goes too).
  */
-import { request, showNotice } from "../app.js";
+import { perform, request, showNotice } from "../app.js";
 import { listItem, loadConversations, placeOnTop, renderListItem, updateListStatus } from "./list.js";
-import { displayTitle, dom, state } from "./state.js";
+import { confirmAction, displayTitle, dom, isReadOnly, state } from "./state.js";
 
 const TITLE_POLL_MS = 2000;
 const TITLE_POLL_ATTEMPTS = 45;
@@ -16,6 +17,13 @@ export function renderHeader() {
   dom.title.classList.toggle("untitled", !conversation.title);
   dom.pinButton.textContent = conversation.pinned ? "Unpin" : "Pin";
   dom.pinButton.setAttribute("aria-pressed", conversation.pinned ? "true" : "false");
+  dom.shareButton.textContent = conversation.shared ? "Shared" : "Share";
+  dom.shareButton.setAttribute("aria-pressed", conversation.shared ? "true" : "false");
+  const readOnly = isReadOnly(conversation);
+  dom.readOnlyBadge.hidden = !readOnly;
+  for (const node of [dom.shareButton, dom.renameButton, dom.pinButton, dom.deleteButton, dom.composer, dom.attach]) {
+    node.hidden = readOnly;
+  }
   document.title = `${displayTitle(conversation)} — Luca`;
 }
 
@@ -84,17 +92,7 @@ async function updateCurrent(changes) {
   return updated;
 }
 
-function confirmDelete(title) {
-  return new Promise((resolve) => {
-    dom.confirmText.textContent = `“${title}” and all its messages and documents will be deleted. This cannot be undone.`;
-    dom.confirm.returnValue = "";
-    dom.confirm.addEventListener("close", () => resolve(dom.confirm.returnValue === "ok"), { once: true });
-    dom.confirm.showModal();
-    document.getElementById("confirm-cancel").focus();
-  });
-}
-
-/** Wire the rename form and the pin and delete buttons. */
+/** Wire the rename form and the share, pin and delete buttons. */
 export function setupHeader() {
   dom.renameButton.addEventListener("click", showRename);
   dom.renameCancel.addEventListener("click", () => {
@@ -136,9 +134,17 @@ export function setupHeader() {
     }
   });
 
+  dom.shareButton.addEventListener("click", async () => {
+    if (!state.current) return;
+    await perform(() => updateCurrent({ shared: !state.current.shared }), (updated) => (updated.shared
+      ? "Everyone in your organisation can now read this conversation." : "This conversation is yours alone again."));
+  });
+
   dom.deleteButton.addEventListener("click", async () => {
     const conversation = state.current;
-    if (!conversation || !(await confirmDelete(displayTitle(conversation)))) {
+    const title = conversation ? displayTitle(conversation) : "";
+    if (!conversation || !(await confirmAction("Delete this conversation?",
+      `“${title}” and all its messages and documents will be deleted. This cannot be undone.`, "Delete"))) {
       dom.deleteButton.focus();
       return;
     }

@@ -1,11 +1,13 @@
 /**
  * The sidebar: the conversation list (pinned first, then newest activity; infinite scroll), the
- * "New conversation" button, and at phone width the drawer that holds them.
+ * "New conversation" button, the "Shared with me" list of colleagues' shared conversations, and at
+ * phone width the drawer that holds them.
  */
 import { el, icon, request, shortTime, showNotice } from "../app.js";
-import { ICONS, NARROW, conversationHref, displayTitle, dom, state } from "./state.js";
+import { ICONS, NARROW, conversationHref, displayTitle, dom, isReadOnly, state } from "./state.js";
 
 const LIST_PAGE = 20;
+const SHARED_PAGE = 50;
 
 // -- drawer (phone width) ---------------------------------------------------------------------------
 
@@ -37,6 +39,7 @@ export function renderListItem(conversation) {
   },
   el("span", { class: `conversation-name${conversation.title ? "" : " untitled"}`, text: displayTitle(conversation) }),
   conversation.pinned ? el("span", { class: "pin-marker" }, icon(ICONS.pin), el("span", { class: "visually-hidden", text: "(pinned)" })) : null,
+  conversation.shared && !isReadOnly(conversation) ? el("span", { class: "shared-marker", text: "shared" }) : null,
   el("time", { class: "conversation-time", datetime: conversation.updated_at, text: shortTime(conversation.updated_at) }));
   return el("li", { class: `conversation-item${conversation.pinned ? " pinned" : ""}`, dataset: { id: conversation.id } }, link);
 }
@@ -61,7 +64,7 @@ export function placeOnTop(conversation) {
 
 /** Mark the open conversation's item as the current page. */
 export function markActive() {
-  for (const item of dom.list.children) {
+  for (const item of [...dom.list.children, ...dom.sharedList.children]) {
     const link = item.querySelector("a");
     if (state.current && item.dataset.id === state.current.id) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
@@ -114,6 +117,21 @@ export async function loadConversations({ reset = false } = {}) {
     if (generation === list.generation) updateListStatus();
   }
   maybeLoadMoreConversations();
+}
+
+/** Load the conversations colleagues shared with the organisation (read-only), newest activity first. */
+export async function loadShared() {
+  const generation = state.list.generation;
+  dom.sharedStatus.textContent = "Loading…";
+  try {
+    const page = await request(`/api/conversations?shared=true&limit=${SHARED_PAGE}`);
+    if (generation !== state.list.generation) return;
+    for (const conversation of page.items) state.conversations.set(conversation.id, conversation);
+    dom.sharedList.replaceChildren(...page.items.map(renderListItem));
+    dom.sharedStatus.textContent = page.items.length ? "" : "Nothing shared with you yet.";
+  } catch (err) {
+    if (generation === state.list.generation && err.status !== 401) dom.sharedStatus.textContent = err.message;
+  }
 }
 
 /** Infinite scroll: load the next page when the end of the list comes near. */

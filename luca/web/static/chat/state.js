@@ -19,6 +19,16 @@ export const dom = {
   sidebar: $("sidebar"),
   sidebarScroll: $("sidebar-scroll"),
   adminLink: $("admin-link"),
+  settingsLink: $("settings-link"),
+  orgLink: $("org-link"),
+  conversation: $("conversation"),
+  settingsView: $("settings-view"),
+  orgView: $("org-view"),
+  sharedList: $("shared-list"),
+  sharedStatus: $("shared-status"),
+  shareButton: $("share-button"),
+  readOnlyBadge: $("read-only-badge"),
+  attach: $("attach"),
   newConversation: $("new-conversation"),
   emptyNew: $("empty-new"),
   searchForm: $("search-form"),
@@ -52,10 +62,13 @@ export const dom = {
   composerInput: $("composer-input"),
   sendButton: $("send-button"),
   confirm: $("confirm-dialog"),
+  confirmTitle: $("confirm-title"),
   confirmText: $("confirm-text"),
+  confirmOk: $("confirm-ok"),
 };
 
 export const state = {
+  user: null, // the signed-in user (GET /api/auth/session)
   conversations: new Map(), // id -> conversation, as last seen
   list: { cursor: null, done: false, generation: 0, loading: -1 },
   current: null, // the open conversation
@@ -78,4 +91,33 @@ export function conversationHref(id) {
 /** A conversation's title as the page shows it. */
 export function displayTitle(conversation) {
   return conversation.title || "New conversation";
+}
+
+/** Whether the conversation is a colleague's, shared with the user to read (no writing, renaming or deleting). */
+export function isReadOnly(conversation) {
+  return Boolean(conversation && state.user && conversation.user_id !== state.user.id);
+}
+
+/** Show one of the workspace's panes (conversation, settings, org) beside the sidebar, the others hidden. */
+export function showPane(name) {
+  dom.conversation.hidden = name !== "conversation";
+  dom.settingsView.hidden = name !== "settings";
+  dom.orgView.hidden = name !== "org";
+  for (const [link, pane] of [[dom.settingsLink, "settings"], [dom.orgLink, "org"]]) {
+    if (name === pane) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+}
+
+/** Ask before something that cannot be undone, in the page's dialog; resolves to whether the user agreed. */
+export function confirmAction(title, text, action) {
+  return new Promise((resolve) => {
+    dom.confirmTitle.textContent = title;
+    dom.confirmText.textContent = text;
+    dom.confirmOk.textContent = action;
+    dom.confirm.returnValue = "";
+    dom.confirm.addEventListener("close", () => resolve(dom.confirm.returnValue === "ok"), { once: true });
+    dom.confirm.showModal();
+    document.getElementById("confirm-cancel").focus();
+  });
 }
