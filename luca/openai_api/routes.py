@@ -9,7 +9,6 @@ from flask import Response, request
 from pydantic import ValidationError
 
 from luca.auth import current_user
-from luca.errors import APIError
 from luca.extensions import providers
 from luca.limits import rate_limit
 from luca.openai_api import bp, completions
@@ -17,12 +16,6 @@ from luca.openai_api.errors import invalid
 from luca.openai_api.schemas import UNSUPPORTED, ChatCompletionRequest, Model, ModelList
 
 STARTED = int(time.time())  # a model's "created": when this process began serving it
-
-
-def require_scope(scope: str) -> None:
-    """403 unless the request's credentials carry scope (a token made before scopes existed carries all)."""
-    if scope not in current_user().scopes:
-        raise APIError(403, "insufficient_scope", f"this API token lacks the '{scope}' scope")
 
 
 def param_of(location: tuple[int | str, ...]) -> str:
@@ -71,8 +64,9 @@ def parse_request() -> ChatCompletionRequest:
 @bp.post("/chat/completions")
 @rate_limit("messages")
 def chat_completions() -> Any:
-    """Answer a chat completion (OpenAI's API): whole, or streamed as chat.completion.chunk events."""
-    require_scope("write")
+    """Answer a chat completion (OpenAI's API): whole, or streamed as chat.completion.chunk events.
+
+    The write scope it needs is checked by require_user (luca.auth.authenticate: write for a POST)."""
     return completions.answer(parse_request(), current_user())
 
 
