@@ -187,14 +187,16 @@ class CacheService:
     def set(self, key: str, value: Any, ttl: int | None = None, near: bool = False) -> None:
         """Store value under key for ttl seconds (clamped short when Redis is not answering).
 
-        near: a value read with get(near=True); should it land in this process's memory, it lives
-        there at most CACHE_NEAR_TTL seconds (not CACHE_FALLBACK_TTL), the time the other
-        processes may take to see its deletion.
+        near: a value read with get(near=True); it is kept in this process's memory too, at most
+        CACHE_NEAR_TTL seconds (not CACHE_FALLBACK_TTL), the time the other processes may take to
+        see its deletion.
         """
         if self.disabled:
             return
         ttl = ttl or self.ttl
         ok, _ = self._redis_call(lambda c: c.set(key, value, timeout=ttl))
+        if ok and near and self.near_ttl:  # the next read here needs no round trip (as if get(near=True) had run)
+            self._remember(key, value, min(ttl, self.near_ttl))
         if not ok:
             ttl = min(ttl, self.fallback_ttl, self.near_ttl if near else ttl)
             if ttl > 0:  # SimpleCache keeps a 0 timeout forever

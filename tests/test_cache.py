@@ -171,7 +171,8 @@ def test_stats_count_hits_and_misses_per_tier(tier_app, request) -> None:
     with tier_app.app_context():
         stats = cache.get_stats()
     tier = "redis" if stats["redis"]["configured"] else "memory"
-    assert stats[tier]["hits"] >= 2 and stats[tier]["misses"] >= 1  # token + list hits; list miss
+    hits = stats["redis"]["hits"] + stats["memory"]["hits"]  # the token's near copy is a memory hit
+    assert hits >= 2 and stats[tier]["misses"] >= 1  # token + list hits; list miss
     assert 0 < stats[tier]["hitRate"] < 1
     assert set(stats) >= {"memory", "redis", "dedup"}
 

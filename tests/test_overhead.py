@@ -24,13 +24,13 @@ from tests.support.apps import count_statements, engine_listener, provider_overr
 # A follow-up send ("cache": false) in a conversation that has a title, with Redis: the conversation
 # and its history in one SELECT, the question INSERT, the conversation's updated_at UPDATE, the
 # answer INSERT; two commits (the question is durable before the provider call, the answer before
-# the response). Redis: the token lookup script, the answer-slot script, the user's cache version
-# bumped twice (question, answer), the slot released; and, since budgets, the member's budget read
-# and its organisation's through the shared cache (h-overhead serves them from the near cache: 5).
+# the response). Redis: the rate limit's script, the answer-slot script, the user's cache version
+# bumped twice (question, answer), the slot released. The token and the member's and organisation's
+# budgets are read from the process's near copy (kept when they were first read from the database).
 SEND_STATEMENTS = 4
 SEND_COMMITS = 2
-SEND_REDIS_COMMANDS = 7
-SEND_REDIS_ROUND_TRIPS = 7
+SEND_REDIS_COMMANDS = 5
+SEND_REDIS_ROUND_TRIPS = 5
 
 
 @dataclass
