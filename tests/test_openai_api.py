@@ -333,6 +333,26 @@ def test_someone_else_s_or_an_unknown_conversation_is_404(luca: Luca) -> None:
     assert owner.get(f"/api/conversations/{theirs}/messages").get_json()["items"] == []
 
 
+@pytest.fixture
+def short_luca(app_factory, servers) -> Iterator[Luca]:
+    """Luca storing questions of at most 50 characters."""
+    yield from luca_for(app_factory, servers, MAX_MESSAGE_CHARS=50)
+
+
+def test_a_question_too_long_to_store_is_a_400_and_stores_nothing(short_luca: Luca) -> None:
+    luca = short_luca
+    user = signed(luca.app)
+    long = [{"role": "user", "content": "x" * 51}]
+    with luca.sdk(user) as client:
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.chat.completions.create(model="luca", messages=long, extra_headers={"X-Luca-Conversation": "new"})
+        assert raised.value.body["code"] == "content_too_long" and "MAX_MESSAGE_CHARS" in raised.value.body["message"]
+        assert luca.primary.stats()["requests"] == 0
+        assert user.get("/api/conversations").get_json()["items"] == []
+        client.chat.completions.create(model="luca", messages=long)  # not stored: only the context bounds it
+    assert luca.primary.stats()["requests"] == 1
+
+
 @pytest.mark.sqlite_only
 def test_a_read_token_may_list_models_but_not_ask(luca: Luca) -> None:
     owner = signed(luca.app)

@@ -104,6 +104,23 @@ def options_of(body: ChatCompletionRequest) -> Options:
     return options
 
 
+def stored_question(context: list[ChatMessage]) -> str:
+    """The last user message, trimmed: what is stored when the request names a conversation, within MAX_MESSAGE_CHARS.
+
+    The REST API refuses a longer question (content_too_long); a conversation reached through /v1
+    holds nothing the REST API could not have stored. An unstored request is bounded by the context.
+    """
+    question = next(m for m in reversed(context) if m["role"] == "user")["content"].strip()
+    limit = current_app.config["MAX_MESSAGE_CHARS"]
+    if request.headers.get(CONVERSATION_HEADER, "").strip():
+        if not question:
+            raise invalid("the last user message is blank; a stored question must have text", "messages")
+        if len(question) > limit:
+            raise invalid(f"the last user message is {len(question)} characters; a stored question's limit "
+                          f"(MAX_MESSAGE_CHARS) is {limit}", "messages", code="content_too_long")
+    return question
+
+
 def wanted_conversation(user_id: int) -> Callable[[], Conversation | None]:
     """The conversation the request asks to store the exchange in, checked now and created only when used."""
     wanted = request.headers.get(CONVERSATION_HEADER, "").strip()
@@ -176,7 +193,7 @@ def answer(body: ChatCompletionRequest, user: CurrentUser) -> Any:
     deduplicator = dedup.of() if use_cache else None
     key = answer_key(route, context, user.id, scope=sharing_scope(user) if shareable else "user",
                      options=options) if deduplicator else ""
-    question = next(m for m in reversed(context) if m["role"] == "user")["content"]
+    question = stored_question(context)
 
     def respond() -> Any:
         reserve_budget(user, route, context, options, deduplicator, key)  # before anything is stored
