@@ -90,11 +90,13 @@ header_map = "drop"
 
 
 def post_fork(server, worker):  # noqa: ANN001, ANN201 - gunicorn's hook signature
-    """Give each worker its own database connections and provider clients (the preloaded app's are not fork-safe)."""
-    from luca.extensions import reopen_after_fork
+    """Give each worker its own database connections and provider clients (the preloaded app's are not fork-safe),
+    and open its connections before the first request does."""
+    from luca.extensions import reopen_after_fork, warm_up
     from wsgi import app
 
     reopen_after_fork(app)
+    warm_up(app)
 
 
 def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn's hook signature

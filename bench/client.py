@@ -64,10 +64,10 @@ class Client:
             self._drop(conn)
 
     def call(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-             content_type: str = "application/json") -> Reply:
-        """Send one request and read the whole answer."""
+             content_type: str = "application/json", headers: dict[str, str] | None = None) -> Reply:
+        """Send one request (with extra headers) and read the whole answer."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        headers = {"Connection": "keep-alive" if self.keep_alive else "close"}
+        headers = {**(headers or {}), "Connection": "keep-alive" if self.keep_alive else "close"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         if data is not None:

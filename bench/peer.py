@@ -1,10 +1,11 @@
 """Luca beside its peer and its floor: the `peer` and `concurrency` parts.
 
-`peer`: the same fake provider (100 ms) answered three ways — directly (the floor), through Luca
-(gunicorn with its production config, PostgreSQL, Redis, an RQ worker), and through LiteLLM's
-proxy (tests/support/litellm/requirements.txt, in .venv-litellm: its pins clash with Luca's; as many
-workers as Luca, no database, a master key). Rounds are interleaved (direct, Luca, LiteLLM, then
-rotated), so the machine's noise hits all three alike.
+`peer`: the same fake provider (100 ms) answered four ways — directly (the floor), through Luca's
+REST send and through Luca's OpenAI-compatible /v1/chat/completions (gunicorn with its production
+config, PostgreSQL, Redis, an RQ worker), and through LiteLLM's proxy on the very request /v1 gets
+(tests/support/litellm/requirements.txt, in .venv-litellm: its pins clash with Luca's; as many
+workers as Luca, no database, a master key). Rounds are interleaved (the order rotated each round),
+so the machine's noise hits all of them alike.
 
 `concurrency`: Luca alone at 10 and 50 clients under several worker × thread settings, interleaved
 the same way, to choose gunicorn.conf.py's defaults.
@@ -97,6 +98,17 @@ def litellm(base: str) -> Callable[[int], Sender]:
         client = Client(base, MASTER_KEY)
         return lambda: (lambda r: (r.status == 200, r.seconds))(
             client.call("POST", "/v1/chat/completions", chat_body(f"q {uuid.uuid4()}")))
+    return make
+
+
+def luca_v1(base: str, tokens: list[str]) -> Callable[[int], Sender]:
+    """Clients of Luca's /v1/chat/completions (model "luca", the whole chain), skipping deduplication as LiteLLM
+    has none: Cache-Control: no-cache, the OpenAI door's "cache": false."""
+    def make(i: int) -> Sender:
+        client = Client(base, tokens[i % len(tokens)])
+        body = lambda: {**chat_body(f"q {uuid.uuid4()}"), "model": "luca"}  # noqa: E731
+        return lambda: (lambda r: (r.status == 200, r.seconds))(
+            client.call("POST", "/v1/chat/completions", body(), headers={"Cache-Control": "no-cache"}))
     return make
 
 
@@ -203,9 +215,10 @@ def verdicts(levels: dict[str, dict[str, Any]], first: dict[str, float]) -> list
             out.append({"target": f"Luca p99 overhead ≤ {p99:g} ms at {level}", "figure": luca_figures["p99_ms"],
                         "met": luca_figures["p99_ms"] <= p99})
     for level, figures in levels.items():
-        ratio = figures["luca_over_litellm_p50"]
-        out.append({"target": f"Luca p50 ≤ {PEER_RATIO}× LiteLLM's at {level}", "figure": ratio,
-                    "met": ratio <= PEER_RATIO})
+        for door, label in (("luca", "Luca"), ("luca_v1", "Luca /v1")):
+            ratio = figures[f"{door}_over_litellm_p50"]
+            out.append({"target": f"{label} p50 ≤ {PEER_RATIO}× LiteLLM's at {level}", "figure": ratio,
+                        "met": ratio <= PEER_RATIO})
     out.append({"target": f"first answer after start ≤ {FIRST_OVER_WARM:g}× a warm answer's overhead",
                 "figure": first["first_over_warm"], "met": first["first_over_warm"] <= FIRST_OVER_WARM})
     return out
@@ -213,12 +226,13 @@ def verdicts(levels: dict[str, dict[str, Any]], first: dict[str, float]) -> list
 
 def table(levels: dict[str, dict[str, Any]]) -> str:
     """The side-by-side table printed at the end of the part."""
-    lines = [f"{'clients':>7} | {'direct p50/p99':>15} | {'Luca p50/p99':>15} | {'LiteLLM p50/p99':>15} | "
-             f"{'Luca/LiteLLM p50':>16} | {'p99':>5}"]
+    lines = [f"{'clients':>7} | {'direct p50/p99':>15} | {'Luca p50/p99':>15} | {'Luca /v1 p50/p99':>16} | "
+             f"{'LiteLLM p50/p99':>15} | {'Luca/LiteLLM p50':>16} | {'p99':>5} | {'/v1/LiteLLM p50':>15}"]
     for level, f in levels.items():
         cell = lambda n: f"{f[n]['p50_ms']:.1f} / {f[n]['p99_ms']:.1f}"  # noqa: E731
-        lines.append(f"{level:>7} | {cell('direct'):>15} | {cell('luca'):>15} | {cell('litellm'):>15} | "
-                     f"{f['luca_over_litellm_p50']:>16} | {f['luca_over_litellm_p99']:>5}")
+        lines.append(f"{level:>7} | {cell('direct'):>15} | {cell('luca'):>15} | {cell('luca_v1'):>16} | "
+                     f"{cell('litellm'):>15} | {f['luca_over_litellm_p50']:>16} | {f['luca_over_litellm_p99']:>5} | "
+                     f"{f['luca_v1_over_litellm_p50']:>15}")
     return "\n".join(lines)
 
 
@@ -236,16 +250,18 @@ def part_peer(ctx: Context) -> dict[str, Any]:
         try:
             proxy.answering()
             senders = {"direct": direct(prov.url), "luca": luca(server.base, tokens),
-                       "litellm": litellm(proxy.base)}
+                       "luca_v1": luca_v1(server.base, tokens), "litellm": litellm(proxy.base)}
             levels: dict[str, dict[str, Any]] = {}
             for clients, rounds, per_client in plan(ctx):
                 figures = interleaved(senders, clients, rounds, per_client,
-                                      {"luca": server.gunicorn.pid, "litellm": proxy.pid})
+                                      {"luca": server.gunicorn.pid, "luca_v1": server.gunicorn.pid,
+                                       "litellm": proxy.pid})
                 for q in ("p50", "p99"):
-                    figures[f"luca_over_litellm_{q}"] = round(figures["luca"][f"{q}_ms"]
-                                                              / figures["litellm"][f"{q}_ms"], 2)
-                    figures[f"luca_minus_direct_{q}_ms"] = round(figures["luca"][f"{q}_ms"]
-                                                                 - figures["direct"][f"{q}_ms"], 2)
+                    for door in ("luca", "luca_v1"):
+                        figures[f"{door}_over_litellm_{q}"] = round(figures[door][f"{q}_ms"]
+                                                                    / figures["litellm"][f"{q}_ms"], 2)
+                        figures[f"{door}_minus_direct_{q}_ms"] = round(figures[door][f"{q}_ms"]
+                                                                       - figures["direct"][f"{q}_ms"], 2)
                 levels[str(clients)] = {**figures, "rounds": rounds, "per_client": per_client}
                 print(f"  {clients} clients: " + ", ".join(f"{n} {figures[n]['p50_ms']}/{figures[n]['p99_ms']} ms"
                                                           for n in senders), flush=True)

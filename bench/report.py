@@ -109,22 +109,27 @@ def section_overhead(p: dict[str, Any]) -> str:
 
 
 def section_peer(p: dict[str, Any]) -> str:
-    out = [header(p), f"The same fake provider, answering after {p['provider_latency_ms']} ms, reached three ways: "
-           f"directly (the floor), through Luca (gunicorn {p['luca_workers']}×{p['luca_threads']}, PostgreSQL, Redis, "
-           f"an RQ worker) and through LiteLLM's proxy (`{p['litellm']}`, {p['luca_workers']} workers, no database, "
-           "a master key). Each client keeps one connection and sends unique questions (Luca: `\"cache\": false`, "
-           "in a conversation of its own per round); rounds interleaved, their order rotated, so the machine's noise "
-           f"hits all three alike. Overhead = response time − {p['provider_latency_ms']} ms.\n",
-           "| clients | direct p50 / p99 | Luca p50 / p99 | LiteLLM p50 / p99 | Luca ÷ LiteLLM p50 / p99 | "
-           "Luca − direct p50 | server CPU per answer, Luca / LiteLLM | samples each |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    out = [header(p), f"The same fake provider, answering after {p['provider_latency_ms']} ms, reached four ways: "
+           f"directly (the floor), through Luca's REST send and its OpenAI-compatible `/v1/chat/completions` "
+           f"(gunicorn {p['luca_workers']}×{p['luca_threads']}, PostgreSQL, Redis, an RQ worker) and through "
+           f"LiteLLM's proxy (`{p['litellm']}`, {p['luca_workers']} workers, no database, a master key) on the same "
+           "request `/v1` gets. Each client keeps one connection and sends unique questions (Luca's REST send: "
+           "`\"cache\": false`, in a conversation of its own per round; `/v1`: `Cache-Control: no-cache`, nothing "
+           "stored but the usage record); rounds interleaved, their order rotated, so the machine's noise hits all "
+           f"of them alike. Overhead = response time − {p['provider_latency_ms']} ms.\n",
+           "| clients | direct p50 / p99 | Luca p50 / p99 | Luca /v1 p50 / p99 | LiteLLM p50 / p99 | "
+           "Luca ÷ LiteLLM p50 / p99 | /v1 ÷ LiteLLM p50 / p99 | Luca − direct p50 | "
+           "server CPU per answer, Luca / Luca /v1 / LiteLLM | samples each |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for level, f in p["levels"].items():
         cell = lambda n: f"{fmt(f[n]['p50_ms'])} / {fmt(f[n]['p99_ms'], ' ms')}"  # noqa: E731
-        errors = sum(f[n]["errors"] for n in ("direct", "luca", "litellm"))
-        out.append(f"| {level} | {cell('direct')} | {cell('luca')} | {cell('litellm')} | "
+        errors = sum(f[n]["errors"] for n in ("direct", "luca", "luca_v1", "litellm"))
+        out.append(f"| {level} | {cell('direct')} | {cell('luca')} | {cell('luca_v1')} | {cell('litellm')} | "
                    f"{f['luca_over_litellm_p50']} / {f['luca_over_litellm_p99']} | "
+                   f"{f['luca_v1_over_litellm_p50']} / {f['luca_v1_over_litellm_p99']} | "
                    f"{fmt(f['luca_minus_direct_p50_ms'], ' ms')} | "
                    f"{fmt(f['luca'].get('server_cpu_ms_per_answer'))} / "
+                   f"{fmt(f['luca_v1'].get('server_cpu_ms_per_answer'))} / "
                    f"{fmt(f['litellm'].get('server_cpu_ms_per_answer'), ' ms')} | {fmt(f['luca']['samples'])}"
                    f"{f' ({errors} errors)' if errors else ''} |")
     first = p["first_answer"]

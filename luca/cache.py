@@ -276,13 +276,19 @@ class CacheService:
             self._script = self.redis.register_script(VERSIONED_GET)
         return self._script
 
-    def bump_user(self, user_id: int) -> None:
-        """Invalidate every cached list and detail of the user, in every process sharing Redis."""
+    def bump_user(self, user_id: int, pipeline: Any = None) -> None:
+        """Invalidate every cached list and detail of the user, in every process sharing Redis.
+
+        With a pipeline of the cache's Redis client, the INCR is queued on it for its caller to send.
+        """
         if self.disabled:
             return
         key = cache_key("ver", user_id)
         with self._lock:
             self._memory_versions[key] = self._memory_versions.get(key, 0) + 1
+        if pipeline is not None and self.shared is not None:
+            pipeline.incr(self.redis_key(key))  # where Flask-Caching's inc() below puts it
+            return
         self._redis_call(lambda c: c.cache.inc(key))  # Cache.cache: Flask-Caching's public door to the backend
 
     def counts(self) -> Counter[str]:

@@ -75,6 +75,7 @@ class GuardedRedis:
     def __init__(self, client: Redis, breaker: Breaker) -> None:
         self.raw = client  # for RQ and scans, which need the client itself
         self.breaker = breaker
+        self.scripts: list[Script] = []  # registered, so warm_up() can load them
 
     def call(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run work (one command or several) as one call through the breaker; an open breaker is a RedisError."""
@@ -99,7 +100,17 @@ class GuardedRedis:
 
     def register_script(self, source: str) -> GuardedScript:
         """A Lua script whose every run is one guarded call."""
-        return GuardedScript(self.raw.register_script(source), self)
+        script = self.raw.register_script(source)
+        self.scripts.append(script)
+        return GuardedScript(script, self)
+
+    def warm_up(self) -> None:
+        """Open one connection and load the registered scripts (a first EVALSHA would meet NOSCRIPT): one round trip."""
+        pipeline = self.pipeline(transaction=False)
+        pipeline.ping()
+        for script in self.scripts:
+            pipeline.script_load(script.script)
+        pipeline.execute()
 
     def available(self) -> bool:
         """Whether the breaker would let a command through now."""
@@ -160,6 +171,14 @@ class RedisGateway:
     def available(self) -> bool:
         """Whether the `redis` breaker would let a command through now."""
         return self.breaker.redis_available()
+
+    def warm_up(self) -> None:
+        """Open a connection of every client and load its scripts; a Redis that fails is left to the requests."""
+        for guarded in self._clients.values():
+            try:
+                guarded.warm_up()
+            except REDIS_ERRORS:
+                pass
 
     def close(self) -> None:
         """Close every client (their connection pools)."""

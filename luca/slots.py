@@ -10,7 +10,7 @@ With Redis (REDIS_URL, through the `redis` breaker), a user's slots are a sorted
 `<REDIS_KEY_PREFIX>slots:<user_id>`: member = a random slot id, score = its lease's expiry in
 milliseconds of Redis's own clock (so the processes' clocks do not matter). Cost on the hot path:
 taking a slot is one round trip (a Lua script: drop expired leases, count, add), giving it back
-is one more (ZREM). Off the hot path, while a process holds any slot, one thread of it renews all
+is one more (ZREM; after a whole answer it rides the answer's cache bump, see answers.within_slot). Off the hot path, while a process holds any slot, one thread of it renews all
 of them every AI_SLOT_LEASE / 3 seconds in one round trip, so an answer keeps its slot however
 long it runs, and the slots of a process that died free themselves within AI_SLOT_LEASE seconds.
 
@@ -26,6 +26,7 @@ import threading
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from flask import Flask
 
@@ -77,9 +78,9 @@ class Slot:
     shared: bool = False  # held in Redis too, and renewed there
     released: bool = False
 
-    def release(self) -> None:
-        """Give the slot back."""
-        self.owner.release(self)
+    def release(self, pipeline: Any = None) -> None:
+        """Give the slot back (in Redis on pipeline, when given, for its caller to send)."""
+        self.owner.release(self, pipeline)
 
 
 class AnswerSlots:
@@ -134,10 +135,13 @@ class AnswerSlots:
                 self._renewer.start()
         return slot
 
-    def release(self, slot: Slot) -> None:
-        """Give a slot back, here and in Redis; a Redis failure leaves it to its lease."""
+    def release(self, slot: Slot, pipeline: Any = None) -> None:
+        """Give a slot back, here and in Redis (queued on pipeline, when given); a Redis failure leaves it to its
+        lease."""
         shared = self._forget(slot)
-        if shared and self.redis is not None:
+        if shared and pipeline is not None:
+            pipeline.zrem(self.key(slot.user_id), slot.member)
+        elif shared and self.redis is not None:
             try:
                 self.redis.zrem(self.key(slot.user_id), slot.member)
             except REDIS_ERRORS as exc:

@@ -8,9 +8,10 @@ import uuid
 import pytest
 from flask import Flask
 
-from luca.extensions import breakers, cache, db
+from luca.cache import cache_key
+from luca.extensions import breakers, cache, db, redis_gateway
 from tests.support.api import Api, signed
-from tests.support.apps import count_statements
+from tests.support.apps import count_statements, provider_overrides
 from tests.support.services import RedisTarget
 
 
@@ -109,6 +110,25 @@ def test_changes_in_one_instance_are_seen_at_once_in_another(app_factory, redis_
     assert len(api_two.get("/api/conversations").get_json()["items"]) == 2
     api_one.delete(f"/api/conversations/{conversation['id']}")
     assert [c["title"] for c in api_two.get("/api/conversations").get_json()["items"]] == ["another"]
+
+
+def test_a_whole_answer_is_seen_at_once_in_another_instance(app_factory, redis_target: RedisTarget,
+                                                            servers) -> None:
+    # the answer's cache bump is sent in one pipeline with the slot's release (answers.within_slot)
+    settings = provider_overrides(servers[0], AI_MAX_CONCURRENT_PER_USER=2, **redis_target.overrides())
+    one, two = app_factory(**settings), app_factory(**settings)
+    api_one = signed(one)
+    api_two = Api(two.test_client(), api_one.token, api_one.user_id)
+    conversation = api_one.new_conversation(title="asked")
+    path = f"/api/conversations/{conversation['id']}/messages"
+    assert api_two.get(path).get_json()["items"] == []
+    assert api_two.get(path).headers["X-Cache"] == "hit"
+    version = redis_gateway.of(one).cache_client.raw
+    key = cache.of(one).redis_key(cache_key("ver", api_one.user_id))
+    before = int(version.get(key) or 0)
+    assert api_one.ask(conversation["id"], "what is an accrual?", cache=False).status_code == 201
+    assert int(version.get(key)) == before + 2  # the question's bump, then the answer's
+    assert [m["role"] for m in api_two.get(path).get_json()["items"]] == ["assistant", "user"]
 
 
 def test_a_revoked_token_stops_working_at_once_even_when_cached(tier_app) -> None:

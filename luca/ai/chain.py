@@ -13,7 +13,7 @@ from pybreaker import CircuitBreakerError
 
 from luca.ai.base import ChatMessage, Completion, Options, Provider, StreamEnd
 from luca.ai.offline import OfflineProvider
-from luca.ai.providers import OpenAICompatibleProvider
+from luca.ai.providers import OpenAICompatibleProvider, warm_sdk
 from luca.breakers import Breaker
 from luca.extensions import breakers, providers
 from luca.metrics import record_ai_call
@@ -56,6 +56,8 @@ class Providers:
 
     def __init__(self, app: Flask) -> None:
         self._providers = build_providers(app)
+        if any(isinstance(p, OpenAICompatibleProvider) for p in self._providers):
+            warm_sdk()
 
     def all(self) -> list[Provider]:
         """The providers, in the order they are asked."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import ssl
 import time
@@ -56,6 +57,41 @@ class HttpClient(openai.DefaultHttpxClient):  # type: ignore[misc,valid-type]
         if not self.is_closed:
             with contextlib.suppress(Exception):
                 self.close()
+
+
+WARM_UP_ANSWER = {"id": "warm-up", "object": "chat.completion", "created": 0, "model": "warm-up",
+                  "choices": [{"index": 0, "finish_reason": "stop",
+                               "message": {"role": "assistant", "content": "ok"}}],
+                  "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+WARM_UP_CHUNK = {"id": "warm-up", "object": "chat.completion.chunk", "created": 0, "model": "warm-up",
+                 "choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": "stop"}],
+                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+
+def canned(request: httpx2.Request) -> httpx2.Response:
+    """The warm-up's answer to any request: a whole completion, or one chunk and [DONE] when streamed."""
+    if b'"stream":true' in request.content.replace(b" ", b""):
+        events = f"data: {json.dumps(WARM_UP_CHUNK)}\n\ndata: [DONE]\n\n"
+        return httpx2.Response(200, content=events.encode(), headers={"content-type": "text/event-stream"})
+    return httpx2.Response(200, json=WARM_UP_ANSWER)
+
+
+@functools.cache
+def warm_sdk() -> None:
+    """Send one whole and one streamed request through the SDK, answered in memory, once a process.
+
+    The SDK builds its response parsers and imports its modules on first use (about 30 ms); done in
+    create_app, that is before gunicorn forks its workers (preload), not in someone's first answer.
+    """
+    http = httpx2.Client(transport=httpx2.MockTransport(canned))
+    with openai.OpenAI(base_url="http://warm-up.invalid/v1", api_key="warm-up", max_retries=0,
+                       http_client=http) as client:
+        body = {"model": "warm-up", "messages": [{"role": "user", "content": "warm up"}]}
+        client.post("/chat/completions", cast_to=ChatCompletion, body=body)
+        with client.post("/chat/completions", cast_to=ChatCompletion, body={**body, "stream": True}, stream=True,
+                         stream_cls=Stream[ChatCompletionChunk]) as stream:
+            for _ in stream:
+                pass
 
 
 class OpenAICompatibleProvider:

@@ -24,7 +24,9 @@ from luca.conversations.titles import enqueue_title
 from luca.errors import APIError
 from luca.extensions import cache, dedup, providers, slots
 from luca.models import Conversation, Message
+from luca.redis import REDIS_ERRORS
 from luca.schemas import ANSWER_EVENTS, DeltaEvent, EndEvent, ErrorEvent, Exchange, MessageOut, StartEvent
+from luca.slots import Slot
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +82,28 @@ def within_slot(user_id: int, answer: Callable[[], Any]) -> Any:
     if isinstance(result, Response):
         result.call_on_close(slot.release)
         weakref.finalize(result, slot.release).atexit = False
+    elif isinstance(result, Exchange):  # respond() stored a whole answer and left its cache bump to this
+        release_after_answer(slot, user_id)
     else:
         slot.release()
     return result
+
+
+def release_after_answer(slot: Slot, user_id: int) -> None:
+    """Bump the user's cache version for the stored answer and give the slot back: one Redis round trip when
+    the cache and the slots share a Redis client (the default), before the response is sent."""
+    client = slots.redis
+    if not slot.shared or client is None or client is not cache.redis:
+        cache.bump_user(user_id)
+        slot.release()
+        return
+    pipeline = client.pipeline(transaction=False)
+    cache.bump_user(user_id, pipeline)
+    slot.release(pipeline)
+    try:
+        pipeline.execute()
+    except REDIS_ERRORS as exc:  # the bump stays in this process; the slot's lease ends it in Redis
+        log.debug("[Slots] the answer's cache bump and slot release failed (%s)", type(exc).__name__)
 
 
 def conversation_key(context: list[ChatMessage], file_digests: Sequence[str]) -> str:
@@ -112,7 +133,7 @@ def respond(conversation: Conversation, question: Message, context: list[ChatMes
         raise unavailable(exc, question) from None
     if cached:
         completion = replace(completion, latency_ms=int((time.perf_counter() - started) * 1000))
-    answer = service.add_answer(conversation, completion, cached=cached,
+    answer = service.add_answer(conversation, completion, cached=cached, bump=False,  # within_slot bumps
                                 citations=cite(completion.text, passages, question.content))
     enqueue_title(conversation)
     return Exchange(message=MessageOut.model_validate(question), answer=MessageOut.model_validate(answer))
