@@ -5,19 +5,20 @@ anything, a colleague's shared one for reading), and readable_by() is the same r
 """
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
 from flask import current_app
-from sqlalchemy import JSON, Select, and_, delete, func, insert, or_, select, tuple_, type_coerce, update
+from sqlalchemy import JSON, Select, and_, bindparam, delete, func, insert, or_, select, tuple_, type_coerce, update
 from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 from sqlalchemy.orm.attributes import set_committed_value
 
 from luca import budgets, pricing, search
 from luca.ai.base import Completion
-from luca.conversations.titles import hold_title
+from luca.conversations.titles import hold_title, title_held
 from luca.errors import InvalidInput, NotFound, ReadOnly
 from luca.extensions import cache, db
 from luca.models import Conversation, Membership, Message, utcnow
@@ -220,19 +221,22 @@ class Turn(NamedTuple):
     status: str
 
 
-def recent_turns(conversation_id: uuid.UUID) -> Any:
-    """A scalar subquery: the newest messages as a JSON array of [role, content, status], newest first."""
-    limit = current_app.config["AI_CONTEXT_MESSAGES"]
+@functools.cache
+def answer_load(postgres: bool) -> Select[Any]:
+    """The conversation (:user_id's, id :conversation_id) and its :limit newest messages as one JSON array of
+    [role, content, status], newest first: one SELECT, built once a process."""
     newest = (select(Message.role, Message.content, Message.status, Message.created_at, Message.id)
-              .where(Message.conversation_id == conversation_id)
-              .order_by(Message.created_at.desc(), Message.id.desc()).limit(limit).subquery())
-    if db.engine.dialect.name == "postgresql":
+              .where(Message.conversation_id == bindparam("conversation_id"))
+              .order_by(Message.created_at.desc(), Message.id.desc()).limit(bindparam("limit")).subquery())
+    if postgres:
         aggregate = func.json_agg(aggregate_order_by(
             func.json_build_array(newest.c.role, newest.c.content, newest.c.status),
             newest.c.created_at.desc(), newest.c.id.desc()))
     else:  # SQLite aggregates in the order its subquery yields
         aggregate = func.json_group_array(func.json_array(newest.c.role, newest.c.content, newest.c.status))
-    return type_coerce(select(aggregate).scalar_subquery(), JSON)
+    turns = type_coerce(select(aggregate).scalar_subquery(), JSON)
+    return select(Conversation, turns).where(Conversation.id == bindparam("conversation_id"),
+                                            Conversation.user_id == bindparam("user_id"))
 
 
 def load_for_answer(user_id: int, conversation_id: uuid.UUID) -> tuple[Conversation, list[Turn]]:
@@ -241,10 +245,9 @@ def load_for_answer(user_id: int, conversation_id: uuid.UUID) -> tuple[Conversat
     The messages come back as one JSON array rather than as rows and ORM objects: on the
     hot path of every question, that is most of the time the query takes in Python.
     """
-    row = db.session.execute(
-        select(Conversation, recent_turns(conversation_id))
-        .where(Conversation.id == conversation_id, Conversation.user_id == user_id)
-    ).first()
+    row = db.session.execute(answer_load(db.engine.dialect.name == "postgresql"), {
+        "conversation_id": conversation_id, "user_id": user_id,
+        "limit": current_app.config["AI_CONTEXT_MESSAGES"]}).first()
     if row is None:
         refuse_write(user_id, conversation_id)
     conversation, newest_first = row
@@ -271,26 +274,55 @@ def load_for_retry(user_id: int, conversation_id: uuid.UUID,
     return conversation, question, sorted(earlier, key=lambda m: (m.created_at, m.id))
 
 
-def store_message(conversation: Conversation, *, touch: bool = False, **values: Any) -> Message:
+@functools.cache
+def message_insert(columns: tuple[str, ...], touch: bool, postgres: bool) -> Any:
+    """The INSERT of a message with these columns as bind parameters, built once a process (building and keying
+    a Core statement costs more than compiling it); touch: also the conversation's updated_at, by :m_created_at.
+
+    On PostgreSQL a touching INSERT is a data-modifying CTE of the UPDATE: one statement, one round trip.
+    """
+    table, conversations = Message.__table__, Conversation.__table__
+    statement = insert(table).values({column: bindparam(f"m_{column}") for column in columns})
+    if not (touch and postgres):
+        return statement.returning(table.c.id)
+    inserted = statement.returning(table.c.id, table.c.conversation_id).cte("inserted")
+    return (update(conversations).where(conversations.c.id == inserted.c.conversation_id)
+            .values(updated_at=bindparam("m_created_at")).returning(inserted.c.id))
+
+
+TOUCH = update(Conversation.__table__).where(Conversation.__table__.c.id == bindparam("m_conversation_id")) \
+    .values(updated_at=bindparam("m_created_at"))
+
+
+def execute_alone(statement: Any, parameters: dict[str, Any]) -> Any:
+    """Run one statement as a transaction of its own, outside the session, and return its scalar result.
+
+    Autocommit on the pooled connection: the statement is durable when it returns, without the
+    BEGIN and COMMIT round trips a session transaction adds (two of a send's seven on PostgreSQL).
+    """
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        return connection.execute(statement, parameters).scalar_one()
+
+
+def store_message(conversation: Conversation, *, touch: bool = False, alone: bool = False,
+                  **values: Any) -> Message:
     """INSERT a message with Core (no unit-of-work flush) and return it as a detached Message.
 
-    touch also sets the conversation's updated_at to the message's time: on PostgreSQL in the same
-    statement (the INSERT as a data-modifying CTE of the UPDATE), one round trip fewer per question.
+    touch also sets the conversation's updated_at to the message's time (in the same statement on
+    PostgreSQL); alone runs the INSERT as its own transaction (execute_alone), committed on return.
     """
     values = {"conversation_id": conversation.id, "user_id": conversation.user_id, "status": "complete",
               "cached": False, "created_at": utcnow(), **values}
-    table = Message.__table__  # Core, not the ORM's bulk insert: a fifth of a question's CPU in bench
-    statement: Any = insert(table).values(**values).returning(table.c.id)
-    if touch:
-        conversations = Conversation.__table__
-        touched = update(conversations).where(conversations.c.id == conversation.id) \
-            .values(updated_at=values["created_at"])
-        if db.engine.dialect.name == "postgresql":
-            inserted = insert(table).values(**values).returning(table.c.id, table.c.conversation_id).cte("inserted")
-            statement = touched.where(conversations.c.id == inserted.c.conversation_id).returning(inserted.c.id)
-        else:
-            db.session.execute(touched)
-    message_id = db.session.execute(statement).scalar_one()
+    postgres = db.engine.dialect.name == "postgresql"
+    parameters = {f"m_{column}": value for column, value in values.items()}
+    if touch and not postgres:
+        db.session.execute(TOUCH, parameters)
+    # Core, not the ORM's bulk insert: a fifth of a question's CPU in bench
+    statement = message_insert(tuple(sorted(values)), touch, postgres)
+    if alone:
+        message_id = execute_alone(statement, parameters)
+    else:
+        message_id = db.session.execute(statement, parameters).scalar_one()
     return Message(id=message_id, **{"provider": None, "model": None, "tokens_in": None, "tokens_out": None,
                                      "latency_ms": None, "cost_usd": None, "saved_usd": None, "citations": None,
                                      **values})
@@ -316,13 +348,18 @@ def add_answer(conversation: Conversation, completion: Completion, *, status: st
     """
     cost, saved = pricing.charged(completion.provider, completion.model, completion.tokens_in,
                                   completion.tokens_out, cached)
+    # Nothing to commit with it (the usual case on PostgreSQL): the INSERT is a transaction of its own.
+    holds = status == "complete" and title_held(conversation)
+    alone = db.engine.dialect.name == "postgresql" and not holds and not db.session().in_transaction()
     message = store_message(
-        conversation, role="assistant", content=completion.text, status=status, provider=completion.provider,
-        model=completion.model, tokens_in=completion.tokens_in, tokens_out=completion.tokens_out,
-        latency_ms=completion.latency_ms, cached=cached, cost_usd=cost, saved_usd=saved, source=source, **({"citations": citations} if citations else {}))
-    if status == "complete":
-        hold_title(conversation)  # only when Redis is known down: then the title job rides this transaction
-    db.session.commit()
+        conversation, alone=alone, role="assistant", content=completion.text, status=status,
+        provider=completion.provider, model=completion.model, tokens_in=completion.tokens_in,
+        tokens_out=completion.tokens_out, latency_ms=completion.latency_ms, cached=cached, cost_usd=cost,
+        saved_usd=saved, source=source, **({"citations": citations} if citations else {}))
+    if not alone:
+        if holds:
+            hold_title(conversation)  # Redis is known down: the title job rides this transaction
+        db.session.commit()
     budgets.spent(message.cost_usd)  # settled against the budgets when the request ends
     if bump:
         cache.bump_user(conversation.user_id)  # its message pages and search results changed

@@ -137,6 +137,11 @@ def title_wanted(conversation: Conversation) -> bool:
     return conversation.title is None and not conversation.title_set_by_user
 
 
+def title_held(conversation: Conversation) -> bool:
+    """Whether hold_title() would put the title job in the outbox now (a title wanted, Redis known down)."""
+    return title_wanted(conversation) and outbox.redis_known_down()
+
+
 def hold_title(conversation: Conversation) -> None:
     """Before an answer's commit: with Redis known down, put the title job in the outbox in that transaction."""
     if title_wanted(conversation):
