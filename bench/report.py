@@ -122,8 +122,9 @@ def section_peer(p: dict[str, Any]) -> str:
            "server CPU per answer, Luca / Luca /v1 / LiteLLM | samples each |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for level, f in p["levels"].items():
-        cell = lambda n: f"{fmt(f[n]['p50_ms'])} / {fmt(f[n]['p99_ms'], ' ms')}"  # noqa: E731
-        errors = sum(f[n]["errors"] for n in ("direct", "luca", "luca_v1", "litellm"))
+        f = {"luca_v1": {}, "luca_v1_over_litellm_p50": None, "luca_v1_over_litellm_p99": None, **f}  # runs before /v1
+        cell = lambda n: f"{fmt(f[n].get('p50_ms'))} / {fmt(f[n].get('p99_ms'), ' ms')}"  # noqa: E731
+        errors = sum(f[n].get("errors", 0) for n in ("direct", "luca", "luca_v1", "litellm"))
         out.append(f"| {level} | {cell('direct')} | {cell('luca')} | {cell('luca_v1')} | {cell('litellm')} | "
                    f"{f['luca_over_litellm_p50']} / {f['luca_over_litellm_p99']} | "
                    f"{f['luca_v1_over_litellm_p50']} / {f['luca_v1_over_litellm_p99']} | "
