@@ -270,6 +270,41 @@ def test_retrieval_uses_the_user_and_words_index_with_20000_chunks(postgres_with
     assert "Seq Scan on document_chunks" not in plan, plan
 
 
+
+def test_the_chunks_with_two_of_the_words_first_rank_as_all_the_matches_would(postgres_with_chunks,
+                                                                               monkeypatch) -> None:
+    # ("page", "lease"): 200 chunks hold both, enough for the preselection, so the second branch (every
+    # chunk with either word) never runs; ("lease", "goodwill"): none holds both, ("accrual", "17"): five
+    # do, too few, so it does.
+    app, conversation = postgres_with_chunks
+    seen: list[tuple[str, object]] = []
+
+    def record(conn: object, cursor: object, statement: str, parameters: object, *args: object) -> None:
+        seen.append((statement, parameters))
+
+    found: dict[tuple[str, ...], tuple[list[int], list[int], str]] = {}
+    with app.app_context():
+        for words in (("page", "lease"), ("lease", "goodwill"), ("accrual", "17"), ("page", "lease", "17")):
+            sa.event.listen(db.engine, "before_cursor_execute", record)
+            try:
+                pairs = [row["id"] for row in retrieval.ranked_chunks(1, conversation, words)]
+            finally:
+                sa.event.remove(db.engine, "before_cursor_execute", record)
+            with db.engine.connect() as conn:
+                plan = "\n".join(conn.exec_driver_sql("EXPLAIN ANALYZE " + seen[-1][0], seen[-1][1]).scalars())
+            with monkeypatch.context() as patch:
+                patch.setattr(retrieval, "MAX_PAIR_WORDS", 0)  # any of the words, all ranked
+                plain = [row["id"] for row in retrieval.ranked_chunks(1, conversation, words)]
+            found[words] = pairs, plain, plan
+        db.session.remove()
+    for words, (pairs, plain, _) in found.items():
+        assert pairs and pairs == plain, words
+    scans = {words: ["never executed" in line for line in plan.splitlines() if "Bitmap Heap Scan" in line]
+             for words, (_, _, plan) in found.items()}
+    assert scans[("page", "lease")] == [False, True], found[("page", "lease")][2]  # the pairs' scan only
+    assert scans[("lease", "goodwill")] == scans[("accrual", "17")] == [False, False]
+
+
 def toasted_bytes(table: str = "document_chunks") -> int:
     """The bytes of the live values a table keeps out of line, in its TOAST table."""
     toast = db.session.execute(sa.text("SELECT reltoastrelid::regclass::text FROM pg_class WHERE oid = "
