@@ -270,12 +270,12 @@ def test_retrieval_uses_the_user_and_words_index_with_20000_chunks(postgres_with
     assert "Seq Scan on document_chunks" not in plan, plan
 
 
-
 def test_the_chunks_with_two_of_the_words_first_rank_as_all_the_matches_would(postgres_with_chunks,
                                                                                monkeypatch) -> None:
     # ("page", "lease"): 200 chunks hold both, enough for the preselection, so the second branch (every
     # chunk with either word) never runs; ("lease", "goodwill"): none holds both, ("accrual", "17"): five
-    # do, too few, so it does.
+    # do, too few, so it does; ("17", "after", "lease"): "after" is a stop word to PostgreSQL, so the pairs
+    # find every chunk with "lease", 200, none of which holds two of the words: it does too.
     app, conversation = postgres_with_chunks
     seen: list[tuple[str, object]] = []
 
@@ -284,7 +284,8 @@ def test_the_chunks_with_two_of_the_words_first_rank_as_all_the_matches_would(po
 
     found: dict[tuple[str, ...], tuple[list[int], list[int], str]] = {}
     with app.app_context():
-        for words in (("page", "lease"), ("lease", "goodwill"), ("accrual", "17"), ("page", "lease", "17")):
+        for words in (("page", "lease"), ("lease", "goodwill"), ("accrual", "17"), ("17", "after", "lease"),
+                      ("page", "lease", "17")):
             sa.event.listen(db.engine, "before_cursor_execute", record)
             try:
                 pairs = [row["id"] for row in retrieval.ranked_chunks(1, conversation, words)]
@@ -302,7 +303,8 @@ def test_the_chunks_with_two_of_the_words_first_rank_as_all_the_matches_would(po
     scans = {words: ["never executed" in line for line in plan.splitlines() if "Bitmap Heap Scan" in line]
              for words, (_, _, plan) in found.items()}
     assert scans[("page", "lease")] == [False, True], found[("page", "lease")][2]  # the pairs' scan only
-    assert scans[("lease", "goodwill")] == scans[("accrual", "17")] == [False, False]
+    assert scans[("lease", "goodwill")] == scans[("accrual", "17")] == scans[("17", "after", "lease")] \
+        == [False, False]
 
 
 def toasted_bytes(table: str = "document_chunks") -> int:

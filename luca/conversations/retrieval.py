@@ -266,22 +266,27 @@ SELECT c.id, c.file_id, f.filename, c.text, c.anchor, c.parts, c.tokens,
  LIMIT :limit
 """)
 
-# The same ranking, ts_rank computed over fewer chunks. With one weight for every position, ts_rank of
-# an OR query gives a chunk 0.061-0.1 for each distinct word it holds: any chunk holding two of the
-# words outranks every chunk holding one. So when :pairs (two of the words, any two) finds PRESELECT
-# chunks, ts_rank's best of those are its best of all; when it finds fewer, the second branch (a
-# one-time filter, not run otherwise) ranks every chunk with any of the words, as PG_RETRIEVE does.
+# The same ranking, ts_rank computed over fewer chunks. Every position of tsv weighs the same (D, 0.1), so
+# ts_rank of an OR query of n distinct lexemes gives a chunk 0.061/n to 0.1/n for each one it holds: a
+# chunk holding two outranks every chunk holding one (at most 0.1/n; two, at least 0.122/n). `strong`
+# ranks only the chunks :pairs finds (two of the words, any two); when its best PRESELECT all hold two
+# (rank >= 0.11/n; a word PostgreSQL drops as a stop word, or two words of one stem, can let a chunk of
+# one word in), they are ts_rank's best of every match. Otherwise the second branch, a one-time filter
+# not run in the first case, ranks every match as PG_RETRIEVE does.
 PG_RETRIEVE_PAIRS = text("""
 WITH strong AS MATERIALIZED (
-  SELECT id FROM document_chunks
+  SELECT id, ts_rank(tsv, to_tsquery('english', :q)) AS rank FROM document_chunks
    WHERE user_id = CAST(:user_id AS integer) AND conversation_id = :conversation_id
      AND tsv @@ to_tsquery('english', :pairs)
-   ORDER BY ts_rank(tsv, to_tsquery('english', :q)) DESC, id LIMIT :preselect),
+   ORDER BY rank DESC, id LIMIT :preselect),
+enough AS (
+  SELECT count(*) >= :preselect AS yes FROM strong
+   WHERE rank >= 0.11 / greatest(length(to_tsvector('english', :q)), 1)),
 best AS (
-  SELECT id FROM strong WHERE (SELECT count(*) FROM strong) >= :preselect
+  SELECT id FROM strong WHERE (SELECT yes FROM enough)
   UNION ALL
   (SELECT id FROM document_chunks
-    WHERE (SELECT count(*) FROM strong) < :preselect
+    WHERE NOT (SELECT yes FROM enough)
       AND user_id = CAST(:user_id AS integer) AND conversation_id = :conversation_id
       AND tsv @@ to_tsquery('english', :q)
     ORDER BY ts_rank(tsv, to_tsquery('english', :q)) DESC, id LIMIT :preselect))
@@ -324,7 +329,8 @@ def ranked_chunks(user_id: int, conversation_id: uuid.UUID, words: Sequence[str]
     pairs = ""
     if postgres:
         statement, expression = PG_RETRIEVE, " | ".join(words)
-        if 2 <= len(words) <= MAX_PAIR_WORDS:
+        # (to_tsquery reads foo_bar as a phrase, whose two lexemes ts_rank counts apart: not for :pairs)
+        if 2 <= len(words) <= MAX_PAIR_WORDS and not any("_" in word for word in words):
             statement = PG_RETRIEVE_PAIRS
             pairs = " | ".join(f"{a} & ({' | '.join(words[i + 1:])})" for i, a in enumerate(words[:-1]))
         # psycopg prepares a statement after 5 runs, and PostgreSQL's generic plan of it cannot see the
