@@ -1,6 +1,8 @@
 """Documents cut into anchored chunks, the chunks retrieved for a question, and search inside documents."""
 from __future__ import annotations
 
+import random
+import string
 import time
 import uuid
 from collections.abc import Iterator
@@ -266,3 +268,91 @@ def test_retrieval_uses_the_user_and_words_index_with_20000_chunks(postgres_with
     assert found and all("lease" in row["text"] or "goodwill" in row["text"] for row in found)
     assert "document_chunks_search_idx" in plan, plan
     assert "Seq Scan on document_chunks" not in plan, plan
+
+
+def test_the_chunks_with_two_of_the_words_first_rank_as_all_the_matches_would(postgres_with_chunks,
+                                                                               monkeypatch) -> None:
+    # ("page", "lease"): 200 chunks hold both, enough for the preselection, so the second branch (every
+    # chunk with either word) never runs; ("lease", "goodwill"): none holds both, ("accrual", "17"): five
+    # do, too few, so it does; ("17", "after", "lease"): "after" is a stop word to PostgreSQL, so the pairs
+    # find every chunk with "lease", 200, none of which holds two of the words: it does too.
+    app, conversation = postgres_with_chunks
+    seen: list[tuple[str, object]] = []
+
+    def record(conn: object, cursor: object, statement: str, parameters: object, *args: object) -> None:
+        seen.append((statement, parameters))
+
+    found: dict[tuple[str, ...], tuple[list[int], list[int], str]] = {}
+    with app.app_context():
+        for words in (("page", "lease"), ("lease", "goodwill"), ("accrual", "17"), ("17", "after", "lease"),
+                      ("page", "lease", "17")):
+            sa.event.listen(db.engine, "before_cursor_execute", record)
+            try:
+                pairs = [row["id"] for row in retrieval.ranked_chunks(1, conversation, words)]
+            finally:
+                sa.event.remove(db.engine, "before_cursor_execute", record)
+            with db.engine.connect() as conn:
+                plan = "\n".join(conn.exec_driver_sql("EXPLAIN ANALYZE " + seen[-1][0], seen[-1][1]).scalars())
+            with monkeypatch.context() as patch:
+                patch.setattr(retrieval, "MAX_PAIR_WORDS", 0)  # any of the words, all ranked
+                plain = [row["id"] for row in retrieval.ranked_chunks(1, conversation, words)]
+            found[words] = pairs, plain, plan
+        db.session.remove()
+    for words, (pairs, plain, _) in found.items():
+        assert pairs and pairs == plain, words
+    scans = {words: ["never executed" in line for line in plan.splitlines() if "Bitmap Heap Scan" in line]
+             for words, (_, _, plan) in found.items()}
+    assert scans[("page", "lease")] == [False, True], found[("page", "lease")][2]  # the pairs' scan only
+    assert scans[("lease", "goodwill")] == scans[("accrual", "17")] == scans[("17", "after", "lease")] \
+        == [False, False]
+
+
+def toasted_bytes(table: str = "document_chunks") -> int:
+    """The bytes of the live values a table keeps out of line, in its TOAST table."""
+    toast = db.session.execute(sa.text("SELECT reltoastrelid::regclass::text FROM pg_class WHERE oid = "
+                                       "CAST(:t AS regclass)"), {"t": table}).scalar_one()
+    return db.session.execute(sa.text(f"SELECT coalesce(sum(octet_length(chunk_data)), 0) FROM {toast}")).scalar_one()
+
+
+def test_the_migration_moves_the_vectors_of_chunks_made_before_it_into_their_rows() -> None:
+    # 150 random words: a text of ~1.3 KB that pglz cannot shrink and a tsvector of ~2.4 KB, which the
+    # default (EXTENDED) storage moves to the TOAST table, and ts_rank then reads from there.
+    rng = random.Random(8)
+    words = ["".join(rng.choice(string.ascii_lowercase) for _ in range(8)) for _ in range(150)]
+    with temporary_postgres_database("luca_inline") as url:
+        app = create_app(TestConfig, {"SQLALCHEMY_DATABASE_URI": url})
+        with app.app_context():
+            upgrade(directory=str(ROOT / "migrations"), revision="0007")
+            with db.engine.begin() as conn:
+                user = conn.execute(sa.text("INSERT INTO users (email, name, is_admin, created_at) "
+                                            "VALUES ('old@example.com', '', false, now()) RETURNING id")).scalar_one()
+                conversation = conn.execute(sa.text("""
+                    INSERT INTO conversations (id, user_id, title, title_set_by_user, metadata, pinned, has_files,
+                                               created_at, updated_at)
+                    VALUES (gen_random_uuid(), :u, 'c', false, '{}', false, true, now(), now()) RETURNING id"""),
+                    {"u": user}).scalar_one()
+                conn.execute(sa.text("""
+                    INSERT INTO files (conversation_id, user_id, filename, size, sha256, data, status, progress,
+                                       created_at, updated_at)
+                    VALUES (:c, :u, 'old.pdf', 1, 'x', '', 'ready', 100, now(), now())"""),
+                    {"c": conversation, "u": user})
+                conn.execute(sa.text("""
+                    INSERT INTO document_chunks (file_id, conversation_id, user_id, position, text, anchor, parts,
+                                                 tokens, created_at)
+                    SELECT id, conversation_id, user_id, 0, :text, '{"page": 1}', '[]', 300, now() FROM files"""),
+                    {"text": " ".join(words)})
+            vector = db.session.execute(sa.text("SELECT pg_column_size(tsv) FROM document_chunks")).scalar_one()
+            before = toasted_bytes()
+            db.session.remove()
+            upgrade(directory=str(ROOT / "migrations"))
+            after = toasted_bytes()
+            storage = db.session.execute(sa.text(
+                "SELECT attstorage FROM pg_attribute WHERE attrelid = 'document_chunks'::regclass "
+                "AND attname = 'tsv'")).scalar_one()
+            found = retrieval.ranked_chunks(user, conversation, [words[37], "absent"])
+            db.session.remove()
+            db.engine.dispose()
+    assert vector > 2000 and before >= vector  # out of line before 0008
+    assert after < vector  # only the text is out of line now
+    assert storage == "m"
+    assert [row["anchor"] for row in found] == [{"page": 1}]
