@@ -5,7 +5,8 @@ import logging
 import time
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Request
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlalchemy.engine import Engine
@@ -20,9 +21,21 @@ from luca.logs import configure_logging
 log = logging.getLogger(__name__)
 
 
+class SignedCookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie session (single sign-on keeps its state there until the callback), opened only
+    when its cookie came: API calls never send it, and Flask builds the cookie's signer on every request."""
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        """An empty session when the request has no session cookie, else Flask's own."""
+        if app.secret_key and self.get_cookie_name(app) not in request.cookies:
+            return self.session_class()
+        return super().open_session(app, request)
+
+
 def create_app(config_class: type[Config] = Config, overrides: dict[str, Any] | None = None) -> Flask:
     """Build the Flask application from a config class (plus optional overrides for tests)."""
     app = Flask(__name__, instance_relative_config=False)
+    app.session_interface = SignedCookieSessions()
     app.config.from_object(config_class)
     app.config.update(overrides or {})
     configure_logging(app)

@@ -28,12 +28,13 @@ SHARED_DIRECTIVES = [
 ]
 CONTENT_SECURITY_POLICY = "; ".join(["default-src 'self'", "script-src 'self'", "style-src 'self'",
                                      *SHARED_DIRECTIVES])
-HEADERS = {
+HEADERS = {  # on every response; a value the view (or the dashboard policy) set is kept
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
 }
 # Script elements without a src attribute, and what they hold.
 _INLINE_SCRIPT = re.compile(r"<script(?![^>]*\ssrc\s*=)[^>]*>(.*?)</script\s*>", re.IGNORECASE | re.DOTALL)
@@ -60,14 +61,17 @@ def dashboard_policy(html: str) -> str:
 
 def add_security_headers(response: Response) -> Response:
     """after_request: the security headers, on every response (a view's own values are kept)."""
-    for name, value in HEADERS.items():
-        response.headers.setdefault(name, value)
+    headers = response.headers
+    present = {name.lower() for name in headers.keys()}  # one pass: setdefault() scans the headers each time
     if response.mimetype == "text/html":
-        response.headers.setdefault("Cache-Control", "no-cache")
-        if is_dashboard_request() and not response.is_streamed:
-            response.headers.setdefault("Content-Security-Policy",
-                                        dashboard_policy(response.get_data(as_text=True)))
-    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        if "cache-control" not in present:
+            headers.add("Cache-Control", "no-cache")
+        if "content-security-policy" not in present and is_dashboard_request() and not response.is_streamed:
+            headers.add("Content-Security-Policy", dashboard_policy(response.get_data(as_text=True)))
+            present.add("content-security-policy")
+    for name, value in HEADERS.items():
+        if name.lower() not in present:
+            headers.add(name, value)
     return response
 
 
