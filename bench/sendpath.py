@@ -24,8 +24,10 @@ from typing import Any
 
 PHASES = {  # phase -> (module, attribute path) of the functions it times
     "provider call (SDK and HTTP to the provider)": [("luca.ai.providers", "OpenAICompatibleProvider.complete")],
-    "COMMITs (the server syncs its WAL)": [("sqlalchemy.orm", "Session.commit")],
-    "SQL statements (SELECT with history, 2 INSERTs, UPDATE)": [("sqlalchemy.engine.base", "Connection._execute_context")],
+    "COMMIT of the question (the server syncs its WAL)": [("sqlalchemy.orm", "Session.commit")],
+    # the answer's INSERT commits itself (autocommit), so its WAL sync is counted here
+    "SQL statements (history SELECT, question INSERT with UPDATE, answer INSERT)": [
+        ("sqlalchemy.engine.base", "Connection._execute_context")],
     "Redis (commands, scripts, pipelines)": [("redis.client", "Redis.execute_command"),
                                              ("redis.client", "Pipeline.execute")],
     "JSON and pydantic (request, response, cache values)": [
