@@ -114,6 +114,21 @@ def test_the_generated_title_appears_in_the_list_without_a_reload(browsing: Brow
     page.screenshot(path=str(screenshots / "chat.png"))
 
 
+def test_the_same_question_in_a_second_conversation_is_served_from_cache(browsing: Browsing, site: Site,
+                                                                         servers: Servers) -> None:
+    page, _ = browsing
+    primary, _ = servers
+    sign_in_with_token(page, site.tokens["alice"])
+    question = f"What is the VAT registration threshold? ({unique('dedup')})"
+    for _ in range(2):
+        new_conversation(page)
+        ask(page, question)
+        wait_for_answer(page, question)
+    asked = [r for r in primary.requests if r["messages"][-1]["content"] == question]
+    assert len(asked) == 1, asked  # the browser's send does not opt out of deduplication
+    expect(last_answer(page).locator(".meta-cached")).to_have_text("served from cache")
+
+
 def test_a_question_can_be_retried_when_the_providers_are_down(browsing: Browsing, site: Site,
                                                                servers: Servers) -> None:
     page, _ = browsing

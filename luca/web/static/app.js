@@ -68,7 +68,10 @@ async function errorFrom(response) {
  */
 export async function request(path, { method = "GET", json, body, headers = {}, raw = false, auth = true,
   signal } = {}) {
-  const init = { method, headers: { Accept: "application/json", ...headers }, cache: "no-store", signal };
+  // "no-store" keeps API reads out of the browser's cache; on a send it would also add
+  // Cache-Control: no-cache to the request, which opts the answer out of deduplication.
+  const cache = SAFE_METHODS.has(method.toUpperCase()) ? "no-store" : "default";
+  const init = { method, headers: { Accept: "application/json", ...headers }, cache, signal };
   const token = getToken();
   if (token) init.headers.Authorization = `Bearer ${token}`;
   else if (csrfToken && !SAFE_METHODS.has(method.toUpperCase())) init.headers["X-CSRF-Token"] = csrfToken;
