@@ -92,7 +92,8 @@ header_map = "drop"
 def post_fork(server, worker):  # noqa: ANN001, ANN201 - gunicorn's hook signature
     """Give each worker its own database connections and provider clients (the preloaded app's are not fork-safe),
     and open its connections before the first request does."""
-    from luca.extensions import reopen_after_fork, warm_up
+    from luca import warm_up
+    from luca.extensions import reopen_after_fork
     from wsgi import app
 
     reopen_after_fork(app)

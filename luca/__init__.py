@@ -14,7 +14,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import Config
 from luca.breakers import guard_database
-from luca.extensions import SERVICES, breakers, db, migrate, openapi
+from luca.extensions import SERVICES, breakers, db, migrate, openapi, redis_gateway
 from luca.headers import register_security_headers
 from luca.logs import configure_logging
 
@@ -189,3 +189,22 @@ def register_commands(app: Flask) -> None:
     from luca.cli import register_cli
 
     register_cli(app)
+
+
+def warm_up(app: Flask) -> None:
+    """Open and build what a worker's first request would (gunicorn's post_fork): a database connection
+    (GET /readyz, through Flask's whole request path), the send's history SELECT planned on it (on a
+    nil id, so nothing is read), and a connection of every Redis client with its scripts loaded.
+    Failures are left to the requests."""
+    from luca.conversations import service
+
+    with app.test_client() as client:
+        client.get("/readyz")
+    with app.app_context():
+        try:
+            service.warm_up()
+        except Exception:  # noqa: BLE001 - a database that fails (or its open breaker) never stops a worker
+            log.debug("[Warm-up] the history SELECT failed", exc_info=True)
+        finally:
+            db.session.remove()
+    redis_gateway.of(app).warm_up()

@@ -106,14 +106,6 @@ def reopen_after_fork(app: Flask) -> None:
     providers.init_app(app)
 
 
-def warm_up(app: Flask) -> None:
-    """Open what a worker's first request would: a database connection (GET /readyz, through Flask's whole
-    request path) and a connection of every Redis client, its scripts loaded; failures are the requests'."""
-    with app.test_client() as client:
-        client.get("/readyz")
-    redis_gateway.of(app).warm_up()
-
-
 def shutdown(app: Flask) -> None:
     """Release what app holds: job, alert and slot threads, provider and Redis clients, database connections."""
     for extension in reversed(SERVICES):  # a service is closed before the ones it uses

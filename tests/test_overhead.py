@@ -17,7 +17,8 @@ from flask import Flask
 from redis.connection import Connection
 
 from luca.ai.providers import OpenAICompatibleProvider
-from luca.extensions import redis_gateway, warm_up
+from luca import warm_up
+from luca.extensions import redis_gateway
 from tests.support.api import Api, signed
 from tests.support.apps import count_statements, engine_listener, provider_overrides
 

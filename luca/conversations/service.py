@@ -254,6 +254,13 @@ def load_for_answer(user_id: int, conversation_id: uuid.UUID) -> tuple[Conversat
     return conversation, [Turn(*item) for item in reversed(newest_first or [])]
 
 
+def warm_up() -> None:
+    """Compile the history SELECT and let the database plan it (on a nil id: nothing is read)."""
+    db.session.execute(answer_load(db.engine.dialect.name == "postgresql"),
+                       {"conversation_id": uuid.UUID(int=0), "user_id": 0, "limit": 1}).first()
+    db.session.rollback()
+
+
 def load_for_retry(user_id: int, conversation_id: uuid.UUID,
                    message_id: int) -> tuple[Conversation, Message, list[Message]]:
     """The conversation, one of its questions, and the messages before that question (oldest first)."""
