@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from decimal import Decimal
+from decimal import ROUND_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -250,50 +251,47 @@ def test_an_operator_sees_everyones_spend_by_member_in_the_usage_view(browsing: 
 
 
 def test_an_org_admin_sees_the_organisations_spend_against_its_budget(browsing: Browsing, site: Site) -> None:
-    """The organisation's part as GET /api/usage, /api/org and /api/org/members will answer an org admin.
-
-    Until organisations' usage lands on this branch, those three answers are stood in for by the browser
-    (page.route); the member's own month comes from the real API.
-    """
+    """Erin owns an organisation with Frank in it; she spends, sets budgets through the API, and the Usage
+    view shows what GET /api/usage, /api/org and /api/org/members answer her."""
     page, _ = browsing
-    carol = site.api("GET", "/api/me", site.tokens["carol"])[1]
-    totals = {"answers": 5, "tokens_in": 900, "tokens_out": 300, "cost_usd": "42.5", "saved_usd": "3.25",
-              "cached_share": 0.2}
-    reports = {
-        "user": [{"group": str(carol["id"]), **totals}],
-        "model": [{"group": "gpt-4o-mini", **totals}],
-    }
+    org = f"Bookkeepers & Co {unique('org')}"
+    erin_token = site.command("users", "create", f"{unique('erin')}@example.com", "--org", org).strip().splitlines()[-1]
+    site.command("users", "create", f"{unique('frank')}@example.com", "--org", org)
+    site.tokens["erin"] = erin_token
+    conversation = site.conversation_with_answer("erin", None, f"What is a holding company? {unique('holding')}")
+    deadline = time.monotonic() + 30  # its title costs money too: the spend is read once the title job ran
+    while not site.api("GET", f"/api/conversations/{conversation}", erin_token)[1]["title"]:
+        assert time.monotonic() < deadline, "the title job never ran"
+        time.sleep(0.2)
+    erin = site.api("GET", "/api/me", erin_token)[1]
+    spent = Decimal(site.api("GET", "/api/org", erin_token)[1]["month_spent_usd"])
+    assert spent > 0
+    budget = (spent / Decimal("0.86")).quantize(Decimal("0.01"), rounding=ROUND_UP)  # about 86 % spent
+    assert site.api("PATCH", "/api/org", erin_token, {"monthly_budget_usd": str(budget)})[0] == 200
+    assert site.api("PATCH", f"/api/org/members/{erin['id']}", erin_token, {"monthly_budget_usd": "20"})[0] == 200
+    members = site.api("GET", "/api/org/members", erin_token)[1]["items"]
+    frank = next(m for m in members if m["email"].startswith("frank"))
+    by_model = site.api("GET", "/api/usage?group_by=model", erin_token)[1]
 
-    def usage(route: Any) -> None:
-        """GET /api/usage?group_by=user|model for the organisation."""
-        group_by = route.request.url.rsplit("group_by=", 1)[-1]
-        route.fulfill(json={"from": "2026-12-01", "to": "2026-12-03", "group_by": group_by, "totals": totals,
-                            "items": reports[group_by], "titles_cost_usd": "0.5"})
-
-    page.route(re.compile(r".*/api/usage\?.*"), usage)
-    page.route("**/api/org", lambda route: route.fulfill(json={
-        "id": 1, "name": "Bookkeepers & Co", "domain": None, "created_at": "2026-01-01T00:00:00Z", "role": "admin",
-        "monthly_budget_usd": "50", "month_spent_usd": "43"}))
-    page.route("**/api/org/members", lambda route: route.fulfill(json={"items": [
-        {"id": carol["id"], "email": "carol@example.com", "name": "", "role": "admin",
-         "joined_at": "2026-01-01T00:00:00Z", "monthly_budget_usd": "20"},
-        {"id": 999, "email": "idle@example.com", "name": "", "role": "member",
-         "joined_at": "2026-01-01T00:00:00Z", "monthly_budget_usd": None}]}))
-    sign_in(page, site.tokens["carol"])
+    sign_in(page, erin_token)
     page.get_by_role("button", name="Usage").click()
     part = page.locator("#usage-org")
-    expect(part.locator("#usage-org-heading")).to_have_text("Bookkeepers & Co")
-    budget = part.locator("#usage-org-budget .budget-line")
-    expect(budget).to_have_class(re.compile(r"\bnear\b"))  # 86 % of the budget
-    expect(budget.locator("p")).to_have_text("$43.00 of $50.00 this month · 86.0 %")
-    member = part.locator(f'#usage-org-members tbody tr[data-group="{carol["id"]}"]')
-    expect(member.locator("th")).to_have_text("carol@example.com")
-    expect(member.locator(".money").last).to_have_text("$20.00")  # her monthly budget
+    expect(part.locator("#usage-org-heading")).to_have_text(org)
+    line = part.locator("#usage-org-budget .budget-line")
+    expect(line).to_have_class(re.compile(r"\bnear\b"))
+    expect(line.locator("p")).to_have_text(re.compile(r"^\$[\d.]+ of \$[\d.]+ this month · 8\d\.\d %$"))
+    assert [Decimal(v) for v in line.locator(".money").evaluate_all("ns => ns.map(n => n.dataset.usd)")] == \
+        [spent, budget]
+    mine = part.locator(f'#usage-org-members tbody tr[data-group="{erin["id"]}"]')
+    expect(mine.locator("th")).to_have_text(erin["email"])
+    expect(mine.locator(".money").last).to_have_text("$20.00")  # her monthly budget
     expect(part.locator("#usage-org-members .budget-head")).to_be_visible()
-    idle = part.locator('#usage-org-members tbody tr[data-group="999"]')  # a member who spent nothing yet
-    expect(idle.locator("th")).to_have_text("idle@example.com")
+    idle = part.locator(f'#usage-org-members tbody tr[data-group="{frank["id"]}"]')  # a member who spent nothing
+    expect(idle.locator("th")).to_have_text(frank["email"])
     expect(idle.locator("td").last).to_have_text("—")  # no budget of his own
-    expect(part.locator('#usage-org-models tbody tr[data-group="gpt-4o-mini"] .money').first).to_have_text("$42.50")
+    model = by_model["items"][0]
+    shown = part.locator(f'#usage-org-models tbody tr[data-group="{model["group"]}"] .money').first
+    assert same_amount(shown.get_attribute("data-usd") or "", model["cost_usd"])
     expect(page.locator("#usage-mine-budget .budget-line p")).to_contain_text("of $20.00 this month")
 
 
