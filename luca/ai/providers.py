@@ -84,14 +84,20 @@ def warm_sdk() -> None:
     create_app, that is before gunicorn forks its workers (preload), not in someone's first answer.
     """
     http = httpx2.Client(transport=httpx2.MockTransport(canned))
-    with openai.OpenAI(base_url="http://warm-up.invalid/v1", api_key="warm-up", max_retries=0,
-                       http_client=http) as client:
-        body = {"model": "warm-up", "messages": [{"role": "user", "content": "warm up"}]}
-        client.post("/chat/completions", cast_to=ChatCompletion, body=body)
-        with client.post("/chat/completions", cast_to=ChatCompletion, body={**body, "stream": True}, stream=True,
-                         stream_cls=Stream[ChatCompletionChunk]) as stream:
-            for _ in stream:
-                pass
+    requests_log = logging.getLogger("httpx2")  # it logs every request at INFO: not these two
+    level = requests_log.level
+    requests_log.setLevel(logging.WARNING)
+    try:
+        with openai.OpenAI(base_url="http://warm-up.invalid/v1", api_key="warm-up", max_retries=0,
+                           http_client=http) as client:
+            body = {"model": "warm-up", "messages": [{"role": "user", "content": "warm up"}]}
+            client.post("/chat/completions", cast_to=ChatCompletion, body=body)
+            with client.post("/chat/completions", cast_to=ChatCompletion, body={**body, "stream": True},
+                             stream=True, stream_cls=Stream[ChatCompletionChunk]) as stream:
+                for _ in stream:
+                    pass
+    finally:
+        requests_log.setLevel(level)
 
 
 class OpenAICompatibleProvider:
