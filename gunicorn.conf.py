@@ -42,13 +42,13 @@ make_metrics_dir()
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5000')}"
 # Chosen from `python -m bench concurrency` (docs/BENCHMARKS.md, "Workers and threads"; two CPUs,
-# 100 ms provider, overhead p50 / p99 at 50 clients): 2x32 299 / 876 ms, 1x64 287 / 561 ms,
-# 2x64 282 / 815 ms, 4x16 356 / 1,508 ms; with fewer threads than clients 2x8 599 / 1,683 ms,
-# 4x4 1,332 / 3,273 ms. A send holds its thread for the whole provider call, so workers x threads
-# must cover the answers in flight; past that the CPUs, not the GIL, are the limit (1x64 did as well
-# as 2x32), and more workers than CPUs is worse. One worker per CPU, 32 threads each. Every thread
-# may hold a database connection (DATABASE_POOL_SIZE follows GUNICORN_THREADS): workers x threads
-# must fit the database's connection limit.
+# 100 ms provider, overhead p50 / p99, 2026-12-04): at 10 clients 2x32 28 / 98 ms, 2x64 34 / 107,
+# 4x16 37 / 98, 1x64 41 / 104; at 50 clients 2x32 150 / 543, 2x64 144 / 399, 4x16 139 / 352, 1x64
+# 345 / 664; with fewer threads than clients (an earlier run) 2x8 599 / 1,683 and 4x4 1,332 / 3,273.
+# A send holds its thread for the whole provider call, so workers x threads must cover the answers
+# in flight; one interpreter's GIL falls behind at 50 (1x64), more workers than CPUs buys nothing.
+# One worker per CPU, 32 threads each. Every thread may hold a database connection
+# (DATABASE_POOL_SIZE follows GUNICORN_THREADS): workers x threads must fit the database's limit.
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Threads, not processes, carry concurrency: a request waiting on an AI provider holds a
 # thread, not a whole worker.
