@@ -10,9 +10,11 @@ With Redis (REDIS_URL, through the `redis` breaker), a user's slots are a sorted
 `<REDIS_KEY_PREFIX>slots:<user_id>`: member = a random slot id, score = its lease's expiry in
 milliseconds of Redis's own clock (so the processes' clocks do not matter). Cost on the hot path:
 taking a slot is one round trip (a Lua script: drop expired leases, count, add), giving it back
-is one more (ZREM; after a whole answer it rides the answer's cache bump, see answers.within_slot). Off the hot path, while a process holds any slot, one thread of it renews all
-of them every AI_SLOT_LEASE / 3 seconds in one round trip, so an answer keeps its slot however
-long it runs, and the slots of a process that died free themselves within AI_SLOT_LEASE seconds.
+is one more (ZREM; after a whole answer it rides the answer's cache bump, in
+answers.release_after_answer). Off the hot path, while a process holds any slot, one thread of it
+renews all of them every AI_SLOT_LEASE / 3 seconds in one round trip, so an answer keeps its slot
+however long it runs, and the slots of a process that died free themselves within AI_SLOT_LEASE
+seconds.
 
 Every process also counts the slots it holds per user. Without Redis, or while Redis fails or
 its breaker is open, that count alone decides: the cap then holds per process, and no request is

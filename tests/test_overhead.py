@@ -127,7 +127,7 @@ def test_a_send_makes_at_most_the_stated_statements_and_commits(send_app, databa
     with count_statements(send_app) as statements, count_commits(send_app) as commits:
         response = api.ask(conversation_id, "a question never asked before", cache=False)
     assert response.status_code == 201
-    dialect = database_url.split(":")[0].split("+")[0]
+    dialect = "postgresql" if database_url.startswith("postgresql") else "sqlite"
     assert len(statements) <= SEND_STATEMENTS[dialect], statements
     assert len(commits) <= SEND_COMMITS[dialect]
 

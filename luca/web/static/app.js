@@ -70,11 +70,12 @@ export async function request(path, { method = "GET", json, body, headers = {}, 
   signal } = {}) {
   // "no-store" keeps API reads out of the browser's cache; on a send it would also add
   // Cache-Control: no-cache to the request, which opts the answer out of deduplication.
-  const cache = SAFE_METHODS.has(method.toUpperCase()) ? "no-store" : "default";
-  const init = { method, headers: { Accept: "application/json", ...headers }, cache, signal };
+  const safe = SAFE_METHODS.has(method.toUpperCase());
+  const init = { method, headers: { Accept: "application/json", ...headers }, cache: safe ? "no-store" : "default",
+    signal };
   const token = getToken();
   if (token) init.headers.Authorization = `Bearer ${token}`;
-  else if (csrfToken && !SAFE_METHODS.has(method.toUpperCase())) init.headers["X-CSRF-Token"] = csrfToken;
+  else if (csrfToken && !safe) init.headers["X-CSRF-Token"] = csrfToken;
   if (json !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(json);
