@@ -78,38 +78,35 @@ class LiteLLM(Process):
         return self
 
 
-def chat_body(question: str) -> dict[str, Any]:
-    """An OpenAI chat-completions request with one unique question."""
-    return {"model": "bench-model", "messages": [{"role": "user", "content": question}]}
+def chat_completions(base: str, keys: list[str | None], model: str = "bench-model",
+                     headers: dict[str, str] | None = None) -> Callable[[int], Sender]:
+    """Clients that POST /v1/chat/completions to base, each with one unique user question a request;
+    client i uses keys[i % len(keys)] as its bearer key."""
+    def make(i: int) -> Sender:
+        client = Client(base, keys[i % len(keys)])
+
+        def send() -> tuple[bool, float]:
+            body = {"model": model, "messages": [{"role": "user", "content": f"q {uuid.uuid4()}"}]}
+            reply = client.call("POST", "/v1/chat/completions", body, headers=headers)
+            return reply.status == 200, reply.seconds
+        return send
+    return make
 
 
 def direct(url: str) -> Callable[[int], Sender]:
     """Clients that call the provider itself."""
-    def make(i: int) -> Sender:
-        client = Client(url.removesuffix("/v1"))
-        return lambda: (lambda r: (r.status == 200, r.seconds))(
-            client.call("POST", "/v1/chat/completions", chat_body(f"q {uuid.uuid4()}")))
-    return make
+    return chat_completions(url.removesuffix("/v1"), [None])
 
 
 def litellm(base: str) -> Callable[[int], Sender]:
     """Clients of LiteLLM's proxy, with the master key."""
-    def make(i: int) -> Sender:
-        client = Client(base, MASTER_KEY)
-        return lambda: (lambda r: (r.status == 200, r.seconds))(
-            client.call("POST", "/v1/chat/completions", chat_body(f"q {uuid.uuid4()}")))
-    return make
+    return chat_completions(base, [MASTER_KEY])
 
 
 def luca_v1(base: str, tokens: list[str]) -> Callable[[int], Sender]:
     """Clients of Luca's /v1/chat/completions (model "luca", the whole chain), skipping deduplication as LiteLLM
     has none: Cache-Control: no-cache, the OpenAI door's "cache": false."""
-    def make(i: int) -> Sender:
-        client = Client(base, tokens[i % len(tokens)])
-        body = lambda: {**chat_body(f"q {uuid.uuid4()}"), "model": "luca"}  # noqa: E731
-        return lambda: (lambda r: (r.status == 200, r.seconds))(
-            client.call("POST", "/v1/chat/completions", body(), headers={"Cache-Control": "no-cache"}))
-    return make
+    return chat_completions(base, list(tokens), model="luca", headers={"Cache-Control": "no-cache"})
 
 
 def luca(base: str, tokens: list[str]) -> Callable[[int], Sender]:
